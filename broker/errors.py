@@ -1,0 +1,2 @@
+class BrokerError(Exception):
+    """The broker is unreachable, closed the channel, or did not confirm a publish."""

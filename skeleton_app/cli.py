@@ -1,0 +1,49 @@
+"""The ``strangler`` command: one entry point wiring every package's commands.
+
+Each package owns its commands (``legacy``, ``bridge``, ``db``, ``consume``, ``serve``,
+``routes``, ``demo``); this module only assembles them and turns failures into one
+clear line and a non-zero exit.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import click
+
+from examples.legacy_shop.cli import legacy
+from legacy_bridge.cli import bridge
+from new_domain.entrypoints.cli import consume, db
+from skeleton_app.commands import demo, routes, serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("-v", "--verbose", is_flag=True, help="Log at DEBUG level.")
+def cli(verbose: bool) -> None:
+    """Strangler-fig migration kit: capture legacy changes, build the new domain, move routes."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+for command in (legacy, bridge, db, consume, serve, routes, demo):
+    cli.add_command(command)
+
+
+def main() -> None:
+    try:
+        cli.main(standalone_mode=False)
+    except click.exceptions.Abort:
+        click.echo("strangler: aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        click.echo(f"strangler: error: {exc.format_message()}", err=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        sys.exit(130)
+    except Exception as exc:  # noqa: BLE001 - the CLI's last line of defence
+        logging.getLogger("strangler").debug("failure", exc_info=True)
+        click.echo(f"strangler: error: {type(exc).__name__}: {exc}".splitlines()[0], err=True)
+        sys.exit(1)

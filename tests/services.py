@@ -1,0 +1,64 @@
+"""Reaching the local PostgreSQL, MariaDB and RabbitMQ from tests.
+
+Each test gets its own uniquely named database or queue and cleans up. When a service
+is not reachable the test is skipped on a developer machine and fails under ``CI=true``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import pytest
+
+PG_HOST = os.environ.get("TEST_PG_HOST", "127.0.0.1")
+PG_PORT = int(os.environ.get("TEST_PG_PORT", "5432"))
+PG_USER = os.environ.get("TEST_PG_USER", "postgres")
+AMQP_URL = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def require(service: str, host: str, port: int) -> None:
+    """Skip (or under CI=true, fail) when ``service`` does not answer on host:port."""
+    if _reachable(host, port):
+        return
+    message = f"{service} is not reachable on {host}:{port}"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
+def unique_name(prefix: str) -> str:
+    return f"{prefix}_{uuid.uuid4().hex[:12]}"
+
+
+@contextmanager
+def postgres_database(prefix: str = "strangler_test") -> Iterator[str]:
+    """Create a fresh PostgreSQL database and yield its SQLAlchemy URL; drop it after."""
+    require("PostgreSQL", PG_HOST, PG_PORT)
+    import psycopg
+
+    name = unique_name(prefix)
+    admin = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{PG_PORT}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def require_rabbitmq() -> str:
+    require("RabbitMQ", "127.0.0.1", 5672)
+    return AMQP_URL
