@@ -1,0 +1,2 @@
+CREATE DATABASE legacy;
+CREATE DATABASE new_domain;
