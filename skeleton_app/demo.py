@@ -76,7 +76,9 @@ def _loop(name: str, run: Callable[[threading.Event], None]) -> Iterator[None]:
 def _call(http: requests.Session, method: str, url: str, body: dict[str, Any]) -> Any:
     response = http.request(method, url, json=body, timeout=10)
     if response.status_code >= 400:
-        raise click.ClickException(f"{method} {url} answered {response.status_code}: {response.text}")
+        raise click.ClickException(
+            f"{method} {url} answered {response.status_code}: {response.text}"
+        )
     return response.json()
 
 
@@ -128,8 +130,9 @@ def run_demo(folder: Path, echo: Callable[[str], None] = click.echo, timeout: fl
         _call(http, "POST", f"{facade}/deallocate", {"orderid": "order-4", "sku": "GREEN-LAMP"})
         shrunk = _call(http, "PATCH", f"{facade}/batches/warehouse-chairs", {"qty": 5})
         echo(
-            f"seeded          {len(BATCHES)} batches, {len(ALLOCATIONS)} allocations, 1 deallocation;"
-            f" warehouse-chairs shrunk to 5, reallocated {len(shrunk['reallocated'])} line(s)"
+            f"seeded          {len(BATCHES)} batches, {len(ALLOCATIONS)} allocations,"
+            " 1 deallocation; warehouse-chairs shrunk to 5,"
+            f" reallocated {len(shrunk['reallocated'])} line(s)"
         )
 
         routes.set(*READ_ROUTE, "new", by="demo", reason="demo cutover")

@@ -38,7 +38,9 @@ def wait_for(
         except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
             last_error = exc
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what} (last error: {last_error})")
+    raise AssertionError(
+        f"timed out after {timeout}s waiting for {what} (last error: {last_error})"
+    )
 
 
 def port_open(port: int) -> bool:
@@ -49,7 +51,9 @@ def port_open(port: int) -> bool:
         return False
 
 
-def run_cli(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def run_cli(
+    *args: str, env: dict[str, str], timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
         [STRANGLER, *args], env={**os.environ, **env}, capture_output=True, text=True,
         timeout=timeout,

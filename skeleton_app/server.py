@@ -1,0 +1,55 @@
+"""Running the facade under gunicorn: one app per worker, created after the fork."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Flask
+from gunicorn.app.base import BaseApplication
+
+from skeleton_app.app import close_app
+
+
+class FacadeServer(BaseApplication):  # type: ignore[misc]
+    """gunicorn with settings given in code; ``factory`` runs in each worker process."""
+
+    def __init__(self, factory: Callable[[], Flask], options: Mapping[str, Any]) -> None:
+        self._factory = factory
+        self._options = dict(options)
+        super().__init__()
+
+    def load_config(self) -> None:
+        for key, value in self._options.items():
+            self.cfg.set(key, value)
+        self.cfg.set("worker_exit", _worker_exit)
+        if "control_socket_disable" in self.cfg.settings:
+            # gunicorn >= 25.1 opens one control socket per user by default: several
+            # servers on one machine would take it from each other.
+            self.cfg.set("control_socket_disable", True)
+
+    def load(self) -> Flask:
+        return self._factory()
+
+
+def _worker_exit(server: Any, worker: Any) -> None:
+    app = getattr(worker, "wsgi", None)
+    if isinstance(app, Flask):
+        close_app(app)
+
+
+def gunicorn_options(
+    host: str, port: int, workers: int, threads: int, upstream_timeout: float
+) -> dict[str, Any]:
+    """Settings for the facade: threaded workers, timeouts longer than the upstream's."""
+    return {
+        "bind": f"{host}:{port}",
+        "workers": workers,
+        "threads": threads,
+        "worker_class": "gthread",
+        "timeout": max(30, int(upstream_timeout) + 10),
+        "graceful_timeout": max(10, int(upstream_timeout) + 5),
+        "preload_app": False,
+        "proc_name": "strangler-facade",
+        "errorlog": "-",
+    }
