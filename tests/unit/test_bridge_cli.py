@@ -1,0 +1,149 @@
+"""``bridge install`` and ``bridge run`` through click's CliRunner (SQLite, no services)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import threading
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner, Result
+from sqlalchemy import create_engine
+
+from legacy_bridge.cli import _stop_on_signals, bridge
+from tests.unit.test_bridge_contract import create_legacy_schema, wait_until
+
+UNUSED_BROKER = "amqp://guest:guest@127.0.0.1:1/%2F"  # never reached by these tests
+
+
+@pytest.fixture
+def legacy_url(tmp_path: Path) -> str:
+    url = f"sqlite:///{tmp_path / 'legacy.db'}"
+    engine = create_engine(url)
+    create_legacy_schema(engine)
+    engine.dispose()
+    return url
+
+
+@pytest.fixture(autouse=True)
+def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in ("LEGACY_DB_URL", "BROKER_URL"):
+        monkeypatch.delenv(name, raising=False)
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> Result:
+    return CliRunner().invoke(bridge, list(args), env=env)
+
+
+def error_lines(result: Result) -> list[str]:
+    return [line for line in result.output.splitlines() if line.strip()]
+
+
+def test_install_prints_what_it_installed(legacy_url: str) -> None:
+    result = invoke("install", "--legacy-db-url", legacy_url, "--server-name", "shop")
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("installed change capture in sqlite database 'legacy'")
+    assert "server name 'shop'" in lines[0]
+    assert lines[1:] == [
+        "  prod_catalog: primary key (prod_id), triggers strangler_prod_catalog_insert, "
+        "strangler_prod_catalog_update, strangler_prod_catalog_delete",
+        "  stock_lot: primary key (lot_id), triggers strangler_stock_lot_insert, "
+        "strangler_stock_lot_update, strangler_stock_lot_delete",
+        "  cust_order_line: primary key (line_id), triggers strangler_cust_order_line_insert, "
+        "strangler_cust_order_line_update, strangler_cust_order_line_delete",
+        "  lot_allocation: primary key (alloc_id), triggers strangler_lot_allocation_insert, "
+        "strangler_lot_allocation_update, strangler_lot_allocation_delete",
+    ]
+
+
+def test_install_reads_the_url_from_the_environment_and_is_repeatable(legacy_url: str) -> None:
+    env = {"LEGACY_DB_URL": legacy_url}
+    first = invoke("install", "--tables", "prod_catalog, stock_lot", env=env)
+    again = invoke("install", "--tables", "prod_catalog", env=env)
+
+    assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
+    assert len(first.output.splitlines()) == 3
+    assert again.output.startswith("refreshed change capture")
+
+
+def test_install_without_url_is_a_usage_error() -> None:
+    result = invoke("install")
+    assert result.exit_code == 2
+    assert "Missing option '--legacy-db-url'" in result.output
+
+
+def test_install_unknown_table_is_one_line(legacy_url: str) -> None:
+    result = invoke("install", "--legacy-db-url", legacy_url, "--tables", "prod_catalog,nope")
+    assert result.exit_code == 1
+    assert error_lines(result) == ["Error: no table 'nope' in the legacy database"]
+
+
+def test_install_with_empty_table_list_is_a_usage_error(legacy_url: str) -> None:
+    result = invoke("install", "--legacy-db-url", legacy_url, "--tables", " , ")
+    assert result.exit_code == 2
+    assert "--tables names no table" in result.output
+
+
+def test_install_on_unreachable_database_is_one_line(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'missing' / 'x.db'}"
+    result = invoke("install", "--legacy-db-url", url)
+    assert result.exit_code == 1
+    assert len(error_lines(result)) == 1
+    assert error_lines(result)[0].startswith("Error: legacy database: unable to open")
+
+
+@pytest.mark.parametrize("missing", ["--legacy-db-url", "--broker-url"])
+def test_run_requires_both_urls(legacy_url: str, missing: str) -> None:
+    options = {"--legacy-db-url": legacy_url, "--broker-url": UNUSED_BROKER}
+    del options[missing]
+    result = invoke("run", *[part for pair in options.items() for part in pair])
+    assert result.exit_code == 2
+    assert f"Missing option '{missing}'" in result.output
+
+
+def test_run_refuses_the_in_process_broker(legacy_url: str) -> None:
+    result = invoke("run", "--legacy-db-url", legacy_url, env={"BROKER_URL": "memory://x"})
+    assert result.exit_code == 1
+    assert len(error_lines(result)) == 1
+    assert "memory://" in result.output and "amqp://" in result.output
+
+
+@pytest.mark.parametrize("once", [True, False])
+def test_run_without_install_is_one_line(legacy_url: str, once: bool) -> None:
+    args = ["run", "--legacy-db-url", legacy_url, "--broker-url", UNUSED_BROKER]
+    result = invoke(*args, *(["--once"] if once else []))
+    assert result.exit_code == 1
+    assert len(error_lines(result)) == 1
+    assert "not installed" in result.output and "bridge install" in result.output
+
+
+def test_run_with_a_bad_database_url_is_one_line() -> None:
+    result = invoke("run", "--legacy-db-url", "nosuchdb://x", "--broker-url", UNUSED_BROKER)
+    assert result.exit_code == 1
+    assert error_lines(result)[0].startswith("Error: invalid --legacy-db-url")
+
+
+def test_run_rejects_non_amqp_broker_urls(legacy_url: str) -> None:
+    result = invoke("run", "--legacy-db-url", legacy_url, "--broker-url", "http://x")
+    assert result.exit_code == 2
+    assert "amqp://" in result.output
+
+
+def test_run_rejects_a_zero_batch_size(legacy_url: str) -> None:
+    result = invoke(
+        "run", "--legacy-db-url", legacy_url, "--broker-url", UNUSED_BROKER, "--batch-size", "0"
+    )
+    assert result.exit_code == 2
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+def test_signals_set_the_stop_event_and_handlers_are_restored(signum: int) -> None:
+    before = signal.getsignal(signum)
+    stop = threading.Event()
+    with _stop_on_signals(stop):
+        os.kill(os.getpid(), signum)
+        wait_until(stop.is_set)
+    assert signal.getsignal(signum) is before
