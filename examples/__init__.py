@@ -1,0 +1,1 @@
+"""Example systems the kit is demonstrated and tested against."""
