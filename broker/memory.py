@@ -56,18 +56,22 @@ class _State:
         self.exchanges: dict[str, _Exchange] = {}
         self.queues: dict[str, _Queue] = {}
 
-    def route(self, exchange: str, message: Message) -> None:
+    def route(self, exchange: str, message: Message, published_to: str | None = None) -> None:
+        """Queue ``message``; deliveries name the exchange it was published to, even
+        when an alternate exchange routed it (as RabbitMQ does)."""
         ex = self.exchanges.get(exchange)
         if ex is None:
             raise BrokerError(f"NOT_FOUND - no exchange {exchange!r}")
         targets = {
-            q for q, key in ex.bindings if ex.kind == "fanout" or topic_matches(key, message.routing_key)
+            q
+            for q, key in ex.bindings
+            if ex.kind == "fanout" or topic_matches(key, message.routing_key)
         }
         if not targets and ex.alternate is not None:
-            self.route(ex.alternate, message)
+            self.route(ex.alternate, message, published_to or exchange)
             return
         for q in sorted(targets):
-            self.queues[q].ready.append((exchange, message, False))
+            self.queues[q].ready.append((published_to or exchange, message, False))
 
 
 _registry: dict[str, _State] = {}
@@ -111,9 +115,16 @@ class MemoryBroker:
                 alt = self._state.exchanges[alternate_exchange]
                 if (alternate_exchange, "#") not in alt.bindings:
                     alt.bindings.append((alternate_exchange, "#"))
-            ex = self._state.exchanges.setdefault(name, _Exchange(name, "topic"))
-            if alternate_exchange is not None:
-                ex.alternate = alternate_exchange
+            ex = self._state.exchanges.setdefault(
+                name, _Exchange(name, "topic", alternate=alternate_exchange)
+            )
+            if alternate_exchange is not None and ex.alternate != alternate_exchange:
+                # RabbitMQ refuses to change an exchange's arguments once it exists
+                raise BrokerError(
+                    f"PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for "
+                    f"exchange {name!r}: received {alternate_exchange!r} but current is "
+                    f"{ex.alternate!r}"
+                )
 
     def declare_queue(self, spec: QueueSpec) -> None:
         self._check_open()
@@ -141,12 +152,14 @@ class MemoryBroker:
             q = self._state.queues.get(queue)
             if q is None:
                 raise BrokerError(f"NOT_FOUND - no queue {queue!r}")
-            while not q.ready:
+            # the prefetch window: unacknowledged deliveries of this queue count against it
+            room = max_messages - sum(1 for name, _, _ in self._unacked.values() if name == queue)
+            while not q.ready or room <= 0:
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
                     return out
                 self._state.lock.wait(remaining)
-            while q.ready and len(out) < max_messages:
+            while q.ready and len(out) < room:
                 exchange, message, redelivered = q.ready.popleft()
                 tag = next(self._tags)
                 self._unacked[tag] = (queue, exchange, message)
@@ -156,10 +169,11 @@ class MemoryBroker:
     def ack(self, delivery_tag: int, multiple: bool = False) -> None:
         self._check_open()
         with self._state.lock:
+            if delivery_tag not in self._unacked:
+                raise BrokerError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
             tags = [t for t in self._unacked if t <= delivery_tag] if multiple else [delivery_tag]
             for tag in tags:
-                if self._unacked.pop(tag, None) is None:
-                    raise BrokerError(f"PRECONDITION_FAILED - unknown delivery tag {tag}")
+                del self._unacked[tag]
 
     def reject(self, delivery_tag: int, requeue: bool) -> None:
         self._check_open()
@@ -168,11 +182,12 @@ class MemoryBroker:
             if entry is None:
                 raise BrokerError(f"PRECONDITION_FAILED - unknown delivery tag {delivery_tag}")
             queue, exchange, message = entry
-            if requeue:
+            if requeue and queue in self._state.queues:
                 self._state.queues[queue].ready.appendleft((exchange, message, True))
                 self._state.lock.notify_all()
 
     def queue_depth(self, queue: str) -> int:
+        self._check_open()
         with self._state.lock:
             q = self._state.queues.get(queue)
             if q is None:
@@ -180,6 +195,7 @@ class MemoryBroker:
             return len(q.ready)
 
     def delete_queue(self, queue: str) -> None:
+        self._check_open()
         with self._state.lock:
             self._state.queues.pop(queue, None)
             for ex in self._state.exchanges.values():
