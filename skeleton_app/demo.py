@@ -110,7 +110,7 @@ def run_demo(folder: Path, echo: Callable[[str], None] = click.echo, timeout: fl
         consumer = new_domain.Consumer(
             new_domain.bootstrap(new_db), lambda: broker.connect(broker_url)
         )
-        consumer.run_once()  # declares its queue before the relay publishes
+        consumer.connect()  # declares its queue before the relay publishes
         stack.callback(consumer.close)
         stack.enter_context(_loop("consumer", consumer.run))
         relay = legacy_bridge.Relay(legacy_db, broker_factory=lambda: broker.connect(broker_url))

@@ -1,0 +1,31 @@
+"""The new allocation domain, fed by legacy change events.
+
+Public API:
+
+- :func:`bootstrap`: the composition root; returns the message bus.
+- :func:`upgrade_database`: migrate the new database (``alembic upgrade head``).
+- :func:`open_read_model` -> :class:`ReadModel`; ``allocations_for(orderid)`` returns
+  :class:`Allocation` items ordered by sku then batchref.
+- :class:`Consumer`: applies ``legacy.cdc`` change events from a broker queue.
+- :func:`apply_change` / :func:`parse_change`: apply one change envelope in-process
+  (the embedded demo); :class:`MalformedChange` when it is not one.
+"""
+
+from new_domain.acl import MalformedChange, parse_change
+from new_domain.adapters.schema import upgrade_database
+from new_domain.bootstrap import bootstrap
+from new_domain.entrypoints.consumer import Consumer
+from new_domain.service_layer.legacy_changes import apply_change
+from new_domain.views import Allocation, ReadModel, open_read_model
+
+__all__ = [
+    "Allocation",
+    "Consumer",
+    "MalformedChange",
+    "ReadModel",
+    "apply_change",
+    "bootstrap",
+    "open_read_model",
+    "parse_change",
+    "upgrade_database",
+]

@@ -1,0 +1,1 @@
+"""Adapters: the ORM mapping, repositories and other ports' database implementations."""

@@ -1,0 +1,46 @@
+"""Engines for the new domain's database (PostgreSQL or SQLite)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import sqlalchemy
+from sqlalchemy import event
+from sqlalchemy.engine import Engine, make_url
+
+SQLITE_BUSY_TIMEOUT_S = 30.0
+
+
+def create_engine(url: str, *, for_writes: bool = False) -> Engine:
+    """An engine for ``url``.
+
+    On SQLite: foreign keys on, WAL journal (readers do not block the writer), a busy
+    timeout, and with ``for_writes`` every transaction starts with ``BEGIN IMMEDIATE``
+    so concurrent writers queue for the lock instead of failing on upgrade. Elsewhere:
+    connections are pinged before use so a restarted server is reconnected.
+    """
+    if make_url(url).get_backend_name() != "sqlite":
+        return sqlalchemy.create_engine(url, pool_pre_ping=True)
+    engine = sqlalchemy.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
+
+    @event.listens_for(engine, "connect")
+    def _on_connect(dbapi_connection: Any, _record: Any) -> None:
+        dbapi_connection.isolation_level = None  # SQLAlchemy emits BEGIN itself
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.close()
+
+    @event.listens_for(engine, "begin")
+    def _on_begin(connection: Any) -> None:
+        connection.exec_driver_sql("BEGIN IMMEDIATE" if for_writes else "BEGIN")
+
+    return engine
+
+
+def safe_url(url: str) -> str:
+    """``url`` without its password, for messages."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
+        return url

@@ -1,0 +1,54 @@
+"""The composition root: builds the message bus with its real (or given) adapters."""
+
+from __future__ import annotations
+
+import inspect
+import os
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from new_domain.adapters import orm
+from new_domain.adapters.database import create_engine
+from new_domain.service_layer import handlers
+from new_domain.service_layer.messagebus import MessageBus
+from new_domain.service_layer.unit_of_work import AbstractUnitOfWork, SqlAlchemyUnitOfWork
+
+
+def bootstrap(
+    new_db_url: str | None = None,
+    uow: AbstractUnitOfWork | None = None,
+    start_orm: bool = True,
+) -> MessageBus:
+    """A message bus whose handlers get their dependencies injected.
+
+    Without ``uow``, a SQLAlchemy unit of work on ``new_db_url`` (default: the
+    ``NEW_DB_URL`` environment variable). Tests pass an in-memory unit of work and
+    ``start_orm=False``. Nothing connects until a message is handled.
+    """
+    if start_orm:
+        orm.start_mappers()
+    if uow is None:
+        url = new_db_url or os.environ.get("NEW_DB_URL")
+        if not url:
+            raise ValueError("no new database: pass new_db_url or set NEW_DB_URL")
+        uow = SqlAlchemyUnitOfWork(create_engine(url, for_writes=True))
+    dependencies: dict[str, Any] = {"uow": uow}
+    event_handlers = {
+        event_type: [_inject(handler, dependencies) for handler in event_handlers]
+        for event_type, event_handlers in handlers.EVENT_HANDLERS.items()
+    }
+    command_handlers = {
+        command_type: _inject(handler, dependencies)
+        for command_type, handler in handlers.COMMAND_HANDLERS.items()
+    }
+    return MessageBus(uow, event_handlers, command_handlers)
+
+
+def _inject(handler: Callable[..., Any], dependencies: Mapping[str, Any]) -> Callable[[Any], Any]:
+    """``handler`` with the dependencies its parameters name filled in."""
+    wanted = {
+        name: dependency
+        for name, dependency in dependencies.items()
+        if name in inspect.signature(handler).parameters
+    }
+    return lambda message: handler(message, **wanted)

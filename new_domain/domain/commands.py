@@ -1,0 +1,52 @@
+"""Commands: what the new domain is asked to do (one handler each)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+
+class Command:
+    """Base class of every command."""
+
+
+@dataclass(frozen=True)
+class CreateBatch(Command):
+    ref: str
+    sku: str
+    qty: int
+    eta: date | None = None
+
+
+@dataclass(frozen=True)
+class Allocate(Command):
+    """Choose a batch for an order line with the new domain's own rule."""
+
+    orderid: str
+    sku: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class MirrorAllocation(Command):
+    """Record an allocation the legacy system already decided."""
+
+    orderid: str
+    sku: str
+    qty: int
+    batchref: str
+
+
+@dataclass(frozen=True)
+class MirrorDeallocation(Command):
+    """Record that the legacy system removed an allocation."""
+
+    orderid: str
+    sku: str
+    batchref: str
+
+
+@dataclass(frozen=True)
+class ChangeBatchQuantity(Command):
+    ref: str
+    qty: int

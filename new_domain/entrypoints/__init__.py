@@ -1,0 +1,1 @@
+"""Entry points: the change consumer and the command line."""

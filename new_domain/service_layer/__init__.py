@@ -1,0 +1,1 @@
+"""Service layer: the message bus, its handlers and the unit of work."""

@@ -1,0 +1,118 @@
+"""Handlers: plain functions; their parameters name their dependencies.
+
+The two tables at the bottom are the routing table bootstrap wires into the bus.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Any
+
+from new_domain.domain import commands, events
+from new_domain.domain.model import Batch, DuplicateBatch, OrderLine, Product, UnknownBatch
+from new_domain.service_layer.unit_of_work import AbstractUnitOfWork
+
+logger = logging.getLogger(__name__)
+
+
+class InvalidSku(Exception):
+    """No product has this sku."""
+
+
+def add_batch(command: commands.CreateBatch, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        if uow.products.get_by_batchref(command.ref) is not None:
+            raise DuplicateBatch(f"batch {command.ref} exists already")
+        product = _product(uow, command.sku)
+        product.add_batch(Batch(command.ref, command.sku, command.qty, command.eta))
+        uow.commit()
+
+
+def allocate(command: commands.Allocate, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        product = uow.products.get(command.sku)
+        if product is None:
+            raise InvalidSku(f"invalid sku {command.sku}")
+        product.allocate(OrderLine(command.orderid, command.sku, command.qty))
+        uow.commit()
+
+
+def mirror_allocation(command: commands.MirrorAllocation, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        product = _product(uow, command.sku)
+        line = OrderLine(command.orderid, command.sku, command.qty)
+        product.record_allocation(line, command.batchref)
+        uow.commit()
+
+
+def mirror_deallocation(command: commands.MirrorDeallocation, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        product = _product(uow, command.sku)
+        product.record_deallocation(command.orderid, command.batchref)
+        uow.commit()
+
+
+def change_batch_quantity(command: commands.ChangeBatchQuantity, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        product = uow.products.get_by_batchref(command.ref)
+        if product is None:
+            raise UnknownBatch(f"no batch {command.ref}")
+        product.change_batch_quantity(command.ref, command.qty)
+        uow.commit()
+
+
+def add_allocation_to_read_model(event: events.Allocated, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        uow.allocations_view.add(event.orderid, event.sku, event.batchref)
+        uow.commit()
+
+
+def remove_allocation_from_read_model(event: events.Deallocated, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        uow.allocations_view.remove(event.orderid, event.sku, event.batchref)
+        uow.commit()
+
+
+def record_anomaly(event: events.LegacyInvariantViolated, uow: AbstractUnitOfWork) -> None:
+    logger.warning(
+        "legacy invariant violated (%s) for sku %s: %s [change %s]",
+        event.reason,
+        event.sku,
+        event.detail,
+        uow.change_id,
+    )
+    with uow:
+        uow.anomalies.record(event.reason, event.sku, event.detail, uow.change_id)
+        uow.commit()
+
+
+def log_out_of_stock(event: events.OutOfStock) -> None:
+    logger.info("out of stock: %s", event.sku)
+
+
+def _product(uow: AbstractUnitOfWork, sku: str) -> Product:
+    """The product of ``sku``, created on first use."""
+    product = uow.products.get(sku)
+    if product is None:
+        product = Product(sku)
+        uow.products.add(product)
+    return product
+
+
+EVENT_HANDLERS: dict[type[events.Event], list[Callable[..., Any]]] = {
+    events.BatchCreated: [],
+    events.Allocated: [add_allocation_to_read_model],
+    events.Deallocated: [remove_allocation_from_read_model],
+    events.BatchQuantityChanged: [],
+    events.OutOfStock: [log_out_of_stock],
+    events.LegacyInvariantViolated: [record_anomaly],
+}
+
+COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
+    commands.CreateBatch: add_batch,
+    commands.Allocate: allocate,
+    commands.MirrorAllocation: mirror_allocation,
+    commands.MirrorDeallocation: mirror_deallocation,
+    commands.ChangeBatchQuantity: change_batch_quantity,
+}
