@@ -4,7 +4,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import postgres_database, require_rabbitmq, unique_name
+from tests.services import mariadb_database, postgres_database, require_rabbitmq, unique_name
 
 
 @pytest.fixture
@@ -21,6 +21,13 @@ def pg_url_factory() -> Iterator[object]:
 
     with ExitStack() as stack:
         yield lambda: stack.enter_context(postgres_database())
+
+
+@pytest.fixture
+def mariadb_url() -> Iterator[str]:
+    """SQLAlchemy URL (``mysql+pymysql://``) of a fresh, empty MariaDB database."""
+    with mariadb_database() as url:
+        yield url
 
 
 @pytest.fixture

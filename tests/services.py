@@ -59,6 +59,28 @@ def postgres_database(prefix: str = "strangler_test") -> Iterator[str]:
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
+MARIADB_HOST = os.environ.get("TEST_MARIADB_HOST", "127.0.0.1")
+MARIADB_PORT = int(os.environ.get("TEST_MARIADB_PORT", "3306"))
+
+
+@contextmanager
+def mariadb_database(prefix: str = "strangler_test") -> Iterator[str]:
+    """Create a fresh MariaDB database and yield its SQLAlchemy URL; drop it after."""
+    require("MariaDB", MARIADB_HOST, MARIADB_PORT)
+    import pymysql
+
+    name = unique_name(prefix)
+    admin = pymysql.connect(host=MARIADB_HOST, port=MARIADB_PORT, user="root", autocommit=True)
+    try:
+        with admin.cursor() as cursor:
+            cursor.execute(f"CREATE DATABASE `{name}`")
+        yield f"mysql+pymysql://root@{MARIADB_HOST}:{MARIADB_PORT}/{name}"
+    finally:
+        with admin.cursor() as cursor:
+            cursor.execute(f"DROP DATABASE IF EXISTS `{name}`")
+        admin.close()
+
+
 def require_rabbitmq() -> str:
     require("RabbitMQ", "127.0.0.1", 5672)
     return AMQP_URL

@@ -22,7 +22,7 @@ def alembic_config(new_db_url: str) -> Config:
     return config
 
 
-def upgrade_database(new_db_url: str, revision: str = "head") -> None:
+def upgrade_database(new_db_url: str, revision: str = "heads") -> None:
     """Run ``alembic upgrade`` (to every head by default) on the new database."""
     command.upgrade(alembic_config(new_db_url), revision)
 
