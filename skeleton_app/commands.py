@@ -1,4 +1,5 @@
-"""The facade's commands: ``strangler serve`` and ``strangler routes list|set|history``.
+"""The facade's commands: ``strangler serve`` and ``strangler routes ...``
+(``list``, ``set``, ``history``, ``mismatches``, ``rollback``).
 
 ``demo`` (defined in ``skeleton_app.demo``) is re-exported with them for the root CLI.
 """
@@ -6,23 +7,32 @@
 from __future__ import annotations
 
 import getpass
+import json
 import os
-from collections.abc import Iterator, Sequence
+import shutil
+import tempfile
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import datetime
 from functools import partial
+from typing import Any
 
 import click
 from flask import Flask
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
+from skeleton_app.admin import audit_json, result_json, route_json
 from skeleton_app.app import create_app
 from skeleton_app.demo import demo
+from skeleton_app.gate import CutoverGate
+from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
 from skeleton_app.patterns import RouteError
 from skeleton_app.proxy import validate_base_url
 from skeleton_app.routes_table import RouteTable
 from skeleton_app.server import FacadeServer, gunicorn_options
+from skeleton_app.settings import FacadeSettings
+from skeleton_app.shadow_results import AA, SHADOW, Parity, ShadowResults, Window
 
 __all__ = ["demo", "routes", "serve"]
 
@@ -52,6 +62,29 @@ new_db_url_option = click.option(
 )
 
 
+def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The cutover gate's thresholds and the parity window (for ``serve`` and ``routes``)."""
+    options = [
+        click.option("--min-parity", type=click.FloatRange(0, 100), default=99.9,
+                     show_default=True, help="Shadow parity (%) a route needs to go to new."),
+        click.option("--min-samples", type=click.IntRange(min=0), default=100,
+                     show_default=True, help="Shadow comparisons a route needs to go to new."),
+        click.option("--parity-window", type=click.FloatRange(min=1), default=86400.0,
+                     show_default=True, help="Seconds of shadow results that count."),
+        click.option("--parity-samples", type=click.IntRange(min=1), default=10000,
+                     show_default=True, help="At most this many newest results count (and "
+                     "are kept) per route."),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
+
+
+def _gate(min_parity: float, min_samples: int, parity_window: float,
+          parity_samples: int) -> CutoverGate:
+    return CutoverGate(min_parity, min_samples, Window(parity_window, parity_samples))
+
+
 @click.command()
 @click.option("--port", type=click.IntRange(0, 65535), required=True, help="Port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
@@ -64,8 +97,26 @@ new_db_url_option = click.option(
 @new_db_url_option
 @click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
               show_default=True, help="Seconds to wait for the legacy system.")
+@click.option("--new-timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
+              show_default=True,
+              help="Seconds to wait for the new system before legacy answers instead.")
+@click.option("--max-lag", type=click.FloatRange(min=0), default=15.0, show_default=True,
+              help="Above this end-to-end lag (s), new and canary routes serve from legacy.")
+@click.option("--no-lag-guard", is_flag=True, help="Never fall back because of lag.")
 @click.option("--refresh-interval", type=click.FloatRange(min=0), default=1.0,
               show_default=True, help="Seconds between route table reloads.")
+@click.option("--shadow-queue-size", type=click.IntRange(min=1), default=1000,
+              show_default=True, help="Comparisons waiting per worker; beyond, dropped.")
+@click.option("--shadow-sample-rate", type=click.FloatRange(0, 1), default=1.0,
+              show_default=True, help="Share of shadowed requests compared (routes may "
+              "override it).")
+@click.option("--shadow-max-body", type=click.IntRange(min=0), default=1024 * 1024,
+              show_default=True, help="Bytes of body kept for a comparison; larger ones are "
+              "not compared.")
+@click.option("--admin-token", envvar="ADMIN_TOKEN", default=None,
+              help="Bearer token of the admin API under /_strangler/ (env ADMIN_TOKEN); "
+              "without one the admin API is off.")
+@gate_options
 def serve(
     port: int,
     host: str,
@@ -74,74 +125,256 @@ def serve(
     legacy_url: str,
     new_db_url: str,
     upstream_timeout: float,
+    new_timeout: float,
+    max_lag: float,
+    no_lag_guard: bool,
     refresh_interval: float,
+    shadow_queue_size: int,
+    shadow_sample_rate: float,
+    shadow_max_body: int,
+    admin_token: str | None,
+    min_parity: float,
+    min_samples: int,
+    parity_window: float,
+    parity_samples: int,
 ) -> None:
-    """Run the strangler facade (gunicorn); stops cleanly on SIGTERM/SIGINT."""
-    factory = partial(_build_app, legacy_url, new_db_url, upstream_timeout, refresh_interval)
+    """Run the strangler facade (gunicorn); stops cleanly on SIGTERM/SIGINT.
+
+    Metrics of all workers are served at /metrics (prometheus_client multiprocess mode, in
+    PROMETHEUS_MULTIPROC_DIR or a temporary folder removed at exit).
+    """
+    settings = FacadeSettings(
+        upstream_timeout=upstream_timeout,
+        new_timeout=new_timeout,
+        max_lag=None if no_lag_guard else max_lag,
+        shadow_queue_size=shadow_queue_size,
+        shadow_sample_rate=shadow_sample_rate,
+        shadow_max_body=shadow_max_body,
+        admin_token=admin_token or None,
+        gate=_gate(min_parity, min_samples, parity_window, parity_samples),
+        new_workers=threads,
+    )
+    factory = partial(_build_app, legacy_url, new_db_url, settings, refresh_interval)
     options = gunicorn_options(host, port, workers, threads, upstream_timeout)
-    FacadeServer(factory, options).run()
+    with _metrics_folder():
+        FacadeServer(factory, options).run()
+
+
+@contextmanager
+def _metrics_folder() -> Iterator[None]:
+    """A fresh PROMETHEUS_MULTIPROC_DIR for the workers, unless one is set already."""
+    if os.environ.get(MULTIPROC_ENV):
+        yield
+        return
+    folder = tempfile.mkdtemp(prefix="strangler-metrics-")
+    os.environ[MULTIPROC_ENV] = folder
+    try:
+        yield
+    finally:
+        os.environ.pop(MULTIPROC_ENV, None)
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _build_app(
-    legacy_url: str, new_db_url: str, upstream_timeout: float, refresh_interval: float
+    legacy_url: str, new_db_url: str, settings: FacadeSettings, refresh_interval: float
 ) -> Flask:
-    table = RouteTable(new_db_url, refresh_interval=refresh_interval)
-    return create_app(legacy_url, new_db_url, route_table=table, upstream_timeout=upstream_timeout)
+    use_multiprocess_values()
+    table = RouteTable(new_db_url, refresh_interval=refresh_interval, gate=settings.gate)
+    return create_app(legacy_url, new_db_url, route_table=table, settings=settings)
 
 
 @click.group()
 def routes() -> None:
-    """See and change which system serves each route."""
+    """See and change which system serves each route; parity, audit and rollback."""
 
 
-@routes.command("list")
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+
+
+@routes.command("list", short_help="Show every route, its mode, parity and A/A noise.")
 @new_db_url_option
-def list_routes(new_db_url: str) -> None:
-    """Show every route and who serves it (movable routes never set show as legacy)."""
-    with _route_table(new_db_url) as table:
-        rows = [
-            (r.method, r.pattern, r.mode.value, _when(r.updated_at), r.updated_by or "-",
-             r.reason or "-")
-            for r in table.list()
-        ]
-    _print_table(("METHOD", "PATTERN", "MODE", "UPDATED_AT", "BY", "REASON"), rows)
+@json_option
+@gate_options
+def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
+    """Show every route, who serves it, its shadow parity and A/A noise over the window."""
+    with _route_table(new_db_url, _gate(**gate)) as (table, results):
+        shadow = results.parity_by_route(SHADOW)
+        noise = results.parity_by_route(AA)
+        listed = table.list()
+    if as_json:
+        click.echo(json.dumps({"routes": [
+            route_json(r, shadow.get((r.method, r.pattern), Parity()),
+                       noise.get((r.method, r.pattern), Parity()))
+            for r in listed
+        ]}, indent=2))
+        return
+    rows = []
+    for r in listed:
+        parity = shadow.get((r.method, r.pattern), Parity())
+        aa = noise.get((r.method, r.pattern), Parity())
+        rows.append((
+            r.method, r.pattern, r.setting.replace(" ", ":"), _pct(parity), str(parity.samples),
+            _pct(aa), r.options.describe().replace(" ", ","), _when(r.updated_at),
+            r.updated_by or "-", r.reason or "-",
+        ))
+    _print_table(("METHOD", "PATTERN", "MODE", "PARITY", "SAMPLES", "NOISE", "OPTIONS",
+                  "UPDATED_AT", "BY", "REASON"), rows)
 
 
-@routes.command("set")
+@routes.command("set", short_help="Set a route's mode (legacy, aa, shadow, canary N, new).")
 @click.argument("method")
 @click.argument("pattern")
 @click.argument("mode", metavar="MODE")
+@click.argument("percent", metavar="[PERCENT]", required=False)
+@click.option("--reason", default="", help="Why (kept in the audit trail).")
+@click.option("--by", "by", default=lambda: _current_user(), show_default="$USER",
+              help="Who makes the change.")
+@click.option("--force", is_flag=True,
+              help="Move to new even though the cutover gate refuses (audited).")
+@click.option("--allow-mutating-shadow/--no-allow-mutating-shadow", default=None,
+              help="Shadow POST/PUT/PATCH/DELETE too (their side effects happen twice).")
+@click.option("--ignore-field", "ignore_fields", multiple=True, metavar="NAME",
+              help="JSON field left out of comparisons (repeat; replaces the list).")
+@click.option("--no-ignore-fields", is_flag=True, help="Compare every field again.")
+@click.option("--unordered-lists/--ordered-lists", default=None,
+              help="Compare JSON lists regardless of order.")
+@click.option("--canary-key", default=None, metavar="KEY",
+              help="What keeps a client on one side: path (default), path:NAME, header:NAME, "
+              "query:NAME or cookie:NAME.")
+@click.option("--sample-rate", type=click.FloatRange(0, 1), default=None,
+              help="Share of this route's requests compared (default: the facade's).")
+@new_db_url_option
+@gate_options
+def set_route(
+    method: str,
+    pattern: str,
+    mode: str,
+    percent: str | None,
+    reason: str,
+    by: str,
+    force: bool,
+    allow_mutating_shadow: bool | None,
+    ignore_fields: tuple[str, ...],
+    no_ignore_fields: bool,
+    unordered_lists: bool | None,
+    canary_key: str | None,
+    sample_rate: float | None,
+    new_db_url: str,
+    **gate: Any,
+) -> None:
+    """Serve METHOD PATTERN (e.g. GET /allocations/<orderid>) in MODE: legacy, aa, shadow,
+    canary PERCENT or new. A move to new needs the shadow parity the gate asks for."""
+    if ignore_fields and no_ignore_fields:
+        raise click.UsageError("--ignore-field and --no-ignore-fields exclude each other")
+    changes: dict[str, Any] = {}
+    if allow_mutating_shadow is not None:
+        changes["allow_mutating_shadow"] = allow_mutating_shadow
+    if ignore_fields or no_ignore_fields:
+        changes["ignore_fields"] = list(ignore_fields)
+    if unordered_lists is not None:
+        changes["unordered_lists"] = unordered_lists
+    if canary_key is not None:
+        changes["canary_key"] = canary_key
+    if sample_rate is not None:
+        changes["sample_rate"] = sample_rate
+    with _route_table(new_db_url, _gate(**gate)) as (table, _):
+        route = table.set(method, pattern, mode, by=by, reason=reason,
+                          percent=_percent_arg(percent), options=changes or None, force=force)
+        entry = table.history(route.method, route.pattern)[-1]
+    click.echo(f"{route.method} {route.pattern} -> {route.setting}")
+    if entry.gate:
+        click.echo(f"gate: {entry.gate}")
+
+
+def _percent_arg(value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return float(value.rstrip("%"))
+    except ValueError:
+        raise click.BadParameter(f"not a percentage: {value!r}", param_hint="PERCENT") from None
+
+
+@routes.command("history", short_help="Show the audit trail of route changes.")
+@click.argument("method", required=False)
+@click.argument("pattern", required=False)
+@new_db_url_option
+@json_option
+def route_history(method: str | None, pattern: str | None, new_db_url: str,
+                  as_json: bool) -> None:
+    """Show the audit trail of route changes, oldest first."""
+    with _route_table(new_db_url) as (table, _):
+        entries = table.history(method, pattern)
+    if as_json:
+        click.echo(json.dumps({"entries": [audit_json(e) for e in entries]}, indent=2))
+        return
+    rows = [
+        (_when(e.at), e.method, e.pattern, (e.from_mode or "-").replace(" ", ":"),
+         e.to_mode.replace(" ", ":"), e.by, "yes" if e.forced else "no", e.reason or "-")
+        for e in entries
+    ]
+    _print_table(("AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "FORCED", "REASON"), rows)
+
+
+@routes.command("mismatches", short_help="Show a route's newest mismatches with diffs.")
+@click.argument("method")
+@click.argument("pattern")
+@click.option("--aa", is_flag=True, help="A/A (legacy against itself) instead of shadow.")
+@click.option("--limit", type=click.IntRange(1, 100), default=5, show_default=True)
+@new_db_url_option
+@json_option
+@gate_options
+def route_mismatches(method: str, pattern: str, aa: bool, limit: int, new_db_url: str,
+                     as_json: bool, **gate: Any) -> None:
+    """Show a route's parity and its newest mismatches and errors with their diffs."""
+    kind = AA if aa else SHADOW
+    method = method.upper()
+    with _route_table(new_db_url, _gate(**gate)) as (_, results):
+        parity = results.parity(method, pattern, kind)
+        found = results.recent(method, pattern, kind, limit=limit)
+    if as_json:
+        click.echo(json.dumps({"method": method, "pattern": pattern, "kind": kind,
+                               "parity": parity.to_dict(),
+                               "mismatches": [result_json(r) for r in found]}, indent=2))
+        return
+    click.echo(f"{method} {pattern} {kind}: {parity.describe()} "
+               f"({parity.mismatches} mismatches, {parity.errors} errors)")
+    for r in found:
+        new = "-" if r.new_status is None else f"{r.new_status} in {r.new_ms:.1f} ms"
+        click.echo(f"\n#{r.id} {_when(r.at)} {r.outcome} {r.path}: legacy {r.legacy_status} "
+                   f"in {r.legacy_ms:.1f} ms, {'legacy again' if aa else 'new'} {new}")
+        for line in (r.diff or "").splitlines():
+            click.echo(f"    {line}")
+
+
+@routes.command("rollback", short_help="Serve a route, or every route, from legacy again.")
+@click.argument("method", required=False)
+@click.argument("pattern", required=False)
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
 @click.option("--by", "by", default=lambda: _current_user(), show_default="$USER",
               help="Who makes the change.")
 @new_db_url_option
-def set_route(method: str, pattern: str, mode: str, reason: str, by: str, new_db_url: str) -> None:
-    """Serve METHOD PATTERN (e.g. GET /allocations/<orderid>) in MODE (legacy or new)."""
-    with _route_table(new_db_url) as table:
-        route = table.set(method, pattern, mode, by=by, reason=reason)
-    click.echo(f"{route.method} {route.pattern} -> {route.mode.value}")
-
-
-@routes.command("history")
-@click.argument("method", required=False)
-@click.argument("pattern", required=False)
-@new_db_url_option
-def route_history(method: str | None, pattern: str | None, new_db_url: str) -> None:
-    """Show the audit trail of route changes, oldest first."""
-    with _route_table(new_db_url) as table:
-        rows = [
-            (_when(e.at), e.method, e.pattern, e.from_mode or "-", e.to_mode, e.by,
-             e.reason or "-")
-            for e in table.history(method, pattern)
-        ]
-    _print_table(("AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "REASON"), rows)
+def rollback(method: str | None, pattern: str | None, reason: str, by: str,
+             new_db_url: str) -> None:
+    """Serve METHOD PATTERN, or every route not on legacy, from legacy again."""
+    if (method is None) != (pattern is None):
+        raise click.UsageError("give METHOD and PATTERN, or neither for every route")
+    with _route_table(new_db_url) as (table, _):
+        wanted = None if method is None else [(method, pattern or "")]
+        changed = table.rollback(by=by, reason=reason, routes=wanted)
+    if not changed:
+        click.echo("every route is already served by legacy")
+    for route in changed:
+        click.echo(f"{route.method} {route.pattern} -> legacy")
 
 
 @contextmanager
-def _route_table(new_db_url: str) -> Iterator[RouteTable]:
-    table = RouteTable(new_db_url)
+def _route_table(
+    new_db_url: str, gate: CutoverGate | None = None
+) -> Iterator[tuple[RouteTable, ShadowResults]]:
+    table = RouteTable(new_db_url, gate=gate)
     try:
-        yield table
+        yield table, ShadowResults(table.engine, gate.window if gate else None)
     except RouteError as exc:
         raise click.ClickException(str(exc)) from None
     except SQLAlchemyError as exc:
@@ -153,6 +386,10 @@ def _route_table(new_db_url: str) -> Iterator[RouteTable]:
         ) from None
     finally:
         table.close()
+
+
+def _pct(parity: Parity) -> str:
+    return "-" if parity.percent is None else f"{int(parity.percent * 100) / 100:.2f}%"
 
 
 def _current_user() -> str:

@@ -1,17 +1,23 @@
 """Forwarding a request to the legacy system and its answer back, as faithfully as possible.
 
 The upstream URL is always the configured base URL plus the request's path and query: the
-request's Host header or an absolute-form request target can never send it elsewhere.
-Hop-by-hop headers (RFC 9110 7.6.1) stay on their hop; bodies pass through undecoded
-(``Content-Encoding`` kept) and responses are streamed; redirects are passed back, with a
-``Location`` pointing into the legacy system rewritten to point at the facade.
+request's Host header or an absolute-form request target can never send it elsewhere, and a
+path with ``.``/``..`` segments (even percent-encoded ones), which the HTTP client would
+resolve and so climb out of the base URL's path, is refused before it gets here. Hop-by-hop
+headers (RFC 9110 7.6.1) stay on their hop; bodies pass through undecoded
+(``Content-Encoding`` kept) and are streamed both ways (a request body is only read into
+memory when the facade must send it twice, for a shadow comparison); redirects are passed
+back, not followed, with a ``Location`` pointing into the legacy system rewritten to point
+at the facade.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from http.cookiejar import DefaultCookiePolicy
+from typing import IO
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -19,6 +25,7 @@ from flask import Request, Response
 from requests.adapters import HTTPAdapter
 from werkzeug.datastructures import Headers
 
+from skeleton_app.compare import Answer
 from skeleton_app.errors import json_error
 
 log = logging.getLogger(__name__)
@@ -45,6 +52,15 @@ _NOT_RETURNED = HOP_BY_HOP | {"date", "server", "x-served-by"}
 
 _PATH_SAFE = "/:@!$&'()*+,;=-._~"
 _CHUNK = 64 * 1024
+
+Capture = Callable[[Answer | None, str | None], None]
+"""Called once the legacy answer was streamed to the client: ``(answer, None)`` with the
+whole answer, or ``(None, reason)`` when it could not be kept (``too_large``,
+``incomplete``)."""
+
+
+class BodyTooLarge(ValueError):
+    """An answer bigger than the comparison limit."""
 
 
 def _connection_tokens(value: str | None) -> set[str]:
@@ -90,6 +106,8 @@ class LegacyProxy:
         """The legacy URL for a request path (as decoded by the WSGI server) and raw query."""
         if not path.startswith("/"):
             path = "/" + path
+        if has_dot_segments(path):
+            raise ValueError(f"refusing to proxy a path with dot segments: {path!r}")
         url = self.base_url + quote(path, safe=_PATH_SAFE)
         query = query_string.decode("latin-1") if isinstance(query_string, bytes) else query_string
         if query:
@@ -98,14 +116,28 @@ class LegacyProxy:
             raise ValueError(f"refusing to proxy to {url!r}")
         return url
 
-    def forward(self, request: Request) -> Response:
+    def forward(
+        self,
+        request: Request,
+        *,
+        body: bytes | None = None,
+        capture: Capture | None = None,
+        capture_limit: int = 1024 * 1024,
+        observe: Callable[[float], None] | None = None,
+    ) -> Response:
+        """Proxy ``request``; its body is streamed unless ``body`` (already read) is given.
+
+        ``capture`` gets the whole answer once it was streamed to the client (see
+        ``Capture``); ``observe`` the seconds until legacy's response headers arrived.
+        """
         url = self.upstream_url(request.path, request.query_string)
+        started = time.perf_counter()
         try:
             upstream = self._session.request(
                 request.method,
                 url,
-                headers=self._request_headers(request),
-                data=request.get_data(cache=False) or None,
+                headers=self.request_headers(request),
+                data=body if body is not None else _request_body(request),
                 allow_redirects=False,
                 stream=True,
                 timeout=self._timeout,
@@ -125,12 +157,46 @@ class LegacyProxy:
             return json_error(
                 502, "bad gateway", "the request could not be forwarded to the legacy system"
             )
-        return self._response(upstream)
+        if observe is not None:
+            observe(time.perf_counter() - started)
+        return self._response(upstream, started, capture, capture_limit)
+
+    def fetch(
+        self,
+        method: str,
+        path: str,
+        query_string: bytes | str,
+        headers: dict[str, str],
+        body: bytes,
+        limit: int = 1024 * 1024,
+    ) -> Answer:
+        """One whole answer from legacy (for an A/A comparison); raises requests' errors
+        and BodyTooLarge."""
+        url = self.upstream_url(path, query_string)
+        started = time.perf_counter()
+        with self._session.request(
+            method, url, headers=headers, data=body or None, allow_redirects=False,
+            stream=True, timeout=self._timeout,
+        ) as upstream:
+            chunks: list[bytes] = []
+            size = 0
+            for chunk in upstream.raw.stream(_CHUNK, decode_content=False):
+                size += len(chunk)
+                if size > limit:
+                    raise BodyTooLarge(f"legacy's answer is larger than {limit} bytes")
+                chunks.append(chunk)
+            return Answer(
+                upstream.status_code,
+                tuple(upstream.raw.headers.items()),
+                b"".join(chunks),
+                time.perf_counter() - started,
+            )
 
     def close(self) -> None:
         self._session.close()
 
-    def _request_headers(self, request: Request) -> dict[str, str]:
+    def request_headers(self, request: Request) -> dict[str, str]:
+        """The headers sent to legacy for ``request``."""
         extra = _connection_tokens(request.headers.get("Connection"))
         headers: dict[str, str] = {}
         for name, value in request.headers.items():
@@ -145,7 +211,13 @@ class LegacyProxy:
         headers["X-Forwarded-Proto"] = request.scheme
         return headers
 
-    def _response(self, upstream: requests.Response) -> Response:
+    def _response(
+        self,
+        upstream: requests.Response,
+        started: float,
+        capture: Capture | None,
+        capture_limit: int,
+    ) -> Response:
         raw_headers = list(upstream.raw.headers.items())
         extra = _connection_tokens(upstream.headers.get("Connection"))
         headers = Headers()
@@ -156,11 +228,10 @@ class LegacyProxy:
                 value = self._rewrite_location(value)
             headers.add(name, value)
         status = f"{upstream.status_code} {upstream.reason}" if upstream.reason else None
-        response = Response(
-            _body(upstream),
-            status=status or upstream.status_code,
-            direct_passthrough=True,
+        body = _body(upstream) if capture is None else _captured_body(
+            upstream, raw_headers, started, capture, capture_limit
         )
+        response = Response(body, status=status or upstream.status_code, direct_passthrough=True)
         response.headers = headers
         response.call_on_close(upstream.close)
         return response
@@ -177,3 +248,75 @@ def _body(upstream: requests.Response) -> Iterator[bytes]:
         yield from upstream.raw.stream(_CHUNK, decode_content=False)
     finally:
         upstream.close()
+
+
+def _captured_body(
+    upstream: requests.Response,
+    raw_headers: list[tuple[str, str]],
+    started: float,
+    capture: Capture,
+    limit: int,
+) -> Iterator[bytes]:
+    """Stream the body to the client and keep a copy (up to ``limit`` bytes) for ``capture``.
+
+    ``capture`` is called after the last chunk went out, so the client never waits for it.
+    """
+    kept: list[bytes] = []
+    size = 0
+    complete = False
+    try:
+        for chunk in upstream.raw.stream(_CHUNK, decode_content=False):
+            size += len(chunk)
+            if size <= limit:
+                kept.append(chunk)
+            yield chunk
+        complete = True
+    finally:
+        upstream.close()
+        if not complete:
+            capture(None, "incomplete")
+        elif size > limit:
+            capture(None, "too_large")
+        else:
+            elapsed = time.perf_counter() - started
+            capture(Answer(upstream.status_code, tuple(raw_headers), b"".join(kept), elapsed),
+                    None)
+
+
+class _SizedStream:
+    """A request body of known length, read in chunks as legacy takes it (not buffered)."""
+
+    def __init__(self, stream: IO[bytes], length: int) -> None:
+        self._stream = stream
+        self._length = length
+
+    def __len__(self) -> int:
+        return self._length
+
+    def read(self, size: int = -1) -> bytes:
+        return self._stream.read(size if size is not None and size >= 0 else -1)
+
+    def __iter__(self) -> Iterator[bytes]:
+        while chunk := self.read(_CHUNK):
+            yield chunk
+
+
+def _chunked(stream: IO[bytes]) -> Iterator[bytes]:
+    while chunk := stream.read(_CHUNK):
+        yield chunk
+
+
+def _request_body(request: Request) -> _SizedStream | Iterator[bytes] | None:
+    """The request body as a stream: sized when the client said how long it is, chunked
+    when its server ended it (``wsgi.input_terminated``), None when there is none."""
+    length = request.content_length
+    if length:
+        return _SizedStream(request.stream, length)
+    if length is None and request.environ.get("wsgi.input_terminated"):
+        return _chunked(request.stream)
+    return None
+
+
+def has_dot_segments(path: str) -> bool:
+    """Whether a (decoded) path has ``.`` or ``..`` segments, which HTTP clients resolve."""
+    return any(segment in (".", "..") for segment in path.split("/"))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Protocol, cast
 
 
 class AllocationView(Protocol):
@@ -15,12 +15,22 @@ class AllocationView(Protocol):
     def batchref(self) -> str: ...
 
 
+LagProvider = Callable[[], float | None]
+"""End-to-end lag in seconds (how far the read model is behind legacy); None if unknown."""
+
+
 class ReadModel(Protocol):
-    """What ``new_domain.open_read_model(url)`` returns."""
+    """What ``new_domain.open_read_model(url)`` returns (``lag_seconds()`` when it has it)."""
 
     def allocations_for(self, orderid: str) -> Sequence[AllocationView]: ...
 
     def close(self) -> None: ...
+
+
+def lag_provider_of(read_model: object) -> LagProvider | None:
+    """The read model's ``lag_seconds`` when it has one."""
+    lag = getattr(read_model, "lag_seconds", None)
+    return cast(LagProvider, lag) if callable(lag) else None
 
 
 def open_new_read_model(new_db_url: str) -> ReadModel:
@@ -40,6 +50,11 @@ class LazyReadModel:
 
     def allocations_for(self, orderid: str) -> Sequence[AllocationView]:
         return self._get().allocations_for(orderid)
+
+    def lag_seconds(self) -> float | None:
+        """The real read model's lag; None while it has no ``lag_seconds``."""
+        lag = getattr(self._get(), "lag_seconds", None)
+        return None if lag is None else cast("float | None", lag())
 
     def close(self) -> None:
         with self._lock:

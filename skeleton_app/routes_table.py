@@ -12,7 +12,7 @@ import builtins
 import logging
 import threading
 import time
-from collections.abc import Callable, Collection, Mapping
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -20,7 +20,8 @@ from typing import Any
 from sqlalchemy import Engine, create_engine, insert, select, update
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
-from skeleton_app.modes import Mode
+from skeleton_app.gate import CutoverGate, GateVerdict
+from skeleton_app.modes import LEGACY, Mode, RouteMode
 from skeleton_app.new_routes import NEW_HANDLERS
 from skeleton_app.patterns import (
     PatternMatcher,
@@ -29,14 +30,20 @@ from skeleton_app.patterns import (
     normalise_method,
     validate_pattern,
 )
+from skeleton_app.route_options import DEFAULT_OPTIONS, RouteOptions
 from skeleton_app.schema import facade_route, facade_route_audit
+from skeleton_app.shadow_results import ShadowResults
 
 log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Route:
-    """A route and how it is served; ``updated_at`` is None for a route never set."""
+    """A route and how it is served; ``updated_at`` is None for a route never set.
+
+    ``percent`` is the canary share (only in ``canary`` mode); ``setting`` is the mode as
+    text (``canary 10``).
+    """
 
     method: str
     pattern: str
@@ -44,11 +51,22 @@ class Route:
     updated_at: datetime | None = None
     updated_by: str | None = None
     reason: str | None = None
+    percent: float | None = None
+    options: RouteOptions = DEFAULT_OPTIONS
+
+    @property
+    def setting(self) -> str:
+        return str(RouteMode(self.mode, self.percent))
 
 
 @dataclass(frozen=True)
 class AuditEntry:
-    """One change of a route's mode; ``from_mode`` is None when the route was first set."""
+    """One change of a route; ``from_mode`` is None when the route was first set.
+
+    Modes are text (``canary 10``). ``options`` are the route's options after the change;
+    ``gate`` is the cutover gate's evidence when the change went to ``new``, and ``forced``
+    says the gate refused and ``--force`` overrode it.
+    """
 
     id: int
     at: datetime
@@ -58,23 +76,42 @@ class AuditEntry:
     to_mode: str
     by: str
     reason: str
+    options: RouteOptions = DEFAULT_OPTIONS
+    forced: bool = False
+    gate: str | None = None
 
 
 @dataclass(frozen=True)
 class RouteMatch:
-    """The route a request matched, the mode it is served in and its path arguments."""
+    """The route a request matched, how it is served and its path arguments."""
 
     method: str
     pattern: str
     mode: Mode
     args: Mapping[str, Any]
+    percent: float | None = None
+    options: RouteOptions = DEFAULT_OPTIONS
+
+
+class CutoverRefused(RouteError):
+    """The cutover gate refused a move to ``new``."""
+
+    def __init__(self, message: str, verdict: GateVerdict) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+
+
+@dataclass(frozen=True)
+class _State:
+    mode: RouteMode
+    options: RouteOptions
 
 
 class _Snapshot:
-    def __init__(self, modes: Mapping[RouteKey, Mode], loaded_at: float) -> None:
-        self.modes = modes
+    def __init__(self, states: Mapping[RouteKey, _State], loaded_at: float) -> None:
+        self.states = states
         self.loaded_at = loaded_at
-        self.matcher = PatternMatcher(modes)
+        self.matcher = PatternMatcher(states)
 
 
 def utc_now() -> datetime:
@@ -85,8 +122,11 @@ class RouteTable:
     """Reads and changes the route table (tables ``facade_route``, ``facade_route_audit``).
 
     ``movable`` are the routes the new system can serve (default: ``NEW_HANDLERS``); only
-    those may be set to a mode other than legacy. ``clock`` (monotonic seconds) and ``now``
-    (timestamps written) are injectable for tests. Safe to share between threads.
+    those may be set to ``shadow``, ``canary`` or ``new`` (``legacy`` and ``aa`` suit any
+    route). With a ``gate``, a move to ``new`` is refused unless the route's shadow parity
+    passes it (``force=True`` overrides, and the audit says so). ``clock`` (monotonic
+    seconds) and ``now`` (timestamps written) are injectable for tests. Safe to share
+    between threads.
     """
 
     def __init__(
@@ -95,6 +135,7 @@ class RouteTable:
         *,
         refresh_interval: float = 1.0,
         movable: Collection[RouteKey] | None = None,
+        gate: CutoverGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
     ) -> None:
@@ -102,31 +143,54 @@ class RouteTable:
         self._engine = create_engine(db, pool_pre_ping=True) if isinstance(db, str) else db
         self._refresh_interval = refresh_interval
         self._movable = frozenset(NEW_HANDLERS if movable is None else movable)
+        self._gate = gate
         self._clock = clock
         self._now = now
         self._snapshot: _Snapshot | None = None
         self._refresh_lock = threading.Lock()
 
+    @property
+    def engine(self) -> Engine:
+        return self._engine
+
+    @property
+    def movable(self) -> frozenset[RouteKey]:
+        return self._movable
+
+    @property
+    def gate(self) -> CutoverGate | None:
+        return self._gate
+
     # -- reading -----------------------------------------------------------------------
 
-    def list(self) -> list[Route]:
+    def list(self) -> builtins.list[Route]:
         """Every stored route, plus each movable route never set (as legacy), sorted."""
         with self._engine.connect() as conn:
             rows = conn.execute(select(facade_route)).mappings().all()
-        routes = {
-            (row["method"], row["pattern"]): Route(
+        routes: dict[RouteKey, Route] = {}
+        for row in rows:
+            state = self._stored_state(row["mode"], row["options"], row["method"], row["pattern"])
+            routes[(row["method"], row["pattern"])] = Route(
                 method=row["method"],
                 pattern=row["pattern"],
-                mode=self._stored_mode(row["mode"], row["method"], row["pattern"]),
+                mode=state.mode.mode,
                 updated_at=_aware(row["updated_at"]),
                 updated_by=row["updated_by"],
                 reason=row["reason"],
+                percent=state.mode.percent,
+                options=state.options,
             )
-            for row in rows
-        }
         for method, pattern in self._movable:
             routes.setdefault((method, pattern), Route(method, pattern, Mode.LEGACY))
         return sorted(routes.values(), key=lambda r: (r.pattern, r.method))
+
+    def get(self, method: str, pattern: str) -> Route:
+        """One route as stored (legacy with default options when never set)."""
+        method = normalise_method(method)
+        for route in self.list():
+            if (route.method, route.pattern) == (method, pattern):
+                return route
+        return Route(method, validate_pattern(pattern), Mode.LEGACY)
 
     def history(
         self, method: str | None = None, pattern: str | None = None
@@ -149,6 +213,9 @@ class RouteTable:
                 to_mode=row["to_mode"],
                 by=row["by"],
                 reason=row["reason"],
+                options=_options_or_default(row["options"]),
+                forced=bool(row["forced"]),
+                gate=row["gate"],
             )
             for row in rows
         ]
@@ -161,8 +228,11 @@ class RouteTable:
         found = snapshot.matcher.match(method, path)
         if found is None:
             return None
-        mode = snapshot.modes.get((found.method, found.pattern), Mode.LEGACY)
-        return RouteMatch(found.method, found.pattern, mode, found.args)
+        state = snapshot.states.get((found.method, found.pattern), _LEGACY_STATE)
+        return RouteMatch(
+            found.method, found.pattern, state.mode.mode, found.args, state.mode.percent,
+            state.options,
+        )
 
     def mode_for(self, method: str, path: str) -> Mode:
         """How ``METHOD path`` is served now (cached; legacy unless a route says otherwise)."""
@@ -171,26 +241,58 @@ class RouteTable:
 
     # -- changing ----------------------------------------------------------------------
 
-    def set(self, method: str, pattern: str, mode: Mode | str, by: str, reason: str = "") -> Route:
-        """Set a route's mode and write an audit entry, in one transaction."""
+    def set(
+        self,
+        method: str,
+        pattern: str,
+        mode: RouteMode | Mode | str,
+        by: str,
+        reason: str = "",
+        *,
+        percent: float | None = None,
+        options: Mapping[str, Any] | None = None,
+        force: bool = False,
+    ) -> Route:
+        """Set a route's mode (and change some of its options), with an audit entry, in one
+        transaction. ``options`` maps option names to new values; the others are kept.
+
+        Raises RouteError for anything invalid, CutoverRefused when the gate says no.
+        """
         method = normalise_method(method)
         pattern = validate_pattern(pattern)
-        new_mode = parse_mode(mode)
+        target = RouteMode.parse(mode, percent)
         by = by.strip()
         if not by:
             raise RouteError("who changes the route must be given (--by)")
-        if new_mode is not Mode.LEGACY and (method, pattern) not in self._movable:
+        if target.mode.needs_new_system and (method, pattern) not in self._movable:
             movable = ", ".join(f"{m} {p}" for m, p in sorted(self._movable)) or "none"
             raise RouteError(
                 f"{method} {pattern} cannot be served by the new system "
                 f"(routes that can: {movable})"
             )
+        if options:
+            DEFAULT_OPTIONS.changed(options)  # validate before touching the database
         try:
-            route = self._write(method, pattern, new_mode, by, reason)
+            route = self._write(method, pattern, target, by, reason, options or {}, force)
         except IntegrityError:
-            route = self._write(method, pattern, new_mode, by, reason)
+            route = self._write(method, pattern, target, by, reason, options or {}, force)
         self._snapshot = None
         return route
+
+    def rollback(
+        self, by: str, reason: str = "", routes: Iterable[RouteKey] | None = None
+    ) -> builtins.list[Route]:
+        """Set every route not served by legacy alone (or just ``routes``) to legacy."""
+        wanted = None if routes is None else {(normalise_method(m), p) for m, p in routes}
+        changed = []
+        for route in self.list():
+            key = (route.method, route.pattern)
+            if wanted is not None and key not in wanted:
+                continue
+            if wanted is None and route.mode is Mode.LEGACY:
+                continue
+            changed.append(self.set(route.method, route.pattern, Mode.LEGACY, by, reason))
+        return changed
 
     def close(self) -> None:
         if self._owns_engine:
@@ -198,14 +300,36 @@ class RouteTable:
 
     # -- internals ---------------------------------------------------------------------
 
-    def _write(self, method: str, pattern: str, mode: Mode, by: str, reason: str) -> Route:
+    def _write(
+        self,
+        method: str,
+        pattern: str,
+        target: RouteMode,
+        by: str,
+        reason: str,
+        option_changes: Mapping[str, Any],
+        force: bool,
+    ) -> Route:
         at = self._now()
         key = (facade_route.c.method == method) & (facade_route.c.pattern == pattern)
         with self._engine.begin() as conn:
             previous = conn.execute(
-                select(facade_route.c.mode).where(key).with_for_update()
-            ).scalar_one_or_none()
-            values = {"mode": mode.value, "updated_at": at, "updated_by": by, "reason": reason}
+                select(facade_route.c.mode, facade_route.c.options).where(key).with_for_update()
+            ).first()
+            previous_mode = None if previous is None else previous.mode
+            current = DEFAULT_OPTIONS if previous is None else _options_or_default(
+                previous.options
+            )
+            options = current.changed(option_changes) if option_changes else current
+            forced, gate_summary = self._judge(method, pattern, target, previous_mode, force,
+                                               at)
+            values = {
+                "mode": str(target),
+                "updated_at": at,
+                "updated_by": by,
+                "reason": reason,
+                "options": options.to_json(),
+            }
             if previous is None:
                 conn.execute(insert(facade_route).values(method=method, pattern=pattern, **values))
             else:
@@ -215,13 +339,40 @@ class RouteTable:
                     at=at,
                     method=method,
                     pattern=pattern,
-                    from_mode=previous,
-                    to_mode=mode.value,
+                    from_mode=previous_mode,
+                    to_mode=str(target),
                     by=by,
                     reason=reason,
+                    options=options.to_json(),
+                    forced=forced,
+                    gate=gate_summary,
                 )
             )
-        return Route(method, pattern, mode, at, by, reason)
+        return Route(method, pattern, target.mode, at, by, reason, target.percent, options)
+
+    def _judge(
+        self,
+        method: str,
+        pattern: str,
+        target: RouteMode,
+        previous_mode: str | None,
+        force: bool,
+        now: datetime,
+    ) -> tuple[bool, str | None]:
+        """(forced, evidence) for a move to new; raises CutoverRefused when refused."""
+        if target.mode is not Mode.NEW or previous_mode == Mode.NEW.value or self._gate is None:
+            return False, None
+        results = ShadowResults(self._engine, self._gate.window)
+        verdict = self._gate.judge(results.parity(method, pattern, now=now))
+        if verdict.passed:
+            return False, verdict.summary
+        if not force:
+            raise CutoverRefused(
+                f"refusing to serve {method} {pattern} from new: {verdict.summary} "
+                "(shadow it longer, or use --force)",
+                verdict,
+            )
+        return True, f"forced past the gate: {verdict.summary}"
 
     def _current_snapshot(self) -> _Snapshot | None:
         snapshot = self._snapshot
@@ -243,7 +394,8 @@ class RouteTable:
         try:
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    select(facade_route.c.method, facade_route.c.pattern, facade_route.c.mode)
+                    select(facade_route.c.method, facade_route.c.pattern, facade_route.c.mode,
+                           facade_route.c.options)
                 ).all()
         except SQLAlchemyError as exc:
             log.warning(
@@ -252,36 +404,41 @@ class RouteTable:
                 str(exc).splitlines()[0],
             )
             # Retry after another interval, not on every request.
-            stale = _Snapshot(previous.modes if previous else {}, now)
+            stale = _Snapshot(previous.states if previous else {}, now)
             self._snapshot = stale
             return stale
-        modes: dict[RouteKey, Mode] = {key: Mode.LEGACY for key in self._movable}
-        for method, pattern, stored in rows:
-            modes[(method, pattern)] = self._stored_mode(stored, method, pattern)
-        snapshot = _Snapshot(modes, now)
+        states: dict[RouteKey, _State] = {key: _LEGACY_STATE for key in self._movable}
+        for method, pattern, stored, options in rows:
+            states[(method, pattern)] = self._stored_state(stored, options, method, pattern)
+        snapshot = _Snapshot(states, now)
         self._snapshot = snapshot
         return snapshot
 
-    def _stored_mode(self, stored: str, method: str, pattern: str) -> Mode:
+    def _stored_state(self, stored: str, options: str | None, method: str,
+                      pattern: str) -> _State:
+        route_options = _options_or_default(options, f"{method} {pattern}")
         try:
-            mode = Mode(stored)
-        except ValueError:
+            mode = RouteMode.parse(stored)
+        except RouteError:
             log.warning("route %s %s has unknown mode %r: serving it from legacy",
                         method, pattern, stored)
-            return Mode.LEGACY
-        if mode is not Mode.LEGACY and (method, pattern) not in self._movable:
+            return _State(LEGACY, route_options)
+        if mode.mode.needs_new_system and (method, pattern) not in self._movable:
             log.warning("route %s %s is set to %s but the new system cannot serve it: "
-                        "serving it from legacy", method, pattern, mode.value)
-            return Mode.LEGACY
-        return mode
+                        "serving it from legacy", method, pattern, mode)
+            return _State(LEGACY, route_options)
+        return _State(mode, route_options)
 
 
-def parse_mode(mode: Mode | str) -> Mode:
+_LEGACY_STATE = _State(LEGACY, DEFAULT_OPTIONS)
+
+
+def _options_or_default(text: str | None, where: str = "") -> RouteOptions:
     try:
-        return Mode(str(mode).strip().lower())
-    except ValueError:
-        known = ", ".join(m.value for m in Mode)
-        raise RouteError(f"unknown mode {mode!r} (known: {known})") from None
+        return RouteOptions.from_json(text)
+    except (ValueError, RouteError):
+        log.warning("route %s has unreadable options %r: using the defaults", where, text)
+        return DEFAULT_OPTIONS
 
 
 def _aware(value: datetime) -> datetime:

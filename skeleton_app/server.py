@@ -1,4 +1,8 @@
-"""Running the facade under gunicorn: one app per worker, created after the fork."""
+"""Running the facade under gunicorn: one app per worker, created after the fork.
+
+When ``PROMETHEUS_MULTIPROC_DIR`` is set (``strangler serve`` sets it), the master tells
+prometheus_client about each worker that exits, so its live gauges disappear.
+"""
 
 from __future__ import annotations
 
@@ -9,6 +13,7 @@ from flask import Flask
 from gunicorn.app.base import BaseApplication
 
 from skeleton_app.app import close_app
+from skeleton_app.metrics import mark_process_dead
 
 
 class FacadeServer(BaseApplication):  # type: ignore[misc]
@@ -23,6 +28,7 @@ class FacadeServer(BaseApplication):  # type: ignore[misc]
         for key, value in self._options.items():
             self.cfg.set(key, value)
         self.cfg.set("worker_exit", _worker_exit)
+        self.cfg.set("child_exit", _child_exit)
         if "control_socket_disable" in self.cfg.settings:
             # gunicorn >= 25.1 opens one control socket per user by default: several
             # servers on one machine would take it from each other.
@@ -36,6 +42,10 @@ def _worker_exit(server: Any, worker: Any) -> None:
     app = getattr(worker, "wsgi", None)
     if isinstance(app, Flask):
         close_app(app)
+
+
+def _child_exit(server: Any, worker: Any) -> None:
+    mark_process_dead(worker.pid)
 
 
 def gunicorn_options(

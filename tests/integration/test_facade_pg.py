@@ -5,16 +5,18 @@ from __future__ import annotations
 import importlib.util
 import threading
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from alembic.migration import MigrationContext
 from alembic.operations import Operations
-from sqlalchemy import Engine, create_engine, inspect, select
+from sqlalchemy import Engine, create_engine, func, inspect, select, text
 
 from new_domain import upgrade_database
-from skeleton_app import Mode, RouteTable
-from skeleton_app.schema import facade_route, metadata
+from skeleton_app import Mode, Parity, RouteTable, ShadowResults, Window
+from skeleton_app.schema import facade_route, facade_shadow_result, metadata
+from skeleton_app.shadow_results import ShadowResult
 
 pytestmark = pytest.mark.postgres
 
@@ -108,16 +110,25 @@ def test_every_worker_sees_a_change_after_its_refresh_interval(engine: Engine) -
     assert [w.mode_for("GET", "/allocations/o-1") for w in workers] == [Mode.NEW, Mode.NEW]
 
 
-def test_the_migration_on_postgresql_matches_the_tables_the_code_uses(pg_url: str) -> None:
-    path = ROOT / "migrations" / "versions" / "0002_facade_routes.py"
-    spec = importlib.util.spec_from_file_location("facade_routes_migration_pg", path)
-    assert spec is not None and spec.loader is not None
-    migration = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(migration)
+def _migrations() -> list[object]:
+    modules = []
+    for name in ("0002_facade_routes", "0004_facade_shadow"):
+        path = ROOT / "migrations" / "versions" / f"{name}.py"
+        spec = importlib.util.spec_from_file_location(f"facade_migration_pg_{name}", path)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        modules.append(module)
+    return modules
+
+
+def test_the_migrations_on_postgresql_match_the_tables_the_code_uses(pg_url: str) -> None:
+    migrations = _migrations()
     engine = create_engine(pg_url)
     try:
-        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
-            migration.upgrade()
+        for migration in migrations:
+            with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+                migration.upgrade()  # type: ignore[attr-defined]
         found = inspect(engine)
         for table in metadata.sorted_tables:
             columns = {c["name"]: c for c in found.get_columns(table.name)}
@@ -131,8 +142,50 @@ def test_the_migration_on_postgresql_matches_the_tables_the_code_uses(pg_url: st
         RouteTable(engine).set("GET", ROUTE, Mode.NEW, by="ops")
         assert RouteTable(engine).mode_for("GET", "/allocations/x") is Mode.NEW
 
-        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
-            migration.downgrade()
-        assert not {"facade_route", "facade_route_audit"} & set(inspect(engine).get_table_names())
+        for migration in reversed(migrations):
+            with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+                migration.downgrade()  # type: ignore[attr-defined]
+        assert not {"facade_route", "facade_route_audit", "facade_shadow_result"} & set(
+            inspect(engine).get_table_names()
+        )
     finally:
         engine.dispose()
+
+
+def test_upgrade_database_reaches_the_facade_head(new_db: str) -> None:
+    engine = create_engine(new_db)
+    try:
+        assert "facade_shadow_result" in inspect(engine).get_table_names()
+        with engine.connect() as conn:
+            heads = {row[0] for row in conn.execute(text("SELECT version_num FROM "
+                                                         "alembic_version"))}
+        assert "0004_facade_shadow" in heads
+    finally:
+        engine.dispose()
+
+
+def test_parity_window_and_pruning_on_postgresql(engine: Engine) -> None:
+    now = datetime.now(UTC)
+    results = ShadowResults(engine, Window(seconds=3600, max_samples=5))
+
+    def rows(outcome: str, count: int, at: datetime, pattern: str = ROUTE) -> list[ShadowResult]:
+        return [ShadowResult(at=at, method="GET", pattern=pattern, kind="shadow",
+                             outcome=outcome, path="/p", legacy_status=200, legacy_ms=1.0)
+                for _ in range(count)]
+
+    results.write(rows("mismatch", 3, now - timedelta(hours=2)))  # outside the window
+    results.write(rows("error", 2, now - timedelta(minutes=3)))
+    results.write(rows("match", 4, now - timedelta(minutes=1)))  # newest 5: 4 match, 1 error
+    results.write(rows("match", 2, now, pattern="/other"))
+
+    by_route = results.parity_by_route(now=now)
+    assert by_route[("GET", ROUTE)] == Parity(matches=4, mismatches=0, errors=1)
+    assert by_route[("GET", "/other")].percent == 100.0
+
+    assert results.prune(now) == 3 + 1
+    with engine.connect() as conn:
+        counts = dict(conn.execute(
+            select(facade_shadow_result.c.pattern, func.count())
+            .group_by(facade_shadow_result.c.pattern)).all())
+    assert counts == {ROUTE: 5, "/other": 2}
+    assert results.parity("GET", ROUTE, now=now) == Parity(matches=4, errors=1)

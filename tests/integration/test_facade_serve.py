@@ -16,10 +16,9 @@ from typing import TypeVar
 
 import pytest
 import requests
-from sqlalchemy import create_engine
 
-from skeleton_app import Mode, RouteTable
-from skeleton_app.schema import metadata
+from new_domain import upgrade_database
+from skeleton_app import Mode, RouteTable, ShadowResults
 
 pytestmark = pytest.mark.e2e
 
@@ -77,9 +76,7 @@ def legacy() -> Iterator[str]:
 @pytest.fixture
 def new_db_url(tmp_path: Path) -> str:
     url = f"sqlite:///{tmp_path / 'new.db'}"
-    engine = create_engine(url)
-    metadata.create_all(engine)
-    engine.dispose()
+    upgrade_database(url)
     return url
 
 
@@ -89,7 +86,8 @@ def test_serve_proxies_switches_without_restart_and_stops_on_sigterm(
     port = free_port()
     facade = f"http://127.0.0.1:{port}"
     log = (tmp_path / "serve.log").open("wb")
-    env = {**os.environ, "LEGACY_URL": legacy, "NEW_DB_URL": new_db_url}
+    env = {**os.environ, "LEGACY_URL": legacy, "NEW_DB_URL": new_db_url, "ADMIN_TOKEN": "tk"}
+    env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
         [sys.executable, "-c", "from skeleton_app.commands import serve; serve()",
          "--port", str(port), "--workers", "2", "--threads", "4", "--refresh-interval", "0.2"],
@@ -119,7 +117,38 @@ def test_serve_proxies_switches_without_restart_and_stops_on_sigterm(
         wait_for(lambda: served_by_all("new"), 10, "every worker to serve from new")
         table.set("GET", ROUTE, Mode.LEGACY, by="test")
         wait_for(lambda: served_by_all("legacy"), 10, "every worker to serve from legacy")
+
+        # shadow results from every worker land in one table; metrics add up over workers
+        table.set("GET", ROUTE, Mode.SHADOW, by="test")
+        for n in range(40):
+            answer = requests.get(f"{facade}/allocations/o-{n}", timeout=5)
+            assert answer.headers["X-Served-By"] == "legacy"
+        results = ShadowResults(table.engine)
+
+        def metric_total(name: str, **labels: str) -> float:
+            text = requests.get(f"{facade}/metrics", timeout=5).text
+            wanted = [f'{k}="{v}"' for k, v in labels.items()]
+            return sum(
+                float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                if line.startswith(name + "{") and all(w in line for w in wanted)
+            )
+
+        def recorded() -> float:
+            shadowed = metric_total("strangler_facade_requests_total", mode="shadow")
+            samples = results.parity("GET", ROUTE).samples
+            return shadowed if shadowed > 0 and samples == shadowed else 0.0
+
+        shadowed = wait_for(recorded, 15, "every worker's shadow results")
+        parity = results.parity("GET", ROUTE)
+        assert parity.mismatches == shadowed  # legacy's text vs new's JSON: all differ
+        assert all(
+            metric_total("strangler_facade_shadow_results_total", outcome="mismatch")
+            == shadowed for _ in range(10)
+        )
         table.close()
+
+        denied = requests.get(f"{facade}/_strangler/status", timeout=5)
+        assert denied.status_code == 401
 
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=20) == 0

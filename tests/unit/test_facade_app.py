@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit
 
 import pytest
@@ -18,7 +20,7 @@ from flask.testing import FlaskClient
 from requests import PreparedRequest
 from sqlalchemy import Engine, create_engine
 
-from skeleton_app import Mode, RouteTable, create_app
+from skeleton_app import Mode, RouteTable, create_app, facade_of
 from skeleton_app.schema import metadata
 
 LEGACY = "http://legacy.test:8080"
@@ -353,7 +355,6 @@ def test_legacy_refusing_connections_is_a_502_json(
         ("//evil.example/steal", None),
         ("/@evil.example/steal", None),
         ("/%2F%2Fevil.example/steal", None),
-        ("/..%2F..%2Fevil", None),
         ("/a?next=http://evil.example/", None),
         ("/%68ttp://evil.example", None),
     ],
@@ -369,6 +370,91 @@ def test_no_request_can_make_the_facade_call_another_host(
     assert response.status_code == 200, response.data
     assert response.data == b"legacy"
     assert [urlsplit(call.request.url).netloc for call in upstream.calls] == ["legacy.test:8080"]
+
+
+def test_request_bodies_are_streamed_to_legacy_not_buffered(
+    app: Flask, upstream: responses.RequestsMock, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    session = facade_of(app).proxy._session
+    sent_data: list[object] = []
+    real_request = session.request
+
+    def spy(*args: Any, **kwargs: Any) -> requests.Response:
+        sent_data.append(kwargs.get("data"))
+        return real_request(*args, **kwargs)
+
+    monkeypatch.setattr(session, "request", spy)
+    upstream.add(responses.PUT, f"{LEGACY}/upload", status=201, body=b"stored")
+    payload = bytes(range(256)) * 4096  # 1 MiB
+
+    response = app.test_client().put("/upload", data=payload,
+                                     headers={"Content-Type": "application/octet-stream"})
+
+    assert (response.status_code, response.data) == (201, b"stored")
+    [data] = sent_data
+    assert not isinstance(data, bytes | bytearray)  # handed over as a stream
+    assert len(data) == len(payload)  # type: ignore[arg-type]
+    sent = upstream.calls[0].request
+    assert sent.body == payload
+    assert sent.headers["Content-Length"] == str(len(payload))
+    assert "Transfer-Encoding" not in sent.headers
+
+
+def test_a_chunked_request_body_is_streamed_chunked(
+    client: FlaskClient, upstream: responses.RequestsMock
+) -> None:
+    upstream.add(responses.POST, f"{LEGACY}/events", body=b"ok")
+
+    # what a server hands over for a chunked request: no length, input terminated
+    client.post("/events", input_stream=io.BytesIO(b"a" * 100_000), environ_overrides={
+        "wsgi.input_terminated": True, "CONTENT_LENGTH": "",
+        "HTTP_TRANSFER_ENCODING": "chunked",
+    })
+
+    sent = upstream.calls[0].request
+    assert sent.headers["Transfer-Encoding"] == "chunked"
+    assert "Content-Length" not in sent.headers
+    assert b"".join(sent.body) == b"a" * 100_000  # type: ignore[arg-type]
+
+
+def test_connect_is_refused_and_never_reaches_legacy(
+    client: FlaskClient, upstream: responses.RequestsMock
+) -> None:
+    response = client.open("/", method="CONNECT",
+                           environ_overrides={"REQUEST_URI": "evil.example:443"})
+
+    assert response.status_code == 405
+    assert response.get_json() == {"error": "method not allowed",
+                                   "detail": "the facade is not a forward proxy"}
+    assert len(upstream.calls) == 0
+
+
+@pytest.mark.parametrize(
+    "target", ["/a/../b", "/a/%2e%2e/b", "/..%2F..%2Fevil", "/./x", "/shop/%2E%2E"]
+)
+def test_dot_segments_are_refused_so_nothing_climbs_out_of_the_legacy_base_path(
+    upstream: responses.RequestsMock, table: RouteTable, read_model: FakeReadModel,
+    target: str,
+) -> None:
+    app = create_app("http://legacy.test:8080/shop", "sqlite://", route_table=table,
+                     read_model=read_model)
+    upstream.add(responses.GET, ANY_LEGACY_URL, body=b"ok")
+
+    response = app.test_client().get(target)
+
+    assert response.status_code == 400
+    assert response.get_json() == {
+        "error": "bad request", "detail": "paths with '.' or '..' segments are not forwarded",
+    }
+    assert len(upstream.calls) == 0
+
+
+def test_dots_inside_segments_are_fine(
+    client: FlaskClient, upstream: responses.RequestsMock
+) -> None:
+    upstream.add(responses.GET, f"{LEGACY}/a..b/..c/v1.2", body=b"ok")
+
+    assert client.get("/a..b/..c/v1.2").data == b"ok"
 
 
 # -- switching a route to the new system -----------------------------------------------
@@ -461,22 +547,6 @@ def test_head_follows_get_on_the_new_system(
     assert response.headers["X-Served-By"] == "new"
     assert response.data == b""
     assert len(upstream.calls) == 0
-
-
-def test_a_failing_new_system_answers_502_json_and_says_so(
-    client: FlaskClient, table: RouteTable, read_model: FakeReadModel
-) -> None:
-    table.set("GET", ROUTE, "new", by="ops")
-    read_model.fail = True
-
-    response = client.get("/allocations/order-1")
-
-    assert response.status_code == 502
-    assert response.headers["X-Served-By"] == "new"
-    assert response.get_json() == {
-        "error": "bad gateway",
-        "detail": "the new system failed to answer GET /allocations/order-1",
-    }
 
 
 def test_everything_is_legacy_while_the_route_table_cannot_be_read(

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+import os
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -12,8 +15,17 @@ from click.testing import CliRunner
 from flask import Flask
 from sqlalchemy import create_engine
 
-from skeleton_app import Mode, RouteTable, close_app, commands
+from skeleton_app import (
+    Mode,
+    RouteOptions,
+    RouteTable,
+    ShadowResults,
+    close_app,
+    commands,
+    facade_of,
+)
 from skeleton_app.schema import metadata
+from skeleton_app.shadow_results import ShadowResult
 
 ROUTE = "/allocations/<orderid>"
 
@@ -37,24 +49,27 @@ def test_routes_list_shows_movable_routes_never_set(runner: CliRunner) -> None:
 
     assert result.exit_code == 0, result.output
     header, row = result.output.splitlines()
-    assert header.split() == ["METHOD", "PATTERN", "MODE", "UPDATED_AT", "BY", "REASON"]
-    assert row.split() == ["GET", ROUTE, "legacy", "-", "-", "-"]
+    assert header.split() == ["METHOD", "PATTERN", "MODE", "PARITY", "SAMPLES", "NOISE",
+                              "OPTIONS", "UPDATED_AT", "BY", "REASON"]
+    assert row.split() == ["GET", ROUTE, "legacy", "-", "0", "-", "-", "-", "-", "-"]
 
 
 def test_routes_set_then_list_and_history(runner: CliRunner, new_db_url: str) -> None:
     result = runner.invoke(
-        commands.routes, ["set", "GET", ROUTE, "new", "--reason", "read model caught up"]
+        commands.routes, ["set", "GET", ROUTE, "canary", "25", "--reason", "first quarter"]
     )
 
     assert result.exit_code == 0, result.output
-    assert result.output == f"GET {ROUTE} -> new\n"
+    assert result.output == f"GET {ROUTE} -> canary 25\n"
     listing = runner.invoke(commands.routes, ["list"]).output.splitlines()
-    assert listing[1].split()[:3] == ["GET", ROUTE, "new"]
-    assert listing[1].split()[4:] == ["tester", "read", "model", "caught", "up"]
+    assert listing[1].split()[:3] == ["GET", ROUTE, "canary:25"]
+    assert listing[1].split()[8:] == ["tester", "first", "quarter"]
     history = runner.invoke(commands.routes, ["history", "GET", ROUTE]).output.splitlines()
-    assert history[1].split()[1:] == ["GET", ROUTE, "-", "new", "tester", "read", "model",
-                                      "caught", "up"]
-    assert RouteTable(new_db_url).mode_for("GET", "/allocations/o-1") is Mode.NEW
+    assert history[0].split() == ["AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "FORCED",
+                                  "REASON"]
+    assert history[1].split()[1:] == ["GET", ROUTE, "-", "canary:25", "tester", "no", "first",
+                                      "quarter"]
+    assert RouteTable(new_db_url).mode_for("GET", "/allocations/o-1") is Mode.CANARY
 
 
 def test_routes_set_takes_who_from_the_option(runner: CliRunner, new_db_url: str) -> None:
@@ -63,22 +78,161 @@ def test_routes_set_takes_who_from_the_option(runner: CliRunner, new_db_url: str
     assert [e.by for e in RouteTable(new_db_url).history()] == ["oncall"]
 
 
+def test_routes_set_changes_route_options(runner: CliRunner, new_db_url: str) -> None:
+    result = runner.invoke(commands.routes, [
+        "set", "GET", ROUTE, "shadow", "--ignore-field", "generated_at", "--ignore-field",
+        "etag", "--unordered-lists", "--allow-mutating-shadow", "--canary-key",
+        "header:X-Customer", "--sample-rate", "0.5",
+    ])
+    assert result.exit_code == 0, result.output
+    options = RouteTable(new_db_url).get("GET", ROUTE).options
+    assert options == RouteOptions(allow_mutating_shadow=True,
+                                   ignore_fields=("etag", "generated_at"),
+                                   unordered_lists=True, canary_key="header:X-Customer",
+                                   sample_rate=0.5)
+
+    runner.invoke(commands.routes, ["set", "GET", ROUTE, "shadow", "--no-ignore-fields",
+                                    "--ordered-lists", "--no-allow-mutating-shadow"])
+
+    options = RouteTable(new_db_url).get("GET", ROUTE).options
+    assert options == RouteOptions(canary_key="header:X-Customer", sample_rate=0.5)
+    listing = runner.invoke(commands.routes, ["list"]).output.splitlines()
+    assert listing[1].split()[6] == "key=header:X-Customer,sample=0.5"
+
+
+def test_routes_set_new_is_refused_by_the_gate_unless_forced(
+    runner: CliRunner, new_db_url: str
+) -> None:
+    refused = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new"],
+                            standalone_mode=False)
+
+    assert isinstance(refused.exception, click.ClickException)
+    message = refused.exception.format_message()
+    assert message == (
+        "refusing to serve GET /allocations/<orderid> from new: no shadow samples in the last "
+        "24 h (newest 10000 samples); needs >= 99.9% over >= 100 samples (shadow it longer, "
+        "or use --force)"
+    )
+    assert RouteTable(new_db_url).history() == []
+
+    forced = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new", "--force",
+                                             "--reason", "hotfix"])
+
+    assert forced.exit_code == 0, forced.output
+    assert forced.output.splitlines() == [
+        f"GET {ROUTE} -> new",
+        "gate: forced past the gate: no shadow samples in the last 24 h (newest 10000 "
+        "samples); needs >= 99.9% over >= 100 samples",
+    ]
+    history = runner.invoke(commands.routes, ["history"]).output.splitlines()
+    assert history[1].split()[5:] == ["tester", "yes", "hotfix"]
+
+
+def test_the_gate_thresholds_are_options(runner: CliRunner, new_db_url: str) -> None:
+    _write_results(new_db_url, {"match": 9, "mismatch": 1})
+
+    result = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new", "--min-parity", "90",
+                                             "--min-samples", "10"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines()[1] == (
+        "gate: shadow parity 90.00% over 10 samples in the last 24 h (newest 10000 samples); "
+        "needs >= 90% over >= 10 samples"
+    )
+
+
+def test_routes_list_and_history_as_json(runner: CliRunner, new_db_url: str) -> None:
+    _write_results(new_db_url, {"match": 3, "mismatch": 1})
+    _write_results(new_db_url, {"match": 2}, kind="aa")
+    runner.invoke(commands.routes, ["set", "GET", ROUTE, "shadow", "--reason", "compare"])
+
+    listed = json.loads(runner.invoke(commands.routes, ["list", "--json"]).output)
+    history = json.loads(runner.invoke(commands.routes, ["history", "--json"]).output)
+
+    [route] = listed["routes"]
+    assert (route["mode"], route["setting"], route["reason"]) == ("shadow", "shadow", "compare")
+    assert route["parity"] == {"matches": 3, "mismatches": 1, "errors": 0, "samples": 4,
+                               "percent": 75.0}
+    assert route["noise"]["percent"] == 100.0
+    [entry] = history["entries"]
+    assert (entry["from_mode"], entry["to_mode"], entry["by"], entry["forced"]) == (
+        None, "shadow", "tester", False)
+
+
+def test_routes_mismatches_shows_the_newest_diffs(runner: CliRunner, new_db_url: str) -> None:
+    _write_results(new_db_url, {"match": 3})
+    ShadowResults(create_engine(new_db_url)).write([
+        ShadowResult(at=datetime.now(UTC), method="GET", pattern=ROUTE, kind="shadow",
+                     outcome="mismatch", path="/allocations/o-7", legacy_status=200,
+                     legacy_ms=2.5, new_status=404, new_ms=1.25,
+                     diff="status: legacy 200, new 404"),
+    ])
+
+    result = runner.invoke(commands.routes, ["mismatches", "get", ROUTE])
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0] == f"GET {ROUTE} shadow: 75.00% over 4 samples (1 mismatches, 0 errors)"
+    assert lines[2].endswith("mismatch /allocations/o-7: legacy 200 in 2.5 ms, new 404 in "
+                             "1.2 ms")
+    assert lines[3] == "    status: legacy 200, new 404"
+    as_json = json.loads(runner.invoke(commands.routes, ["mismatches", "GET", ROUTE,
+                                                         "--json"]).output)
+    assert [m["path"] for m in as_json["mismatches"]] == ["/allocations/o-7"]
+
+
+def test_routes_rollback_moves_everything_back_in_one_command(
+    runner: CliRunner, new_db_url: str
+) -> None:
+    runner.invoke(commands.routes, ["set", "GET", ROUTE, "canary", "10"])
+    runner.invoke(commands.routes, ["set", "POST", "/allocate", "aa"])
+
+    result = runner.invoke(commands.routes, ["rollback", "--reason", "incident"])
+
+    assert result.exit_code == 0, result.output
+    assert sorted(result.output.splitlines()) == [
+        f"GET {ROUTE} -> legacy", "POST /allocate -> legacy",
+    ]
+    assert {r.mode for r in RouteTable(new_db_url).list()} == {Mode.LEGACY}
+    again = runner.invoke(commands.routes, ["rollback"])
+    assert again.output == "every route is already served by legacy\n"
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["GET", "/batches/<ref>", "new"], "GET /batches/<ref> cannot be served by the new system"),
-        (["GET", ROUTE, "sideways"], "unknown mode 'sideways' (known: legacy, new)"),
-        (["GET", "nope", "legacy"], "it must start with '/'"),
+        (["set", "GET", "/batches/<ref>", "new"],
+         "GET /batches/<ref> cannot be served by the new system"),
+        (["set", "GET", ROUTE, "sideways"],
+         "unknown mode 'sideways' (known: legacy, aa, shadow, canary, new)"),
+        (["set", "GET", "nope", "legacy"], "it must start with '/'"),
+        (["set", "GET", ROUTE, "canary"], "canary needs a percentage"),
+        (["set", "GET", ROUTE, "canary", "x"], "not a percentage: 'x'"),
+        (["set", "GET", ROUTE, "shadow", "--canary-key", "body"], "invalid canary key"),
+        (["set", "GET", ROUTE, "shadow", "--ignore-field", "a", "--no-ignore-fields"],
+         "exclude each other"),
+        (["rollback", "GET"], "give METHOD and PATTERN, or neither"),
     ],
 )
-def test_routes_set_refuses_with_one_line(
+def test_routes_commands_refuse_with_one_line(
     runner: CliRunner, args: list[str], message: str
 ) -> None:
-    result = runner.invoke(commands.routes, ["set", *args], standalone_mode=False)
+    result = runner.invoke(commands.routes, args, standalone_mode=False)
 
     assert isinstance(result.exception, click.ClickException)
     assert message in result.exception.format_message()
     assert "\n" not in result.exception.format_message()
+
+
+def _write_results(url: str, outcomes: dict[str, int], kind: str = "shadow") -> None:
+    engine = create_engine(url)
+    ShadowResults(engine).write([
+        ShadowResult(at=datetime.now(UTC), method="GET", pattern=ROUTE, kind=kind,
+                     outcome=outcome, path="/allocations/o", legacy_status=200, legacy_ms=1.0)
+        for outcome, count in outcomes.items()
+        for _ in range(count)
+    ])
+    engine.dispose()
 
 
 def test_an_unmigrated_database_is_one_clear_error(tmp_path: Path) -> None:
@@ -104,14 +258,18 @@ def test_the_database_url_is_required() -> None:
 class _Recorder:
     def __init__(self) -> None:
         self.runs: list[tuple[Any, dict[str, Any]]] = []
+        self.metrics_dirs: list[str | None] = []
 
 
 @pytest.fixture
 def started(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
     recorder = _Recorder()
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
 
     def run(server: commands.FacadeServer) -> None:
         recorder.runs.append((server._factory, server._options))
+        folder = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+        recorder.metrics_dirs.append(folder if folder and os.path.isdir(folder) else None)
 
     monkeypatch.setattr(commands.FacadeServer, "run", run)
     return recorder
@@ -135,6 +293,52 @@ def test_serve_runs_gunicorn_with_an_app_built_in_each_worker(
     app = factory()
     assert isinstance(app, Flask)
     assert app.test_client().get("/_strangler/health").status_code == 200
+    settings = facade_of(app).settings
+    assert (settings.max_lag, settings.new_timeout, settings.admin_token) == (15.0, 2.0, None)
+    assert (settings.gate.min_parity, settings.gate.min_samples) == (99.9, 100)
+    close_app(app)
+
+
+def test_serve_gives_the_workers_a_metrics_folder_and_removes_it_after(
+    started: _Recorder, new_db_url: str
+) -> None:
+    env = {"LEGACY_URL": "http://127.0.0.1:5001", "NEW_DB_URL": new_db_url}
+
+    result = CliRunner(env=env).invoke(commands.serve, ["--port", "8080"])
+
+    assert result.exit_code == 0, result.output
+    [folder] = started.metrics_dirs
+    assert folder is not None and "strangler-metrics-" in folder
+    assert not os.path.exists(folder)
+    assert "PROMETHEUS_MULTIPROC_DIR" not in os.environ
+
+
+def test_serve_passes_guards_shadow_admin_and_gate_settings(
+    started: _Recorder, new_db_url: str
+) -> None:
+    env = {"LEGACY_URL": "http://127.0.0.1:5001", "NEW_DB_URL": new_db_url,
+           "ADMIN_TOKEN": "s3cret"}
+    result = CliRunner(env=env).invoke(commands.serve, [
+        "--port", "8080", "--max-lag", "30", "--new-timeout", "0.5", "--shadow-queue-size",
+        "50", "--shadow-sample-rate", "0.1", "--shadow-max-body", "4096", "--min-parity",
+        "99", "--min-samples", "500", "--parity-window", "3600",
+    ])
+
+    assert result.exit_code == 0, result.output
+    [(factory, _)] = started.runs
+    app = factory()
+    settings = facade_of(app).settings
+    assert (settings.max_lag, settings.new_timeout, settings.admin_token) == (30.0, 0.5,
+                                                                               "s3cret")
+    assert (settings.shadow_queue_size, settings.shadow_sample_rate,
+            settings.shadow_max_body) == (50, 0.1, 4096)
+    assert (settings.gate.min_parity, settings.gate.min_samples,
+            settings.gate.window.seconds) == (99.0, 500, 3600.0)
+    assert facade_of(app).table.gate == settings.gate
+    close_app(app)
+    result = CliRunner(env=env).invoke(commands.serve, ["--port", "8080", "--no-lag-guard"])
+    app = started.runs[-1][0]()
+    assert facade_of(app).settings.max_lag is None
     close_app(app)
 
 

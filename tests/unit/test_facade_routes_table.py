@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 from collections.abc import Iterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
 
@@ -14,11 +15,23 @@ from alembic.operations import Operations
 from sqlalchemy import Engine, create_engine, insert, inspect, select, text
 from sqlalchemy.exc import SQLAlchemyError
 
-from skeleton_app import NEW_HANDLERS, Mode, RouteError, RouteTable
+from skeleton_app import (
+    NEW_HANDLERS,
+    CutoverGate,
+    CutoverRefused,
+    Mode,
+    RouteError,
+    RouteOptions,
+    RouteTable,
+    ShadowResults,
+    Window,
+)
 from skeleton_app.schema import facade_route, facade_route_audit, metadata
+from skeleton_app.shadow_results import ShadowResult
 
 ROOT = Path(__file__).resolve().parents[2]
-MIGRATION = ROOT / "migrations" / "versions" / "0002_facade_routes.py"
+VERSIONS = ROOT / "migrations" / "versions"
+MIGRATIONS = [VERSIONS / "0002_facade_routes.py", VERSIONS / "0004_facade_shadow.py"]
 ROUTE = "/allocations/<orderid>"
 AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -31,8 +44,8 @@ class Clock:
         return self.now
 
 
-def load_migration() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("facade_routes_migration", MIGRATION)
+def load_migration(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(f"facade_migration_{path.stem}", path)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -40,9 +53,12 @@ def load_migration() -> ModuleType:
 
 
 def run_migration(engine: Engine, step: str) -> None:
-    migration = load_migration()
-    with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
-        getattr(migration, step)()
+    """Both facade revisions, up in order or down in reverse."""
+    paths = MIGRATIONS if step == "upgrade" else MIGRATIONS[::-1]
+    for path in paths:
+        migration = load_migration(path)
+        with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+            getattr(migration, step)()
 
 
 @pytest.fixture
@@ -66,11 +82,12 @@ def table(engine: Engine, clock: Clock) -> RouteTable:
 # -- the migration ---------------------------------------------------------------------
 
 
-def test_migration_revision_follows_the_new_domain() -> None:
-    migration = load_migration()
+def test_migration_revisions_follow_the_new_domain_and_branch_off_the_route_table() -> None:
+    routes, shadow = (load_migration(path) for path in MIGRATIONS)
 
-    assert migration.revision == "0002_facade_routes"
-    assert migration.down_revision == "0001_new_domain"
+    assert (routes.revision, routes.down_revision) == ("0002_facade_routes", "0001_new_domain")
+    assert (shadow.revision, shadow.down_revision) == ("0004_facade_shadow",
+                                                       "0002_facade_routes")
 
 
 def test_migration_creates_exactly_the_tables_the_code_uses(engine: Engine) -> None:
@@ -89,12 +106,36 @@ def test_migration_creates_exactly_the_tables_the_code_uses(engine: Engine) -> N
         assert primary_key == [c.name for c in table.primary_key.columns], table.name
     indexes = {i["name"]: i["column_names"] for i in found.get_indexes("facade_route_audit")}
     assert indexes == {"ix_facade_route_audit_route": ["method", "pattern"]}
+    indexes = {i["name"]: i["column_names"] for i in found.get_indexes("facade_shadow_result")}
+    assert indexes == {
+        "ix_facade_shadow_result_route": ["method", "pattern", "kind", "id"],
+        "ix_facade_shadow_result_at": ["at"],
+    }
+
+
+def test_rows_written_before_the_shadow_revision_get_default_options(tmp_path: Path) -> None:
+    engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
+    routes, shadow = (load_migration(path) for path in MIGRATIONS)
+    with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        routes.upgrade()
+        conn.execute(text(
+            "INSERT INTO facade_route VALUES ('GET', '/allocations/<orderid>', 'new', "
+            "'2026-01-01 00:00:00', 'ops', 'cutover')"
+        ))
+    with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
+        shadow.upgrade()
+
+    [route] = RouteTable(engine).list()
+    assert (route.mode, route.options, route.updated_by) == (Mode.NEW, RouteOptions(), "ops")
+    engine.dispose()
 
 
 def test_migration_downgrade_removes_the_tables(engine: Engine) -> None:
     run_migration(engine, "downgrade")
 
-    assert not {"facade_route", "facade_route_audit"} & set(inspect(engine).get_table_names())
+    assert not {"facade_route", "facade_route_audit", "facade_shadow_result"} & set(
+        inspect(engine).get_table_names()
+    )
 
 
 # -- listing and setting ---------------------------------------------------------------
@@ -154,7 +195,15 @@ def test_a_route_the_new_system_cannot_serve_is_refused(table: RouteTable) -> No
 @pytest.mark.parametrize(
     ("method", "pattern", "mode", "by", "message"),
     [
-        ("GET", ROUTE, "shadow", "a", "unknown mode 'shadow' (known: legacy, new)"),
+        ("GET", ROUTE, "sideways", "a",
+         "unknown mode 'sideways' (known: legacy, aa, shadow, canary, new)"),
+        ("GET", ROUTE, "canary", "a", "canary needs a percentage"),
+        ("GET", ROUTE, "canary 100.5", "a", "canary percentage must be 0-100"),
+        ("GET", ROUTE, "canary -1", "a", "canary percentage must be 0-100"),
+        ("GET", ROUTE, "canary 1.234", "a", "at most two decimals"),
+        ("GET", ROUTE, "canary ten", "a", "canary percentage must be a number"),
+        ("GET", ROUTE, "new 10", "a", "only canary takes a percentage"),
+        ("GET", "/batches/<ref>", "shadow", "a", "cannot be served by the new system"),
         ("GE T", ROUTE, "new", "a", "invalid HTTP method 'GE T'"),
         ("GET", "allocations/<orderid>", "legacy", "a", "must start with '/'"),
         ("GET", "/allocations/<int:orderid", "legacy", "a", "invalid route pattern"),
@@ -274,3 +323,188 @@ def test_timestamps_come_back_in_utc(table: RouteTable, engine: Engine) -> None:
         stored_at = conn.execute(select(facade_route_audit.c.at)).scalar_one()
     assert stored_at.replace(tzinfo=UTC) == AT
     assert table.history()[0].at.tzinfo is not None
+
+
+# -- modes beyond legacy and new, options --------------------------------------------
+
+
+def test_every_mode_is_stored_and_audited_as_text(table: RouteTable) -> None:
+    table.set("GET", ROUTE, "aa", by="ops", reason="noise first")
+    table.set("GET", ROUTE, Mode.SHADOW, by="ops")
+    table.set("GET", ROUTE, "canary", percent=12.5, by="ops")
+    canary = table.set("GET", ROUTE, "canary 50", by="ops")
+    table.set("GET", ROUTE, Mode.NEW, by="ops")
+
+    assert (canary.mode, canary.percent, canary.setting) == (Mode.CANARY, 50.0, "canary 50")
+    assert [(e.from_mode, e.to_mode) for e in table.history()] == [
+        (None, "aa"), ("aa", "shadow"), ("shadow", "canary 12.5"), ("canary 12.5", "canary 50"),
+        ("canary 50", "new"),
+    ]
+    table.set("GET", ROUTE, "canary 20", by="ops")
+    match = table.match("GET", "/allocations/o-1")
+    assert match is not None and (match.mode, match.percent) == (Mode.CANARY, 20.0)
+
+
+def test_aa_suits_any_route_and_the_others_only_routes_the_new_system_serves(
+    table: RouteTable,
+) -> None:
+    route = table.set("POST", "/allocate", "aa", by="ops")
+
+    assert route.mode is Mode.AA
+    assert table.mode_for("POST", "/allocate") is Mode.AA
+    for mode in ("shadow", "canary 5", "new"):
+        with pytest.raises(RouteError, match="cannot be served by the new system"):
+            table.set("POST", "/allocate", mode, by="ops")
+
+
+def test_options_change_one_at_a_time_and_each_change_is_audited(table: RouteTable) -> None:
+    table.set("GET", ROUTE, "shadow", by="ops",
+              options={"ignore_fields": ["generated_at", "etag"], "unordered_lists": True})
+    route = table.set("GET", ROUTE, "shadow", by="ops", options={"sample_rate": 0.25})
+
+    assert route.options == RouteOptions(ignore_fields=("etag", "generated_at"),
+                                         unordered_lists=True, sample_rate=0.25)
+    assert table.get("GET", ROUTE).options == route.options
+    match = table.match("GET", "/allocations/o")
+    assert match is not None and match.options == route.options
+    first, second = table.history()
+    assert first.options == RouteOptions(ignore_fields=("etag", "generated_at"),
+                                         unordered_lists=True)
+    assert second.options == route.options
+    table.set("GET", ROUTE, "legacy", by="ops")
+    assert table.get("GET", ROUTE).options == route.options  # kept across mode changes
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"colour": "red"}, "unknown route option(s): colour"),
+        ({"canary_key": "body:x"}, "invalid canary key"),
+        ({"canary_key": "header:"}, "invalid canary key"),
+        ({"sample_rate": 1.5}, "sample rate must be between 0 and 1"),
+        ({"ignore_fields": ["has space"]}, "invalid field name to ignore"),
+    ],
+)
+def test_bad_options_are_refused_and_nothing_is_written(
+    table: RouteTable, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(RouteError, match=re.escape(message)):
+        table.set("GET", ROUTE, "shadow", by="ops", options=options)
+
+    assert table.history() == []
+
+
+def test_rollback_sets_every_route_not_on_legacy_back_to_legacy(table: RouteTable) -> None:
+    table.set("GET", ROUTE, "canary 30", by="ops")
+    table.set("POST", "/allocate", "aa", by="ops")
+    table.set("GET", "/batches/<ref>", "legacy", by="ops")
+
+    changed = table.rollback(by="oncall", reason="incident 42")
+
+    assert sorted((r.method, r.pattern) for r in changed) == [
+        ("GET", ROUTE), ("POST", "/allocate"),
+    ]
+    assert {r.mode for r in table.list()} == {Mode.LEGACY}
+    last = table.history()[-2:]
+    assert {(e.from_mode, e.to_mode, e.by, e.reason) for e in last} == {
+        ("canary 30", "legacy", "oncall", "incident 42"),
+        ("aa", "legacy", "oncall", "incident 42"),
+    }
+    assert table.rollback(by="oncall") == []
+
+
+# -- the cutover gate ------------------------------------------------------------------
+
+
+def _results(engine: Engine, outcomes: dict[str, int], at: datetime = AT,
+             kind: str = "shadow") -> None:
+    rows = [
+        ShadowResult(at=at, method="GET", pattern=ROUTE, kind=kind, outcome=outcome,
+                     path="/allocations/o", legacy_status=200, legacy_ms=1.0)
+        for outcome, count in outcomes.items()
+        for _ in range(count)
+    ]
+    ShadowResults(engine).write(rows)
+
+
+@pytest.fixture
+def gated(engine: Engine, clock: Clock) -> RouteTable:
+    gate = CutoverGate(min_parity=99.0, min_samples=100, window=Window(3600, 1000))
+    return RouteTable(engine, clock=clock, now=lambda: AT, gate=gate)
+
+
+def test_the_gate_refuses_new_without_enough_shadow_samples(
+    gated: RouteTable, engine: Engine
+) -> None:
+    _results(engine, {"match": 99})
+
+    with pytest.raises(CutoverRefused) as refused:
+        gated.set("GET", ROUTE, "new", by="ops")
+
+    assert str(refused.value) == (
+        "refusing to serve GET /allocations/<orderid> from new: shadow parity 100.00% over "
+        "99 samples in the last 1 h (newest 1000 samples); needs >= 99% over >= 100 samples "
+        "(shadow it longer, or use --force)"
+    )
+    assert refused.value.verdict.parity.samples == 99
+    assert gated.history() == []
+    assert gated.mode_for("GET", "/allocations/o") is Mode.LEGACY
+
+
+def test_the_gate_refuses_new_below_the_parity_threshold_errors_included(
+    gated: RouteTable, engine: Engine
+) -> None:
+    _results(engine, {"match": 198, "mismatch": 1, "error": 2})
+
+    with pytest.raises(CutoverRefused, match=r"shadow parity 98\.50% over 201 samples"):
+        gated.set("GET", ROUTE, "new", by="ops")
+
+
+def test_the_gate_lets_new_through_and_keeps_its_evidence_in_the_audit(
+    gated: RouteTable, engine: Engine
+) -> None:
+    _results(engine, {"match": 199, "mismatch": 1})
+    gated.set("GET", ROUTE, "canary 50", by="ops")
+
+    route = gated.set("GET", ROUTE, "new", by="ops", reason="parity is fine")
+
+    assert route.mode is Mode.NEW
+    entry = gated.history()[-1]
+    assert (entry.from_mode, entry.to_mode, entry.forced) == ("canary 50", "new", False)
+    assert entry.gate is not None and entry.gate.startswith("shadow parity 99.50% over 200")
+    assert gated.history()[0].gate is None  # only moves to new are judged
+
+
+def test_force_overrides_the_gate_and_the_audit_says_so(gated: RouteTable) -> None:
+    route = gated.set("GET", ROUTE, "new", by="ops", reason="hotfix", force=True)
+
+    assert route.mode is Mode.NEW
+    [entry] = gated.history()
+    assert entry.forced is True
+    assert entry.gate == (
+        "forced past the gate: no shadow samples in the last 1 h (newest 1000 samples); "
+        "needs >= 99% over >= 100 samples"
+    )
+
+
+def test_only_results_of_the_window_count_for_the_gate(
+    gated: RouteTable, engine: Engine
+) -> None:
+    _results(engine, {"match": 500}, at=AT - timedelta(hours=2))
+    _results(engine, {"mismatch": 50}, at=AT - timedelta(minutes=5))
+    _results(engine, {"match": 99}, at=AT - timedelta(minutes=1), kind="aa")
+
+    with pytest.raises(CutoverRefused, match="0.00% over 50 samples"):
+        gated.set("GET", ROUTE, "new", by="ops")
+
+    _results(engine, {"match": 1000})  # the newest 1000 push the mismatches out
+    assert gated.set("GET", ROUTE, "new", by="ops").mode is Mode.NEW
+
+
+def test_staying_on_new_is_not_judged_again(gated: RouteTable) -> None:
+    gated.set("GET", ROUTE, "new", by="ops", force=True)
+
+    route = gated.set("GET", ROUTE, "new", by="ops", options={"ignore_fields": ["x"]})
+
+    assert route.options.ignore_fields == ("x",)
+    assert gated.history()[-1].forced is False

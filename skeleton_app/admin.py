@@ -1,0 +1,267 @@
+"""The admin API under ``/_strangler/``: routes, their parity and audit, rollback, status.
+
+Every admin endpoint needs ``Authorization: Bearer <ADMIN_TOKEN>`` (compared in constant
+time); a request without a valid token gets 401 and changes nothing. Without a configured
+token the admin API is off: its paths answer 404. The document of these endpoints is
+``skeleton_app.openapi.DOCUMENT`` (served at ``/_strangler/openapi.json``).
+"""
+
+from __future__ import annotations
+
+import hmac
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from flask import Response, jsonify, request
+from werkzeug.exceptions import BadRequest
+
+from skeleton_app.errors import json_error
+from skeleton_app.facade import Facade
+from skeleton_app.patterns import RESERVED_PREFIX, RouteError
+from skeleton_app.routes_table import AuditEntry, CutoverRefused, Route
+from skeleton_app.shadow_results import AA, SHADOW, Parity, StoredResult
+
+View = Callable[[Facade], Response]
+
+_SET_FIELDS = {"method", "pattern", "mode", "percent", "reason", "by", "force", "options"}
+_OPTION_TYPES: Mapping[str, tuple[type, ...]] = {
+    "allow_mutating_shadow": (bool,),
+    "ignore_fields": (list,),
+    "unordered_lists": (bool,),
+    "canary_key": (str,),
+    "sample_rate": (int, float, type(None)),
+}
+
+
+def authorized(facade: Facade) -> bool:
+    token = facade.settings.admin_token
+    if not token:
+        return False
+    scheme, _, given = request.headers.get("Authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(
+        given.strip().encode(), token.encode()
+    )
+
+
+def unauthorized() -> Response:
+    response = json_error(401, "unauthorized", "a valid admin bearer token is required")
+    response.headers["WWW-Authenticate"] = 'Bearer realm="strangler"'
+    return response
+
+
+def admin_off() -> Response:
+    return json_error(
+        404, "not found", "the admin API is off: no admin token is configured (ADMIN_TOKEN)"
+    )
+
+
+# -- JSON shapes -----------------------------------------------------------------------
+
+
+def route_json(route: Route, parity: Parity, noise: Parity) -> dict[str, Any]:
+    return {
+        "method": route.method,
+        "pattern": route.pattern,
+        "mode": route.mode.value,
+        "percent": route.percent,
+        "setting": route.setting,
+        "options": route.options.to_dict(),
+        "updated_at": route.updated_at.isoformat() if route.updated_at else None,
+        "updated_by": route.updated_by,
+        "reason": route.reason,
+        "parity": parity.to_dict(),
+        "noise": noise.to_dict(),
+    }
+
+
+def audit_json(entry: AuditEntry) -> dict[str, Any]:
+    return {
+        "id": entry.id,
+        "at": entry.at.isoformat(),
+        "method": entry.method,
+        "pattern": entry.pattern,
+        "from_mode": entry.from_mode,
+        "to_mode": entry.to_mode,
+        "by": entry.by,
+        "reason": entry.reason,
+        "options": entry.options.to_dict(),
+        "forced": entry.forced,
+        "gate": entry.gate,
+    }
+
+
+def result_json(result: StoredResult) -> dict[str, Any]:
+    return {
+        "id": result.id,
+        "at": result.at.isoformat(),
+        "kind": result.kind,
+        "outcome": result.outcome,
+        "path": result.path,
+        "legacy_status": result.legacy_status,
+        "new_status": result.new_status,
+        "legacy_ms": round(result.legacy_ms, 3),
+        "new_ms": None if result.new_ms is None else round(result.new_ms, 3),
+        "diff": result.diff,
+    }
+
+
+def routes_with_parity(facade: Facade) -> list[dict[str, Any]]:
+    shadow = facade.results.parity_by_route(SHADOW)
+    noise = facade.results.parity_by_route(AA)
+    return [
+        route_json(r, shadow.get((r.method, r.pattern), Parity()),
+                   noise.get((r.method, r.pattern), Parity()))
+        for r in facade.table.list()
+    ]
+
+
+# -- views -----------------------------------------------------------------------------
+
+
+def list_routes(facade: Facade) -> Response:
+    return jsonify({"routes": routes_with_parity(facade)})
+
+
+def set_route(facade: Facade) -> Response:
+    body = _json_object()
+    unknown = sorted(set(body) - _SET_FIELDS)
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    method = _field(body, "method", str, required=True)
+    pattern = _field(body, "pattern", str, required=True)
+    mode = _field(body, "mode", str, required=True)
+    percent = _field(body, "percent", (int, float, type(None)))
+    reason = _field(body, "reason", str) or ""
+    by = _field(body, "by", str) or "admin-api"
+    force = bool(_field(body, "force", bool))
+    options = _options(body.get("options"))
+    try:
+        route = facade.table.set(method, pattern, mode, by=by, reason=reason, percent=percent,
+                                 options=options, force=force)
+    except CutoverRefused as refused:
+        response = jsonify({"error": "cutover refused", "detail": str(refused),
+                            "parity": refused.verdict.parity.to_dict()})
+        response.status_code = 409
+        return response
+    except RouteError as exc:
+        raise BadRequest(str(exc)) from None
+    audit = facade.table.history(route.method, route.pattern)[-1]
+    shadow = facade.results.parity(route.method, route.pattern, SHADOW)
+    noise = facade.results.parity(route.method, route.pattern, AA)
+    return jsonify({"route": route_json(route, shadow, noise), "audit": audit_json(audit)})
+
+
+def history(facade: Facade) -> Response:
+    method = request.args.get("method") or None
+    pattern = request.args.get("pattern") or None
+    try:
+        entries = facade.table.history(method, pattern)
+    except RouteError as exc:
+        raise BadRequest(str(exc)) from None
+    return jsonify({"entries": [audit_json(e) for e in entries]})
+
+
+def mismatches(facade: Facade) -> Response:
+    method = (request.args.get("method") or "").upper()
+    pattern = request.args.get("pattern") or ""
+    if not method or not pattern:
+        raise BadRequest("query parameters method and pattern are required")
+    kind = request.args.get("kind", SHADOW)
+    if kind not in (SHADOW, AA):
+        raise BadRequest("kind must be shadow or aa")
+    limit = request.args.get("limit", "10")
+    if not limit.isdigit() or not 1 <= int(limit) <= 100:
+        raise BadRequest("limit must be an integer from 1 to 100")
+    results = facade.results.recent(method, pattern, kind, limit=int(limit))
+    parity = facade.results.parity(method, pattern, kind)
+    return jsonify({"method": method, "pattern": pattern, "kind": kind,
+                    "parity": parity.to_dict(), "mismatches": [result_json(r) for r in results]})
+
+
+def rollback(facade: Facade) -> Response:
+    body = _json_object()
+    unknown = sorted(set(body) - {"method", "pattern", "reason", "by"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    method = _field(body, "method", str)
+    pattern = _field(body, "pattern", str)
+    if (method is None) != (pattern is None):
+        raise BadRequest("give both method and pattern, or neither (every route)")
+    reason = _field(body, "reason", str) or ""
+    by = _field(body, "by", str) or "admin-api"
+    routes = None if method is None else [(method, pattern)]
+    try:
+        changed = facade.table.rollback(by=by, reason=reason, routes=routes)
+    except RouteError as exc:
+        raise BadRequest(str(exc)) from None
+    return jsonify({"rolled_back": [{"method": r.method, "pattern": r.pattern} for r in changed]})
+
+
+def status(facade: Facade) -> Response:
+    guard = facade.guard.status()
+    return jsonify(
+        {
+            "lag": {
+                "enabled": facade.guard.enabled,
+                "max_lag_seconds": facade.settings.max_lag,
+                **guard.to_dict(),
+            },
+            "shadow": facade.shadow.stats(),
+            "gate": {
+                "min_parity": facade.settings.gate.min_parity,
+                "min_samples": facade.settings.gate.min_samples,
+                "window_seconds": facade.settings.gate.window.seconds,
+                "window_samples": facade.settings.gate.window.max_samples,
+            },
+        }
+    )
+
+
+ADMIN_ENDPOINTS: Mapping[str, Mapping[str, View]] = {
+    f"{RESERVED_PREFIX}routes": {"GET": list_routes, "PUT": set_route},
+    f"{RESERVED_PREFIX}routes/history": {"GET": history},
+    f"{RESERVED_PREFIX}routes/mismatches": {"GET": mismatches},
+    f"{RESERVED_PREFIX}routes/rollback": {"POST": rollback},
+    f"{RESERVED_PREFIX}status": {"GET": status},
+}
+"""Admin path -> method -> view; all need the token."""
+
+
+# -- input -----------------------------------------------------------------------------
+
+
+def _json_object() -> dict[str, Any]:
+    body = request.get_json(silent=True)
+    if not isinstance(body, dict):
+        raise BadRequest("the body must be a JSON object")
+    return body
+
+
+def _field(body: Mapping[str, Any], name: str, types: type | tuple[type, ...],
+           required: bool = False) -> Any:
+    if name not in body:
+        if required:
+            raise BadRequest(f"field {name!r} is required")
+        return None
+    value = body[name]
+    allowed = types if isinstance(types, tuple) else (types,)
+    bad_bool = isinstance(value, bool) and bool not in allowed
+    if bad_bool or not isinstance(value, allowed):
+        raise BadRequest(f"field {name!r} has the wrong type")
+    return value
+
+
+def _options(raw: Any) -> dict[str, Any] | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, dict):
+        raise BadRequest("field 'options' must be an object")
+    for name, value in raw.items():
+        types = _OPTION_TYPES.get(name)
+        if types is None:
+            raise BadRequest(f"unknown route option {name!r}")
+        if (isinstance(value, bool) and bool not in types) or not isinstance(value, types):
+            raise BadRequest(f"route option {name!r} has the wrong type")
+        if isinstance(value, list) and not all(isinstance(v, str) for v in value):
+            raise BadRequest("route option 'ignore_fields' must be a list of strings")
+    return dict(raw)

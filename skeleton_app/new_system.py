@@ -1,0 +1,102 @@
+"""Calling the new system's handlers with a time limit, never on the caller's thread.
+
+A handler runs in a small thread pool inside an application context; the caller waits at
+most ``timeout`` seconds. Serving and shadowing use separate pools, so shadow work can never
+take the threads that serve clients.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+
+from flask import Flask, Response
+
+from skeleton_app.compare import Answer
+from skeleton_app.new_routes import NewHandler, NewRequest
+from skeleton_app.patterns import RouteKey
+from skeleton_app.read_model import ReadModel
+
+
+class NewSystemTimeout(Exception):
+    """The new system did not answer in time."""
+
+
+class NewSystem:
+    """The new system's handlers over its read model."""
+
+    def __init__(
+        self,
+        app: Flask,
+        handlers: Mapping[RouteKey, NewHandler],
+        read_model: ReadModel,
+        timeout: float = 2.0,
+        serve_workers: int = 8,
+        shadow_workers: int = 2,
+    ) -> None:
+        self._app = app
+        self._handlers = dict(handlers)
+        self._read_model = read_model
+        self.timeout = timeout
+        self._sizes = {"serve": serve_workers, "shadow": shadow_workers}
+        self._pools: dict[str, ThreadPoolExecutor] = {}
+        self._lock = threading.Lock()
+
+    @property
+    def routes(self) -> frozenset[RouteKey]:
+        return frozenset(self._handlers)
+
+    def handler(self, method: str, pattern: str) -> NewHandler | None:
+        return self._handlers.get((method, pattern))
+
+    def serve(self, handler: NewHandler, request: NewRequest) -> Response:
+        """The handler's response (body read); NewSystemTimeout, or the handler's error."""
+        response, _ = self._call("serve", handler, request)
+        return response
+
+    def answer(self, handler: NewHandler, request: NewRequest) -> Answer:
+        """The handler's answer for a comparison, from the shadow pool."""
+        response, elapsed = self._call("shadow", handler, request)
+        return Answer(
+            response.status_code,
+            tuple(response.headers.items()),
+            response.get_data(),
+            elapsed,
+        )
+
+    def close(self) -> None:
+        with self._lock:
+            pools, self._pools = self._pools, {}
+        for pool in pools.values():
+            pool.shutdown(wait=False, cancel_futures=True)
+
+    def _call(self, pool: str, handler: NewHandler, request: NewRequest) -> tuple[Response, float]:
+        started = time.perf_counter()
+        future: Future[Response] = self._pool(pool).submit(self._run, handler, request)
+        try:
+            response = future.result(timeout=self.timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise NewSystemTimeout(
+                f"the new system did not answer within {self.timeout:g} s"
+            ) from None
+        return response, time.perf_counter() - started
+
+    def _run(self, handler: NewHandler, request: NewRequest) -> Response:
+        with self._app.app_context():
+            response = handler(self._read_model, request)
+            response.get_data()  # a lazy body is produced here, inside the time limit
+            return response
+
+    def _pool(self, name: str) -> ThreadPoolExecutor:
+        pool = self._pools.get(name)
+        if pool is None:
+            with self._lock:
+                pool = self._pools.get(name)
+                if pool is None:
+                    pool = ThreadPoolExecutor(self._sizes[name], thread_name_prefix=f"new-{name}")
+                    self._pools[name] = pool
+        return pool
