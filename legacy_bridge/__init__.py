@@ -2,28 +2,50 @@
 
 Public API:
 
-- :func:`install`: install capture (change table, relay state, row triggers) into the
-  legacy database; idempotent. Returns an :class:`InstallResult`.
+- :func:`install`: install (or refresh, or upgrade) capture (change table, relay state,
+  row triggers) in the legacy database; idempotent. Returns an :class:`InstallResult`.
+- :func:`uninstall`: remove everything install added (refuses while changes are not
+  published, unless ``force``).
+- :func:`snapshot`: queue the existing rows of captured tables as op ``r`` events,
+  in resumable primary-key chunks.
+- :func:`bridge_status`: pending changes, checkpoint, throughput (:class:`BridgeStatus`).
 - :data:`DEFAULT_TABLES`: the tables captured when none are named.
 - :class:`Relay`: publishes captured changes in commit order to the ``legacy.cdc``
-  topic exchange with publisher confirms (``run_once``, ``run``).
+  topic exchange with publisher confirms (``run_once``, ``run``), with heartbeats,
+  retention and trigger refresh after column changes.
 - :class:`BridgeError`, :class:`BridgeNotInstalled`, :class:`UnknownTable`.
 
-The event envelope is described by ``docs/schemas/legacy-cdc-change.schema.json``.
+Supported legacy databases: PostgreSQL 13+, SQLite, MariaDB 10.3+. The event envelope is
+described by ``docs/schemas/legacy-cdc-change.schema.json``, heartbeats by
+``docs/schemas/legacy-cdc-heartbeat.schema.json``.
 """
 
 from legacy_bridge.capture import CapturedTable
 from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
-from legacy_bridge.installer import DEFAULT_TABLES, InstallResult, install
+from legacy_bridge.installer import (
+    DEFAULT_TABLES,
+    InstallResult,
+    UninstallResult,
+    install,
+    uninstall,
+)
 from legacy_bridge.relay import Relay
+from legacy_bridge.snapshot import TableSnapshot, snapshot
+from legacy_bridge.status import BridgeStatus, bridge_status
 
 __all__ = [
     "DEFAULT_TABLES",
     "BridgeError",
     "BridgeNotInstalled",
+    "BridgeStatus",
     "CapturedTable",
     "InstallResult",
     "Relay",
+    "TableSnapshot",
+    "UninstallResult",
     "UnknownTable",
+    "bridge_status",
     "install",
+    "snapshot",
+    "uninstall",
 ]

@@ -1,4 +1,4 @@
-"""``python -m legacy_bridge install|run``: the ``bridge`` commands without the kit's CLI."""
+"""``python -m legacy_bridge <command>``: the ``bridge`` commands without the kit's CLI."""
 
 from __future__ import annotations
 

@@ -1,11 +1,17 @@
 """Capture on PostgreSQL: one plpgsql trigger function, one row trigger per table.
 
-The function stores ``to_jsonb`` row images (so added columns are captured without a
-re-install), the primary key built from the column names passed as trigger arguments,
-and ``pg_current_xact_id()`` as ``txid`` so the relay can tell which writers have ended.
-It runs as its owner (``SECURITY DEFINER``) with a fixed ``search_path``: the legacy
-application's role needs no privilege on the bridge's tables. Needs PostgreSQL 13+.
-``TRUNCATE`` is not captured.
+The function stores ``to_jsonb`` row images (so added and dropped columns show up in the
+images at once, without touching the triggers), the primary key built from the column
+names passed as trigger arguments, and ``pg_current_xact_id()`` as ``txid``: the real,
+never reused (64-bit, epoch-extended) id of the writing transaction. It also calls
+``pg_notify('strangler_change', '')``: PostgreSQL delivers one notification per
+committing transaction (identical notifications of one transaction are folded), at
+commit, so a listening relay wakes as soon as a change becomes visible. The function runs
+as its owner (``SECURITY DEFINER``) with a fixed ``search_path``: the legacy application's
+role needs no privilege on the bridge's tables. Needs PostgreSQL 13+. ``TRUNCATE`` is not
+captured.
+
+Snapshot chunks read with ``FOR SHARE NOWAIT``: see :mod:`legacy_bridge.snapshot`.
 """
 
 from __future__ import annotations
@@ -15,11 +21,12 @@ from collections.abc import Sequence
 from sqlalchemy import inspect, sql
 from sqlalchemy.engine import Connection
 
-from legacy_bridge.capture import CapturedTable, sql_literal
+from legacy_bridge.capture import CapturedTable, Signature, sql_literal
 from legacy_bridge.tables import CHANGE_TABLE, PREFIX
 
 FUNCTION = f"{PREFIX}capture"
 TRIGGER = f"{PREFIX}capture"
+NOTIFY_CHANNEL = "strangler_change"
 _CLAIM_LOCK_KEY = int.from_bytes(b"strangl", "big")  # advisory lock shared by relays
 
 _FUNCTION_BODY = """
@@ -44,6 +51,7 @@ BEGIN
     new_image,
     clock_timestamp()
   );
+  PERFORM pg_notify('%(channel)s', '');
   RETURN NULL;
 END
 """
@@ -59,6 +67,10 @@ class PostgresCapture:
     """
 
     connector = "postgresql"
+    real_txids = True
+    captures_new_columns = True
+    snapshot_reads_in_python = False
+    snapshot_lock = " FOR SHARE NOWAIT"
 
     def schema_name(self, conn: Connection) -> str | None:
         return inspect(conn).default_schema_name
@@ -66,18 +78,40 @@ class PostgresCapture:
     def database_name(self, conn: Connection) -> str:
         return str(conn.execute(sql.text("SELECT current_database()")).scalar_one())
 
+    def _schema(self, conn: Connection) -> str:
+        return conn.dialect.identifier_preparer.quote(self.schema_name(conn) or "public")
+
+    def install_support(self, conn: Connection) -> None:
+        quote = conn.dialect.identifier_preparer.quote
+        schema = self._schema(conn)
+        body = _FUNCTION_BODY % {
+            "change": f"{schema}.{quote(CHANGE_TABLE)}",
+            "channel": NOTIFY_CHANNEL,
+        }
+        conn.exec_driver_sql(
+            f"CREATE OR REPLACE FUNCTION {schema}.{quote(FUNCTION)}() RETURNS trigger "
+            f"LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp "
+            f"AS $strangler${body}$strangler$"
+        )
+        target = f"{schema}.{quote(CHANGE_TABLE)}"
+        conn.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS ix_strangler_change_pending ON {target} (change_id)"
+            " WHERE pos IS NULL"
+        )
+        conn.exec_driver_sql(
+            f"CREATE INDEX IF NOT EXISTS ix_strangler_change_pending_tx ON {target}"
+            " (txid, change_id) WHERE pos IS NULL"
+        )
+
+    def signature(self, conn: Connection, table: CapturedTable) -> Signature:
+        return tuple((column, "value") for column in table.columns)
+
     def install_triggers(
         self, conn: Connection, tables: Sequence[CapturedTable]
     ) -> list[CapturedTable]:
         quote = conn.dialect.identifier_preparer.quote
-        schema = quote(self.schema_name(conn) or "public")
+        schema = self._schema(conn)
         function = f"{schema}.{quote(FUNCTION)}"
-        body = _FUNCTION_BODY % {"change": f"{schema}.{quote(CHANGE_TABLE)}"}
-        conn.exec_driver_sql(
-            f"CREATE OR REPLACE FUNCTION {function}() RETURNS trigger LANGUAGE plpgsql "
-            f"SECURITY DEFINER SET search_path = pg_catalog, pg_temp "
-            f"AS $strangler${body}$strangler$"
-        )
         installed = []
         for table in tables:
             target = f"{schema}.{quote(table.name)}"
@@ -92,6 +126,61 @@ class PostgresCapture:
             )
         return installed
 
+    def remove(self, conn: Connection) -> list[str]:
+        quote = conn.dialect.identifier_preparer.quote
+        schema = self.schema_name(conn) or "public"
+        rows = conn.execute(
+            sql.text(
+                "SELECT c.relname FROM pg_trigger t JOIN pg_class c ON c.oid = t.tgrelid"
+                " JOIN pg_proc p ON p.oid = t.tgfoid JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE p.proname = :function AND n.nspname = :schema ORDER BY c.relname"
+            ),
+            {"function": FUNCTION, "schema": schema},
+        ).scalars()
+        dropped = [f"trigger {TRIGGER} on {name}" for name in rows]
+        exists = conn.execute(
+            sql.text(
+                "SELECT 1 FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+                " WHERE p.proname = :function AND n.nspname = :schema"
+            ),
+            {"function": FUNCTION, "schema": schema},
+        ).first()
+        if exists:
+            # CASCADE drops the triggers that use the function, and nothing else
+            conn.exec_driver_sql(
+                f"DROP FUNCTION {quote(schema)}.{quote(FUNCTION)}() CASCADE"
+            )
+            dropped.append(f"function {FUNCTION}")
+        return dropped
+
     def lock_claims(self, conn: Connection) -> None:
         # an advisory lock, unlike a row lock, does not spend a transaction id
         conn.execute(sql.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})
+
+    def begin_chunk(self, conn: Connection) -> int:
+        return int(conn.execute(sql.text("SELECT pg_current_xact_id()::text::bigint")).scalar_one())
+
+    def end_chunk(self, conn: Connection) -> None:
+        conn.execute(sql.text("SELECT pg_notify(:channel, '')"), {"channel": NOTIFY_CHANNEL})
+
+    def row_image(self, conn: Connection, table: CapturedTable, alias: str) -> str:
+        return f"to_jsonb({alias})"
+
+    def key_image(self, conn: Connection, table: CapturedTable, alias: str) -> str:
+        quote = conn.dialect.identifier_preparer.quote
+        parts = ", ".join(f"{sql_literal(c)}, {alias}.{quote(c)}" for c in table.primary_key)
+        return f"jsonb_build_object({parts})"
+
+    def now(self) -> str:
+        return "clock_timestamp()"
+
+    def estimate_rows(self, conn: Connection, table: str) -> int | None:
+        quote = conn.dialect.identifier_preparer.quote
+        estimate = conn.execute(
+            sql.text("SELECT reltuples::bigint FROM pg_class WHERE oid = to_regclass(:name)"),
+            {"name": f"{self._schema(conn)}.{quote(table)}"},
+        ).scalar()
+        return None if estimate is None or estimate < 0 else int(estimate)
+
+    def schema_token(self, conn: Connection) -> object | None:
+        return None

@@ -1,21 +1,31 @@
-"""``strangler bridge``: install change capture and run the relay."""
+"""``strangler bridge``: install change capture, snapshot, run the relay, status, uninstall."""
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TypeVar
 
 import click
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from broker import Broker, BrokerError, connect, is_in_process
 from legacy_bridge.errors import BridgeError
-from legacy_bridge.installer import DEFAULT_TABLES, install
-from legacy_bridge.relay import DEFAULT_BATCH_SIZE, DEFAULT_EXCHANGE, Relay
+from legacy_bridge.installer import DEFAULT_TABLES, install, uninstall
+from legacy_bridge.relay import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_EXCHANGE,
+    DEFAULT_HEARTBEAT_INTERVAL_S,
+    Relay,
+)
+from legacy_bridge.retention import DEFAULT_RETENTION_S
+from legacy_bridge.snapshot import DEFAULT_CHUNK_SIZE, Progress, TableSnapshot, snapshot
+from legacy_bridge.status import BridgeStatus, bridge_status
 
 log = logging.getLogger("legacy_bridge")
 
@@ -25,6 +35,38 @@ _LEGACY_DB_URL = click.option(
     required=True,
     help="SQLAlchemy URL of the legacy database [env LEGACY_DB_URL].",
 )
+_CHUNK_SIZE = click.option(
+    "--chunk-size",
+    type=click.IntRange(min=1),
+    default=DEFAULT_CHUNK_SIZE,
+    show_default=True,
+    help="Rows read per snapshot chunk (one transaction each).",
+)
+
+T = TypeVar("T")
+
+
+def _table_names(tables: str | None) -> list[str] | None:
+    if tables is None:
+        return None
+    names = [name.strip() for name in tables.split(",") if name.strip()]
+    if not names:
+        raise click.UsageError("--tables names no table")
+    return names
+
+
+def _guarded(action: Callable[[], T]) -> T:
+    """Run ``action``; bridge, broker and database failures become one-line errors."""
+    try:
+        return action()
+    except BridgeError as error:
+        raise click.ClickException(str(error)) from error
+    except BrokerError as error:
+        raise click.ClickException(f"broker: {_first_line(error)}") from error
+    except (ArgumentError, ImportError) as error:
+        raise click.ClickException(f"invalid --legacy-db-url: {error}") from error
+    except SQLAlchemyError as error:
+        raise click.ClickException(_database_error(error)) from error
 
 
 @click.group()
@@ -45,20 +87,28 @@ def bridge() -> None:
     show_default=True,
     help="Name stamped on events as source.name.",
 )
+@click.option(
+    "--snapshot",
+    "take_snapshot",
+    is_flag=True,
+    help="Then snapshot the installed tables' existing rows (see 'bridge snapshot').",
+)
+@_CHUNK_SIZE
 @_LEGACY_DB_URL
-def install_command(tables: str | None, server_name: str, legacy_db_url: str) -> None:
-    """Install (or refresh) capture triggers; pending changes and checkpoint are kept."""
-    names = None
-    if tables is not None:
-        names = [name.strip() for name in tables.split(",") if name.strip()]
-        if not names:
-            raise click.UsageError("--tables names no table")
-    try:
-        result = install(legacy_db_url, names, server_name=server_name)
-    except BridgeError as error:
-        raise click.ClickException(str(error)) from error
-    except SQLAlchemyError as error:
-        raise click.ClickException(_database_error(error)) from error
+def install_command(
+    tables: str | None,
+    server_name: str,
+    take_snapshot: bool,
+    chunk_size: int,
+    legacy_db_url: str,
+) -> None:
+    """Install change capture, or refresh or upgrade it.
+
+    Creates the bridge's tables and one capture trigger per table (replacing existing
+    ones). Running it again keeps the install id, the checkpoint and pending changes.
+    """
+    names = _table_names(tables)
+    result = _guarded(lambda: install(legacy_db_url, names, server_name=server_name))
     verb = "installed" if result.created else "refreshed"
     click.echo(
         f"{verb} change capture in {result.connector} database {result.database!r} "
@@ -69,6 +119,114 @@ def install_command(tables: str | None, server_name: str, legacy_db_url: str) ->
             f"  {table.name}: primary key ({', '.join(table.primary_key)}), "
             f"triggers {', '.join(table.triggers)}"
         )
+    if take_snapshot:
+        _snapshot(legacy_db_url, [t.name for t in result.tables], chunk_size, restart=False)
+
+
+@bridge.command("snapshot")
+@click.option(
+    "--tables",
+    default=None,
+    metavar="T1,T2",
+    help="Comma-separated captured tables to snapshot [default: every captured table].",
+)
+@_CHUNK_SIZE
+@click.option("--restart", is_flag=True, help="Snapshot tables again that are done.")
+@_LEGACY_DB_URL
+def snapshot_command(
+    tables: str | None, chunk_size: int, restart: bool, legacy_db_url: str
+) -> None:
+    """Queue the existing rows of captured tables as op r events (resumable).
+
+    Rows are read in primary-key chunks, one transaction each, into the change table, from
+    where 'bridge run' publishes them in order with the changes made meanwhile. After an
+    interruption, run it again: it continues where it stopped.
+    """
+    _snapshot(legacy_db_url, _table_names(tables), chunk_size, restart)
+
+
+def _snapshot(
+    legacy_db_url: str, names: list[str] | None, chunk_size: int, restart: bool
+) -> None:
+    def bar(table: str, estimate: int | None, done: int) -> Progress:
+        from tqdm import tqdm
+
+        total = None if estimate is None else max(estimate, done)
+        shown: Progress = tqdm(
+            total=total, initial=done, desc=table, unit="row", disable=None, leave=False
+        )
+        return shown
+
+    results: list[TableSnapshot] = _guarded(
+        lambda: snapshot(
+            legacy_db_url, names, chunk_size=chunk_size, restart=restart, progress=bar
+        )
+    )
+    for result in results:
+        if result.already_done:
+            click.echo(
+                f"  {result.table}: snapshot already done ({result.total} rows); "
+                "--restart takes it again"
+            )
+        else:
+            click.echo(f"  {result.table}: {result.rows} rows read ({result.total} in all)")
+    click.echo(f"snapshot done: {sum(r.rows for r in results)} rows queued for the relay")
+
+
+@bridge.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@_LEGACY_DB_URL
+def status_command(as_json: bool, legacy_db_url: str) -> None:
+    """Show pending changes, checkpoint and throughput.
+
+    Pending changes (and the oldest one's age), the last confirmed position, changes
+    published in the last minute, and the progress of snapshots. Exits with status 1 when
+    change capture is not installed.
+    """
+    status: BridgeStatus = _guarded(lambda: bridge_status(legacy_db_url))
+    if as_json:
+        click.echo(json.dumps(status.as_dict(), indent=2))
+        return
+    facts = status.as_dict()
+    age = status.oldest_pending_age_s
+    click.echo(
+        f"change capture installed in {status.connector} database {status.database!r} "
+        f"(install id {status.install_id}, server name {status.server_name!r})"
+    )
+    click.echo(f"  captured tables:        {', '.join(status.tables) or '(none)'}")
+    click.echo(
+        f"  pending changes:        {status.pending}"
+        + ("" if age is None else f" (oldest captured {age:.1f} s ago)")
+    )
+    confirmed_at = facts["last_confirmed_at"] or "never"
+    click.echo(f"  last confirmed position: {status.last_confirmed_pos} (at {confirmed_at})")
+    click.echo(
+        f"  published last minute:  {status.published_recently} "
+        f"({facts['throughput_per_s']}/s)"
+    )
+    for state in status.snapshots:
+        progress = "done" if state.done else "in progress"
+        click.echo(f"  snapshot of {state.table}: {progress}, {state.rows_read} rows read")
+
+
+@bridge.command("uninstall")
+@click.option(
+    "--force", is_flag=True, help="Also when captured changes are not published yet."
+)
+@_LEGACY_DB_URL
+def uninstall_command(force: bool, legacy_db_url: str) -> None:
+    """Remove change capture (stop the relay first).
+
+    Drops the capture triggers, functions, sequences and the bridge's tables. Refuses
+    while captured changes are not confirmed by the broker, unless --force.
+    """
+    result = _guarded(lambda: uninstall(legacy_db_url, force=force))
+    click.echo(
+        f"removed change capture from {result.connector} database {result.database!r}"
+        + (f", discarding {result.discarded} unpublished change(s)" if result.discarded else "")
+    )
+    for item in result.dropped:
+        click.echo(f"  dropped {item}")
 
 
 @bridge.command("run")
@@ -91,13 +249,27 @@ def install_command(tables: str | None, server_name: str, legacy_db_url: str) ->
     type=click.FloatRange(min=0.0),
     default=0.2,
     show_default=True,
-    help="Seconds to wait when nothing is pending.",
+    help="Longest wait for new changes when idle (PostgreSQL wakes at once on NOTIFY).",
 )
 @click.option(
     "--exchange",
     default=DEFAULT_EXCHANGE,
     show_default=True,
     help="Topic exchange to publish to (its alternate exchange is <exchange>.unrouted).",
+)
+@click.option(
+    "--heartbeat-interval",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_HEARTBEAT_INTERVAL_S,
+    show_default=True,
+    help="Publish a heartbeat after this many idle seconds (0: never).",
+)
+@click.option(
+    "--retention",
+    type=click.FloatRange(min=0.0),
+    default=DEFAULT_RETENTION_S,
+    show_default=True,
+    help="Seconds a confirmed change stays in the change table before it is pruned.",
 )
 @click.option("--once", is_flag=True, help="Publish what is pending now, then exit.")
 def run_command(
@@ -106,6 +278,8 @@ def run_command(
     batch_size: int,
     poll_interval: float,
     exchange: str,
+    heartbeat_interval: float,
+    retention: float,
     once: bool,
 ) -> None:
     """Relay captured changes to the legacy.cdc exchange until SIGTERM/SIGINT."""
@@ -126,6 +300,8 @@ def run_command(
             broker_factory=broker_factory,
             batch_size=batch_size,
             exchange=exchange,
+            heartbeat_interval=heartbeat_interval or None,
+            retention=retention,
         )
     except (ArgumentError, ImportError) as error:
         raise click.ClickException(f"invalid --legacy-db-url: {error}") from error

@@ -2,7 +2,13 @@
 
 The envelope is the contract with consumers, described by
 ``docs/schemas/legacy-cdc-change.schema.json``. Row images are passed through as the
-database rendered them (PostgreSQL ``to_jsonb``, SQLite ``json_object``).
+database rendered them (PostgreSQL ``to_jsonb``, SQLite ``json_object``, MariaDB
+``JSON_OBJECT``). Snapshot rows (op ``r``) carry ``source.snapshot`` true, or ``"last"``
+on the final row of a table's snapshot.
+
+The ``transaction`` block (Debezium's) names the legacy transaction and the event's place
+in it; it is null for rows captured without a transaction id. On SQLite its ``id`` names
+a commit group (see :mod:`legacy_bridge.capture_sqlite`) and ``source.txid`` is null.
 """
 
 from __future__ import annotations
@@ -28,6 +34,8 @@ class Source:
     db: str
     schema: str | None
     install_id: str
+    real_txids: bool = True
+    """False when ``txid`` names a commit group, not a transaction (SQLite)."""
 
 
 def epoch_ms(moment: datetime) -> int:
@@ -39,6 +47,10 @@ def epoch_ms(moment: datetime) -> int:
 
 def change_event(change: Change, source: Source, now: datetime) -> dict[str, Any]:
     """The envelope for ``change``, published at ``now``."""
+    snapshot: bool | str = False
+    if change.op == "r":
+        snapshot = "last" if change.snapshot_last else True
+    txid = None if change.txid is None else str(change.txid)
     return {
         "before": change.before,
         "after": change.after,
@@ -51,12 +63,24 @@ def change_event(change: Change, source: Source, now: datetime) -> dict[str, Any
             "db": source.db,
             "schema": source.schema,
             "table": change.table_name,
-            "txid": None if change.txid is None else str(change.txid),
+            "txid": txid if source.real_txids else None,
             "seq": change.pos,
             "change_id": change.change_id,
             "ts_ms": epoch_ms(change.captured_at),
-            "snapshot": False,
+            "snapshot": snapshot,
         },
+        "transaction": _transaction(change, txid),
+    }
+
+
+def _transaction(change: Change, txid: str | None) -> dict[str, Any] | None:
+    if txid is None or change.tx_order is None:
+        return None
+    return {
+        "id": txid,
+        "total_order": change.tx_order,
+        "data_collection_order": change.tx_table_order,
+        "last": bool(change.tx_last),
     }
 
 
@@ -65,11 +89,14 @@ def message_id(install_id: str, change_id: int) -> str:
     return f"{install_id}:{change_id}"
 
 
+def encode(body: dict[str, Any]) -> bytes:
+    """Compact UTF-8 JSON."""
+    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+
+
 def change_message(change: Change, source: Source, now: datetime) -> Message:
     """The AMQP message carrying ``change``'s envelope."""
-    body = json.dumps(
-        change_event(change, source, now), separators=(",", ":"), ensure_ascii=False
-    ).encode("utf-8")
+    body = encode(change_event(change, source, now))
     return Message(
         routing_key=f"{change.table_name}.{change.op}",
         body=body,

@@ -1,4 +1,4 @@
-"""Installing change capture into the legacy database (idempotent)."""
+"""Installing change capture into the legacy database (idempotent), and removing it."""
 
 from __future__ import annotations
 
@@ -6,13 +6,23 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from sqlalchemy import insert, inspect, select, update
+from sqlalchemy import Table, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Engine
 
 from legacy_bridge.capture import CapturedTable, dialect_for
+from legacy_bridge.change_log import backlog
 from legacy_bridge.database import make_engine
-from legacy_bridge.errors import UnknownTable
-from legacy_bridge.tables import PREFIX, change, relay_state
+from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
+from legacy_bridge.registry import record, reflect
+from legacy_bridge.tables import (
+    ADDED_CHANGE_COLUMNS,
+    ADDED_STATE_COLUMNS,
+    BRIDGE_TABLES,
+    CHANGE_TABLE,
+    STATE_TABLE,
+    change,
+    relay_state,
+)
 
 DEFAULT_TABLES: tuple[str, ...] = ("prod_catalog", "stock_lot", "cust_order_line", "lot_allocation")
 """The legacy shop's tables, in dependency order."""
@@ -32,17 +42,30 @@ class InstallResult:
     """False when capture was already installed (state and pending changes were kept)."""
 
 
+@dataclass(frozen=True)
+class UninstallResult:
+    """What :func:`uninstall` removed."""
+
+    connector: str
+    database: str
+    dropped: tuple[str, ...]
+    discarded: int
+    """Captured changes the broker had not confirmed (only with ``force``)."""
+
+
 def install(
     legacy_db_url: str | Engine,
     tables: Sequence[str] | None = None,
     server_name: str = "legacy",
 ) -> InstallResult:
-    """Install (or refresh) change capture for ``tables`` in one transaction.
+    """Install (or refresh, or upgrade) change capture for ``tables``.
 
-    Creates ``strangler_change`` and ``strangler_relay_state`` if missing, then replaces
-    the row triggers of each table. A re-install keeps the install id, the checkpoint and
-    every captured change; it updates the server name stamped on future events.
-    Raises :class:`UnknownTable` before changing anything if a table cannot be captured.
+    Creates the bridge's tables if missing (adding columns an older install lacks), then
+    replaces the row triggers of each table and records its columns. A re-install keeps
+    the install id, the checkpoint and every captured change; it updates the server name
+    stamped on future events. Raises :class:`UnknownTable` before changing anything if a
+    table cannot be captured. One transaction on PostgreSQL and SQLite; on MariaDB DDL
+    commits as it goes, and running install again completes an interrupted one.
     """
     names = tuple(tables) if tables is not None else DEFAULT_TABLES
     if not names:
@@ -52,11 +75,15 @@ def install(
         with engine.begin() as conn:
             dialect = dialect_for(conn)
             schema = dialect.schema_name(conn)
-            captured = [_reflect(conn, name, schema) for name in dict.fromkeys(names)]
-            change.create(conn, checkfirst=True)
-            relay_state.create(conn, checkfirst=True)
+            captured = [reflect(conn, name, schema) for name in dict.fromkeys(names)]
+            for table in BRIDGE_TABLES:
+                table.create(conn, checkfirst=True)
+            _add_missing_columns(conn, change, ADDED_CHANGE_COLUMNS, schema)
+            _add_missing_columns(conn, relay_state, ADDED_STATE_COLUMNS, schema)
+            dialect.install_support(conn)
             install_id, created = _ensure_state(conn, server_name)
             installed = dialect.install_triggers(conn, captured)
+            record(conn, dialect, installed)
             return InstallResult(
                 install_id=install_id,
                 server_name=server_name,
@@ -71,17 +98,59 @@ def install(
             engine.dispose()
 
 
-def _reflect(conn: Connection, name: str, schema: str | None) -> CapturedTable:
-    if name.startswith(PREFIX):
-        raise UnknownTable(f"table {name!r} belongs to the bridge and cannot be captured")
-    inspector = inspect(conn)
-    if not inspector.has_table(name, schema=schema):
-        raise UnknownTable(f"no table {name!r} in the legacy database")
-    primary_key = tuple(inspector.get_pk_constraint(name, schema=schema)["constrained_columns"])
-    if not primary_key:
-        raise UnknownTable(f"table {name!r} has no primary key: capture needs one")
-    columns = tuple(column["name"] for column in inspector.get_columns(name, schema=schema))
-    return CapturedTable(name, primary_key, columns)
+def uninstall(legacy_db_url: str | Engine, force: bool = False) -> UninstallResult:
+    """Remove everything :func:`install` added: triggers, functions, sequences, tables.
+
+    Refuses (:class:`BridgeError`) while captured changes are not confirmed by the broker,
+    unless ``force``. Raises :class:`BridgeNotInstalled` when there is nothing to remove.
+    Stop the relay first.
+    """
+    engine, owned = make_engine(legacy_db_url)
+    try:
+        with engine.begin() as conn:
+            dialect = dialect_for(conn)
+            schema = dialect.schema_name(conn)
+            inspector = inspect(conn)
+            discarded = 0
+            if inspector.has_table(CHANGE_TABLE, schema=schema):
+                confirmed = 0
+                if inspector.has_table(STATE_TABLE, schema=schema):
+                    state = conn.execute(select(relay_state.c.last_confirmed_pos)).first()
+                    confirmed = int(state[0]) if state else 0
+                discarded = backlog(conn, confirmed)
+                if discarded and not force:
+                    raise BridgeError(
+                        f"{discarded} captured change(s) are not confirmed by the broker yet: "
+                        "let 'strangler bridge run' publish them, or uninstall with --force "
+                        "to discard them"
+                    )
+            dropped = dialect.remove(conn)
+            for table in reversed(BRIDGE_TABLES):
+                if inspector.has_table(table.name, schema=schema):
+                    table.drop(conn)
+                    dropped.append(f"table {table.name}")
+            if not dropped:
+                raise BridgeNotInstalled(
+                    "nothing to uninstall: change capture is not installed in this database"
+                )
+            return UninstallResult(
+                dialect.connector, dialect.database_name(conn), tuple(dropped), discarded
+            )
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def _add_missing_columns(
+    conn: Connection, table: Table, names: Sequence[str], schema: str | None
+) -> None:
+    existing = {c["name"] for c in inspect(conn).get_columns(table.name, schema=schema)}
+    quote = conn.dialect.identifier_preparer.quote
+    target = quote(table.name) if schema is None else f"{quote(schema)}.{quote(table.name)}"
+    for name in names:
+        if name not in existing:
+            column_type = table.c[name].type.compile(dialect=conn.dialect)
+            conn.exec_driver_sql(f"ALTER TABLE {target} ADD COLUMN {quote(name)} {column_type}")
 
 
 def _ensure_state(conn: Connection, server_name: str) -> tuple[str, bool]:

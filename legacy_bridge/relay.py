@@ -1,16 +1,27 @@
 """The relay: publishes captured changes to the broker in commit order, with confirms.
 
 Each cycle first publishes again what was claimed but not confirmed (after a crash or a
-failed publish), else claims the next safe batch (see :mod:`legacy_bridge.change_log`);
-it publishes the batch in ``pos`` order, waits for the broker's confirms, and only then
-stores the checkpoint. Nothing is lost: a change is either confirmed by the broker before
-the checkpoint passes it, or published again with the same message id.
+failed publish), else claims the next safe batch of whole transactions (see
+:mod:`legacy_bridge.change_log`); it publishes the batch in ``pos`` order (persistent
+messages, many confirms in flight), waits for the broker's confirms, and only then stores
+the checkpoint. Nothing is lost, whatever line a crash (even SIGKILL) interrupts: a change
+is either confirmed by the broker before the checkpoint passes it, or published again
+with the same message id.
+
+:meth:`Relay.run` adds what a long-running relay needs: retries with exponential backoff
+(tenacity) while the database or the broker is unavailable, reconnecting the broker
+through its factory and re-declaring the durable topology; waking on new changes
+(:mod:`legacy_bridge.wakeup`); heartbeats when idle (:mod:`legacy_bridge.heartbeat`);
+and, every ``maintenance_interval`` seconds, trigger refresh after column changes
+(:mod:`legacy_bridge.drift`) and pruning of confirmed changes
+(:mod:`legacy_bridge.retention`).
 """
 
 from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 
@@ -21,7 +32,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from broker import Broker, BrokerError
 from legacy_bridge.capture import CaptureDialect, dialect_for
 from legacy_bridge.change_log import (
-    Change,
+    RelayState,
     backlog,
     check_installed,
     claim,
@@ -30,17 +41,24 @@ from legacy_bridge.change_log import (
     unconfirmed,
 )
 from legacy_bridge.database import make_engine
+from legacy_bridge.drift import DriftWatch
 from legacy_bridge.envelope import Source, change_message
+from legacy_bridge.heartbeat import heartbeat_message
+from legacy_bridge.retention import DEFAULT_RETENTION_S, prune
 from legacy_bridge.throughput import ThroughputLog
+from legacy_bridge.wakeup import wakeup_for
 
 log = logging.getLogger(__name__)
 
 DEFAULT_EXCHANGE = "legacy.cdc"
 DEFAULT_BATCH_SIZE = 1000
+DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
+DEFAULT_MAINTENANCE_INTERVAL_S = 5.0
 
 
 def is_transient(error: BaseException) -> bool:
-    """True for failures that a retry may cure: broker or database unreachable."""
+    """True for failures that a retry may cure: broker or database unreachable, a lock
+    or serialization conflict."""
     if isinstance(error, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):
         return True
     if isinstance(error, sa_exc.TimeoutError):
@@ -56,6 +74,11 @@ class Relay:
     restarted RabbitMQ is reconnected instead of ending :meth:`run`. The alternate
     exchange ``<exchange>.unrouted`` keeps changes no queue is bound for. One relay runs
     per legacy database; a relay is used by one thread.
+
+    ``heartbeat_interval``: seconds without publishing after which :meth:`run` publishes
+    a heartbeat (None or 0: never). ``retention``: seconds a confirmed change stays in the
+    change table (None: forever). ``maintenance_interval``: how often :meth:`run` checks
+    for column changes and prunes.
     """
 
     def __init__(
@@ -67,6 +90,9 @@ class Relay:
         exchange: str = DEFAULT_EXCHANGE,
         broker_factory: Callable[[], Broker] | None = None,
         max_backoff: float = 10.0,
+        heartbeat_interval: float | None = DEFAULT_HEARTBEAT_INTERVAL_S,
+        retention: float | None = DEFAULT_RETENTION_S,
+        maintenance_interval: float = DEFAULT_MAINTENANCE_INTERVAL_S,
     ) -> None:
         if broker is None and broker_factory is None:
             raise ValueError("a Relay needs a broker or a broker_factory")
@@ -80,9 +106,14 @@ class Relay:
         self._batch_size = batch_size
         self._exchange = exchange
         self._max_backoff = max_backoff
+        self._heartbeat_interval = heartbeat_interval or None
+        self._retention = retention
+        self._maintenance_interval = maintenance_interval
         self._dialect: CaptureDialect | None = None
+        self._drift: DriftWatch | None = None
         self._db_name = ""
         self._schema: str | None = None
+        self._last_sent = time.monotonic()
         self.throughput = ThroughputLog(log)
 
     @property
@@ -115,11 +146,41 @@ class Relay:
                 batch = unconfirmed(conn, state.last_confirmed_pos, self._batch_size)
             if not batch:
                 return 0
-        self._publish(broker, batch, state.install_id, state.server_name)
+        now = datetime.now(UTC)
+        source = self._source(state)
+        broker.publish(self._exchange, [change_message(c, source, now) for c in batch])
+        newest = max(c.captured_at for c in batch)
         with self._engine.begin() as conn:
-            confirm(conn, batch[-1].pos)
+            confirm(conn, batch[-1].pos, newest, datetime.now(UTC))
+        self._last_sent = time.monotonic()
         self.throughput.record(len(batch), batch[-1].pos)
         return len(batch)
+
+    def heartbeat(self) -> None:
+        """Publish a heartbeat now (confirmed)."""
+        self._prepare()
+        broker = self._ready_broker()
+        with self._engine.connect() as conn:
+            state = read_state(conn)
+        message = heartbeat_message(
+            self._source(state),
+            datetime.now(UTC),
+            state.last_captured_at,
+            state.last_confirmed_pos,
+        )
+        broker.publish(self._exchange, [message])
+        self._last_sent = time.monotonic()
+
+    def maintain(self) -> None:
+        """Re-create triggers of tables whose columns changed; prune confirmed changes."""
+        self._prepare()
+        assert self._drift is not None
+        with self._engine.begin() as conn:
+            self._drift.check(conn)
+        if self._retention is not None:
+            pruned = prune(self._engine, self._retention)
+            if pruned:
+                log.info("pruned %d confirmed changes", pruned)
 
     def run(self, stop: threading.Event, poll_interval: float = 0.2) -> None:
         """Relay until ``stop`` is set; the batch in flight is finished first.
@@ -139,15 +200,27 @@ class Relay:
             before_sleep=self._before_retry,
             reraise=True,
         )
-        while not stop.is_set():
-            try:
-                published = retrying(self.run_once)
-            except Exception as error:
-                if is_transient(error) and stop.is_set():
-                    break
-                raise
-            if published < self._batch_size:
-                stop.wait(poll_interval)
+        wakeup = wakeup_for(self._engine)
+        next_maintenance = 0.0
+        self._last_sent = time.monotonic()
+        try:
+            wakeup.listen()
+            while not stop.is_set():
+                try:
+                    if time.monotonic() >= next_maintenance:
+                        next_maintenance = time.monotonic() + self._maintenance_interval
+                        self._maintain_or_log(retrying)
+                    published = retrying(self.run_once)
+                    if not published and self._heartbeat_due() and not stop.is_set():
+                        retrying(self.heartbeat)
+                except Exception as error:
+                    if is_transient(error) and stop.is_set():
+                        break
+                    raise
+                if published < self._batch_size:
+                    wakeup.wait(self._idle_wait(poll_interval), stop)
+        finally:
+            wakeup.close()
 
     def close(self) -> None:
         """Release what the relay created (engine from a URL, brokers from the factory)."""
@@ -161,6 +234,26 @@ class Relay:
     def __exit__(self, *exc_info: object) -> None:
         self.close()
 
+    def _maintain_or_log(self, retrying: Retrying) -> None:
+        """Maintenance that fails for good (a captured table renamed, say) is logged and
+        tried again later: it must not stop the relay."""
+        try:
+            retrying(self.maintain)
+        except Exception as error:
+            if is_transient(error):
+                raise
+            log.error("maintenance failed: %s", f"{type(error).__name__}: {error}".splitlines()[0])
+
+    def _heartbeat_due(self) -> bool:
+        interval = self._heartbeat_interval
+        return interval is not None and time.monotonic() - self._last_sent >= interval
+
+    def _idle_wait(self, poll_interval: float) -> float:
+        if self._heartbeat_interval is None:
+            return poll_interval
+        until_heartbeat = self._last_sent + self._heartbeat_interval - time.monotonic()
+        return max(0.0, min(poll_interval, until_heartbeat))
+
     def _prepare(self) -> CaptureDialect:
         if self._dialect is None:
             with self._engine.connect() as conn:
@@ -170,8 +263,20 @@ class Relay:
                 read_state(conn)
                 self._db_name = dialect.database_name(conn)
                 self._schema = schema
+            self._drift = DriftWatch(dialect, schema)
             self._dialect = dialect
         return self._dialect
+
+    def _source(self, state: RelayState) -> Source:
+        assert self._dialect is not None
+        return Source(
+            connector=self._dialect.connector,
+            name=state.server_name,
+            db=self._db_name,
+            schema=self._schema,
+            install_id=state.install_id,
+            real_txids=self._dialect.real_txids,
+        )
 
     def _ready_broker(self) -> Broker:
         if self._broker is None:
@@ -185,20 +290,6 @@ class Relay:
             )
             self._declared = True
         return self._broker
-
-    def _publish(
-        self, broker: Broker, batch: list[Change], install_id: str, server_name: str
-    ) -> None:
-        assert self._dialect is not None
-        source = Source(
-            connector=self._dialect.connector,
-            name=server_name,
-            db=self._db_name,
-            schema=self._schema,
-            install_id=install_id,
-        )
-        now = datetime.now(UTC)
-        broker.publish(self._exchange, [change_message(c, source, now) for c in batch])
 
     def _drop_broker(self) -> None:
         if self._broker is not None and self._owns_broker:

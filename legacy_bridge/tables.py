@@ -1,9 +1,16 @@
 """The bridge's own tables, installed next to the legacy tables.
 
-``strangler_change`` holds one row per captured row change, written by the capture
-triggers; ``pos`` stays NULL until the relay assigns the row its publication position.
-``strangler_relay_state`` holds one row: the install's id, the position up to which the
-broker confirmed everything, and the server name stamped on events.
+- ``strangler_change``: one row per captured row change, written by the capture triggers,
+  or per row read by a snapshot (op ``r``). ``pos`` stays NULL until the relay claims the
+  row; the claim also stores the row's place in its legacy transaction (``tx_*``).
+- ``strangler_relay_state``: one row: the install's id, the position up to which the
+  broker confirmed everything, the server name stamped on events, and what heartbeats and
+  ``bridge status`` report.
+- ``strangler_capture``: one row per captured table: its primary key and the column
+  signature its triggers were built for (to notice added or dropped columns).
+- ``strangler_snapshot_progress``: one row per table being (or done being) snapshotted.
+
+Each dialect may add its own helper objects (all named ``strangler_...``).
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ from __future__ import annotations
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     Column,
     DateTime,
     Index,
@@ -18,12 +26,15 @@ from sqlalchemy import (
     MetaData,
     String,
     Table,
-    text,
+    Text,
 )
+from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
 
 CHANGE_TABLE = "strangler_change"
 STATE_TABLE = "strangler_relay_state"
+CAPTURE_TABLE = "strangler_capture"
+PROGRESS_TABLE = "strangler_snapshot_progress"
 PREFIX = "strangler_"
 """Every object the bridge installs (tables, triggers, functions) starts with this."""
 
@@ -31,6 +42,7 @@ metadata = MetaData()
 
 _json = JSON().with_variant(JSONB(), "postgresql")
 _id = BigInteger().with_variant(Integer(), "sqlite")  # SQLite: an INTEGER PRIMARY KEY rowid
+_time = DateTime(timezone=True).with_variant(mysql.DATETIME(fsp=6), "mysql", "mariadb")
 
 change = Table(
     CHANGE_TABLE,
@@ -42,18 +54,22 @@ change = Table(
     Column("pk", _json, nullable=False),
     Column("before", _json, nullable=True),
     Column("after", _json, nullable=True),
-    Column("captured_at", DateTime(timezone=True), nullable=False),
+    Column("captured_at", _time, nullable=False),
     Column("pos", BigInteger, nullable=True),
+    Column("tx_order", Integer, nullable=True),
+    Column("tx_table_order", Integer, nullable=True),
+    Column("tx_last", Boolean, nullable=True),
+    Column("snapshot_last", Boolean, nullable=True),
+    Column("claimed_at", _time, nullable=True),
     Index("ix_strangler_change_pos", "pos", unique=True),
-    Index(
-        "ix_strangler_change_pending",
-        "change_id",
-        postgresql_where=text("pos IS NULL"),
-        sqlite_where=text("pos IS NULL"),
-    ),
     # never reuse an id, even after the newest rows were deleted: ids name messages
     sqlite_autoincrement=True,
+    mysql_charset="utf8mb4",
+    mariadb_charset="utf8mb4",
 )
+
+ADDED_CHANGE_COLUMNS = ("tx_order", "tx_table_order", "tx_last", "snapshot_last", "claimed_at")
+"""Columns an install made by bridge 0.1 lacks; ``install`` adds them."""
 
 relay_state = Table(
     STATE_TABLE,
@@ -61,4 +77,37 @@ relay_state = Table(
     Column("install_id", String(36), primary_key=True),
     Column("last_confirmed_pos", BigInteger, nullable=False, default=0),
     Column("server_name", String(200), nullable=False),
+    Column("last_confirmed_at", _time, nullable=True),
+    Column("last_captured_at", _time, nullable=True),
+    mysql_charset="utf8mb4",
+    mariadb_charset="utf8mb4",
 )
+
+ADDED_STATE_COLUMNS = ("last_confirmed_at", "last_captured_at")
+
+capture = Table(
+    CAPTURE_TABLE,
+    metadata,
+    Column("table_name", String(128), primary_key=True),
+    Column("ordinal", Integer, nullable=False),
+    Column("primary_key", Text, nullable=False),  # JSON list of column names
+    Column("signature", Text, nullable=False),  # JSON list of [column, kind]
+    Column("installed_at", _time, nullable=False),
+    mysql_charset="utf8mb4",
+    mariadb_charset="utf8mb4",
+)
+
+snapshot_progress = Table(
+    PROGRESS_TABLE,
+    metadata,
+    Column("table_name", String(128), primary_key=True),
+    Column("next_from", Text, nullable=True),  # JSON list: the next chunk's first key
+    Column("rows_read", BigInteger, nullable=False, default=0),
+    Column("done", Boolean, nullable=False, default=False),
+    Column("started_at", _time, nullable=False),
+    Column("updated_at", _time, nullable=False),
+    mysql_charset="utf8mb4",
+    mariadb_charset="utf8mb4",
+)
+
+BRIDGE_TABLES = (change, relay_state, capture, snapshot_progress)

@@ -1,17 +1,22 @@
-"""Capture on PostgreSQL: the shared dialect contract plus commit-order cases that only
-concurrent writers can produce."""
+"""Capture on PostgreSQL: the shared dialect contract, commit-order cases that only
+concurrent writers can produce, NOTIFY wake-ups, transactions, columns, retention, status
+and uninstall."""
 
 from __future__ import annotations
 
 import re
+import threading
+import time
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from broker import Broker, QueueSpec, connect
-from legacy_bridge import Relay, install
+from legacy_bridge import Relay, bridge_status, install, uninstall
+from legacy_bridge.retention import prune
 from tests.services import unique_name
 from tests.unit.test_bridge_contract import (
     CaptureContract,
@@ -21,7 +26,9 @@ from tests.unit.test_bridge_contract import (
     create_legacy_schema,
     drain_relay,
     publish_available,
+    relay_state,
     take_all,
+    wait_until,
 )
 
 pytestmark = pytest.mark.postgres
@@ -166,3 +173,121 @@ def test_capture_needs_no_privilege_of_the_legacy_role(
         with engine.begin() as conn:
             conn.execute(text(f"DROP OWNED BY {role}"))
             conn.execute(text(f"DROP ROLE {role}"))
+
+
+def run_in_thread(relay: Relay, stop: threading.Event, poll_interval: float) -> threading.Thread:
+    worker = threading.Thread(target=relay.run, args=(stop, poll_interval))
+    worker.start()
+    return worker
+
+
+def listening(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        query = text(
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND query = 'LISTEN strangler_change'"
+        )
+        return bool(conn.execute(query).scalar_one())
+
+
+def test_the_relay_wakes_on_notify_instead_of_waiting_out_its_poll_interval(
+    engine: Engine, broker: Broker
+) -> None:
+    stop = threading.Event()
+    with Relay(engine, broker, heartbeat_interval=None) as relay:
+        worker = run_in_thread(relay, stop, poll_interval=30.0)
+        try:
+            wait_until(lambda: listening(engine))
+            latencies = []
+            for i in range(1, 4):
+                started = time.monotonic()
+                add_product(engine, i, f"SKU-{i}")
+                wait_until(lambda i=i: relay_state(engine)["last_confirmed_pos"] == i, 5)
+                latencies.append(time.monotonic() - started)
+        finally:
+            stop.set()
+            worker.join(timeout=10)
+    assert not worker.is_alive()
+    assert max(latencies) < 2.0, latencies  # the poll interval is 30 s
+
+
+def test_concurrent_transactions_are_published_whole_in_commit_order(
+    engine: Engine, broker: Broker, relay: Relay
+) -> None:
+    """A writes, B writes, A writes again, B commits, A commits: B's events come first
+    (its last change is older), each transaction's events are consecutive."""
+    add_product(engine, 1, "SKU-1")
+    drain_relay(relay)
+    take_all(broker, QUEUE)
+    with engine.connect() as a, engine.connect() as b:
+        a.execute(INSERT_LOT, {"i": 1, "r": "A-1", "p": 1})
+        b.execute(INSERT_LOT, {"i": 2, "r": "B-1", "p": 1})
+        b.execute(INSERT_LOT, {"i": 3, "r": "B-2", "p": 1})
+        a.execute(INSERT_LOT, {"i": 4, "r": "A-2", "p": 1})
+        b.commit()
+        a.commit()
+    with Relay(engine, broker, batch_size=1) as small:
+        drain_relay(small)  # claims take whole transactions even with batches of one
+
+    events = bodies(take_all(broker, QUEUE))
+    assert [e["after"]["lot_ref"] for e in events] == ["B-1", "B-2", "A-1", "A-2"]
+    assert [e["source"]["seq"] for e in events] == [2, 3, 4, 5]
+    blocks = [e["transaction"] for e in events]
+    assert [(b["total_order"], b["data_collection_order"], b["last"]) for b in blocks] == [
+        (1, 1, False),
+        (2, 2, True),
+        (1, 1, False),
+        (2, 2, True),
+    ]
+    assert blocks[0]["id"] == events[0]["source"]["txid"] != blocks[2]["id"]
+
+
+def test_columns_added_and_dropped_show_up_in_images_at_once(
+    engine: Engine, broker: Broker, relay: Relay
+) -> None:
+    with engine.begin() as conn:
+        conn.execute(text("ALTER TABLE prod_catalog ADD COLUMN colour TEXT"))
+        conn.execute(text("ALTER TABLE prod_catalog DROP COLUMN descr"))
+        conn.execute(text("INSERT INTO prod_catalog VALUES (1, 'A', 'red')"))
+    drain_relay(relay)
+    assert bodies(take_all(broker, QUEUE))[0]["after"] == {
+        "prod_id": 1,
+        "prod_code": "A",
+        "colour": "red",
+    }
+
+
+def test_retention_prunes_confirmed_changes(engine: Engine, broker: Broker, relay: Relay) -> None:
+    for i in range(1, 5):
+        add_product(engine, i, f"SKU-{i}")
+    drain_relay(relay)
+    add_product(engine, 5, "SKU-5")  # pending
+
+    assert prune(engine, retention=60) == 0
+    assert prune(engine, retention=60, now=datetime.now(UTC) + timedelta(minutes=2)) == 4
+    with engine.connect() as conn:
+        left = conn.execute(text("SELECT change_id, pos FROM strangler_change")).all()
+    assert [(row.change_id, row.pos) for row in left] == [(5, None)]
+
+
+def test_status_and_uninstall(engine: Engine, broker: Broker, relay: Relay) -> None:
+    add_product(engine, 1, "SKU-1")
+    drain_relay(relay)
+    status = bridge_status(engine)
+    assert (status.connector, status.pending, status.last_confirmed_pos) == ("postgresql", 0, 1)
+    assert status.published_recently == 1
+
+    result = uninstall(engine)
+
+    assert "function strangler_capture" in result.dropped
+    assert "trigger strangler_capture on stock_lot" in result.dropped
+    with engine.begin() as conn:
+        leftovers = conn.execute(
+            text(
+                "SELECT count(*) FROM pg_class WHERE relname LIKE 'strangler%'"
+                " UNION ALL SELECT count(*) FROM pg_proc WHERE proname LIKE 'strangler%'"
+                " UNION ALL SELECT count(*) FROM pg_trigger WHERE tgname LIKE 'strangler%'"
+            )
+        ).scalars()
+        assert list(leftovers) == [0, 0, 0]
+        conn.execute(text("INSERT INTO prod_catalog (prod_id, prod_code) VALUES (2, 'B')"))

@@ -1,5 +1,6 @@
 """The relay against real PostgreSQL and RabbitMQ: every change arrives, in order, as the
-contract describes; the CLI relays and stops cleanly on SIGTERM."""
+contract describes; heartbeats are persistent; the CLI relays and stops cleanly on
+SIGTERM. Also the helpers other bridge suites use to talk to RabbitMQ."""
 
 from __future__ import annotations
 
@@ -8,8 +9,10 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pika
@@ -27,7 +30,9 @@ from tests.unit.test_bridge_contract import (
     drain_relay,
     envelope_validator,
     relay_state,
+    wait_until,
 )
+from tests.unit.test_bridge_envelope import heartbeat_validator
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -77,6 +82,49 @@ def consumer(amqp_url: str, exchange: str, queue_name: str) -> Iterator[Broker]:
     )
     yield broker
     broker.close()
+
+
+@contextmanager
+def cdc_exchange(amqp_url: str) -> Iterator[tuple[str, str]]:
+    """A unique exchange declared as the relay declares it, and a durable queue bound to
+    it with ``#``; both deleted afterwards."""
+    exchange, queue = unique_name("test_legacy_cdc"), unique_name("test_cdc_q")
+    broker = connect(amqp_url)
+    try:
+        broker.declare_exchange(exchange, alternate_exchange=f"{exchange}.unrouted")
+        broker.declare_queue(QueueSpec(queue, bindings=[(exchange, "#")]))
+    finally:
+        broker.close()
+    try:
+        yield exchange, queue
+    finally:
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = connection.channel()
+            for name in (queue, f"{exchange}.unrouted"):
+                channel.queue_delete(name)
+            for name in (exchange, f"{exchange}.unrouted"):
+                channel.exchange_delete(name)
+        finally:
+            connection.close()
+
+
+def drain_queue(amqp_url: str, queue: str, expected: int, timeout: float = 60.0) -> list[Message]:
+    """Take (and ack) messages until ``expected`` arrived and the queue stays empty."""
+    broker = connect(amqp_url)
+    messages: list[Message] = []
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            deliveries = broker.get_batch(queue, max_messages=1000, timeout=0.5)
+            if deliveries:
+                messages.extend(d.message for d in deliveries)
+                broker.ack(deliveries[-1].delivery_tag, multiple=True)
+            elif len(messages) >= expected:
+                return messages
+    finally:
+        broker.close()
+    raise AssertionError(f"received {len(messages)} of at least {expected} messages")
 
 
 def receive(broker: Broker, queue: str, count: int, timeout: float = 10.0) -> list[Message]:
@@ -227,3 +275,51 @@ def test_cli_once_publishes_what_is_pending(
     assert result.exit_code == 0, result.output
     assert result.output == "published 1 change\n"
     assert len(receive(consumer, queue_name, 1)) == 1
+
+
+def test_an_idle_relay_sends_persistent_heartbeats(engine: Engine, amqp_url: str) -> None:
+    install_id = relay_state(engine)["install_id"]
+    add_product(engine, 1, "SKU-1")
+    with cdc_exchange(amqp_url) as (exchange, queue):
+        stop = threading.Event()
+        relay = Relay(
+            engine,
+            broker_factory=lambda: connect(amqp_url),
+            exchange=exchange,
+            heartbeat_interval=0.1,
+        )
+        worker = threading.Thread(target=relay.run, args=(stop, 0.02))
+        worker.start()
+        got: list[tuple[object, bytes]] = []
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        try:
+            channel = connection.channel()
+
+            def heartbeat_arrived() -> bool:
+                method, properties, body = channel.basic_get(queue, auto_ack=True)
+                if method is not None:
+                    got.append((properties, body))
+                return any(p.type == "heartbeat" for p, _ in got)  # type: ignore[attr-defined]
+
+            wait_until(heartbeat_arrived, 10)
+        finally:
+            connection.close()
+            stop.set()
+            worker.join(timeout=10)
+            relay.close()
+
+    change_props, change_body = got[0]
+    properties, body = got[-1]
+    event = json.loads(body)
+    heartbeat_validator().validate(event)
+    assert change_props.type == "change"  # type: ignore[attr-defined]
+    assert properties.delivery_mode == 2  # type: ignore[attr-defined]
+    assert properties.message_id == f"{install_id}:hb:{event['ts_ms']}"  # type: ignore[attr-defined]
+    assert event["last_seq"] == 1
+    assert event["last_commit_ts_ms"] == json.loads(change_body)["source"]["ts_ms"]
+    assert event["source"] == {
+        "version": "0.1.0",
+        "connector": "postgresql",
+        "name": "shop",
+        "db": engine.url.database,
+    }

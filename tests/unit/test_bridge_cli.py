@@ -1,7 +1,8 @@
-"""``bridge install`` and ``bridge run`` through click's CliRunner (SQLite, no services)."""
+"""The ``bridge`` commands through click's CliRunner (SQLite, no services)."""
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import threading
@@ -9,7 +10,7 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from legacy_bridge.cli import _stop_on_signals, bridge
 from tests.unit.test_bridge_contract import create_legacy_schema, wait_until
@@ -147,3 +148,93 @@ def test_signals_set_the_stop_event_and_handlers_are_restored(signum: int) -> No
         os.kill(os.getpid(), signum)
         wait_until(stop.is_set)
     assert signal.getsignal(signum) is before
+
+
+def add_rows(url: str, count: int) -> None:
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        for i in range(1, count + 1):
+            conn.execute(
+                text("INSERT INTO prod_catalog (prod_id, prod_code) VALUES (:i, :c)"),
+                {"i": i, "c": f"SKU-{i}"},
+            )
+    engine.dispose()
+
+
+def test_install_with_snapshot_queues_the_existing_rows(legacy_url: str) -> None:
+    add_rows(legacy_url, 3)
+    result = invoke("install", "--legacy-db-url", legacy_url, "--snapshot", "--chunk-size", "2")
+
+    assert result.exit_code == 0, result.output
+    assert "  prod_catalog: 3 rows read (3 in all)" in result.output
+    assert result.output.endswith("snapshot done: 3 rows queued for the relay\n")
+    again = invoke("snapshot", "--legacy-db-url", legacy_url, "--tables", "prod_catalog")
+    assert "prod_catalog: snapshot already done (3 rows); --restart takes it again" in again.output
+
+
+def test_snapshot_of_an_uncaptured_table_is_one_line(legacy_url: str) -> None:
+    invoke("install", "--legacy-db-url", legacy_url, "--tables", "stock_lot")
+    result = invoke("snapshot", "--legacy-db-url", legacy_url, "--tables", "prod_catalog")
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        "Error: table 'prod_catalog' is not captured: run 'strangler bridge install "
+        "--tables ...' with it first"
+    ]
+
+
+@pytest.mark.parametrize("command", ["status", "snapshot"])
+def test_commands_on_a_database_without_capture_fail_in_one_line(
+    legacy_url: str, command: str
+) -> None:
+    result = invoke(command, "--legacy-db-url", legacy_url)
+    assert result.exit_code == 1
+    assert len(error_lines(result)) == 1
+    assert "not installed" in result.output and "bridge install" in result.output
+
+
+def test_status_shows_pending_changes_and_the_checkpoint(legacy_url: str) -> None:
+    invoke("install", "--legacy-db-url", legacy_url, "--server-name", "shop")
+    add_rows(legacy_url, 2)
+
+    result = invoke("status", "--legacy-db-url", legacy_url)
+    as_json = invoke("status", "--legacy-db-url", legacy_url, "--json")
+
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("change capture installed in sqlite database 'legacy'")
+    assert "server name 'shop'" in lines[0]
+    assert lines[1].endswith("prod_catalog, stock_lot, cust_order_line, lot_allocation")
+    assert lines[2].startswith("  pending changes:        2 (oldest captured ")
+    assert lines[3] == "  last confirmed position: 0 (at never)"
+    status = json.loads(as_json.output)
+    assert (status["pending"], status["last_confirmed_pos"]) == (2, 0)
+
+
+def test_uninstall_refuses_pending_changes_unless_forced(legacy_url: str) -> None:
+    invoke("install", "--legacy-db-url", legacy_url)
+    add_rows(legacy_url, 1)
+
+    refused = invoke("uninstall", "--legacy-db-url", legacy_url)
+    forced = invoke("uninstall", "--legacy-db-url", legacy_url, "--force")
+    again = invoke("uninstall", "--legacy-db-url", legacy_url)
+
+    assert refused.exit_code == 1
+    assert len(error_lines(refused)) == 1 and "--force" in refused.output
+    assert forced.exit_code == 0, forced.output
+    assert forced.output.startswith(
+        "removed change capture from sqlite database 'legacy', discarding 1 unpublished change"
+    )
+    assert "  dropped table strangler_change" in forced.output.splitlines()
+    assert again.exit_code == 1
+    assert error_lines(again) == [
+        "Error: nothing to uninstall: change capture is not installed in this database"
+    ]
+
+
+@pytest.mark.parametrize("option", ["--heartbeat-interval", "--retention"])
+def test_run_rejects_negative_intervals(legacy_url: str, option: str) -> None:
+    result = invoke(
+        "run", "--legacy-db-url", legacy_url, "--broker-url", UNUSED_BROKER, option, "-1"
+    )
+    assert result.exit_code == 2
+    assert option in result.output
