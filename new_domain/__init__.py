@@ -3,10 +3,12 @@
 Public API:
 
 - :func:`bootstrap`: the composition root; returns the message bus.
-- :func:`upgrade_database`: migrate the new database (``alembic upgrade head``).
+- :func:`upgrade_database`: migrate the new database (``alembic upgrade heads``).
 - :func:`open_read_model` -> :class:`ReadModel`; ``allocations_for(orderid)`` returns
-  :class:`Allocation` items ordered by sku then batchref.
-- :class:`Consumer`: applies ``legacy.cdc`` change events from a broker queue.
+  :class:`Allocation` items ordered by sku then batchref; ``lag_seconds()`` how far the
+  read model is behind legacy (None before anything was applied).
+- :class:`Consumer`: applies ``legacy.cdc`` change events from a broker queue, in
+  batches, with dead letters; its domain events leave through the outbox.
 - :func:`apply_change` / :func:`parse_change`: apply one change envelope in-process
   (the embedded demo); :class:`MalformedChange` when it is not one.
 """

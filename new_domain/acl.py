@@ -11,6 +11,11 @@ to the legacy key maps of the unit of work, in the same transaction as the effec
 Row images from PostgreSQL (``to_jsonb``) and SQLite (``json_object``) both work:
 integers may arrive as digit strings, dates as ``YYYY-MM-DD`` (or a timestamp, or
 Debezium's days since the epoch).
+
+Snapshot reads (op ``r``) are upserts: a row the new domain knows already is brought
+in line (a lot's quantity set, an allocation moved) and nothing happens when it
+already matches. Heartbeats (:func:`parse_message` tells them apart by AMQP type or by
+their body's ``type``) carry no change, only how current the stream is.
 """
 
 from __future__ import annotations
@@ -40,9 +45,17 @@ class UnknownLegacyRow(LookupError):
     """A change refers to a legacy row whose creation the new domain never saw."""
 
 
+HEARTBEAT = "heartbeat"
+
+
 @dataclass(frozen=True)
 class LegacyChange:
-    """One parsed change: ``op`` on a row of ``table`` at ``position`` in ``stream``."""
+    """One parsed change: ``op`` on a row of ``table`` at ``position`` in ``stream``.
+
+    ``source`` is ``<server name>/<database>``; ``committed_at_ms`` the capture time of
+    the change in legacy; ``ends_transaction`` is False only for a change that the
+    ``transaction`` block marks as not the last one of its legacy transaction.
+    """
 
     op: str
     table: str
@@ -51,6 +64,9 @@ class LegacyChange:
     stream: str
     position: int
     message_id: str | None = None
+    source: str = "-/-"
+    committed_at_ms: int | None = None
+    ends_transaction: bool = True
 
     @property
     def row(self) -> Mapping[str, Any]:
@@ -58,6 +74,35 @@ class LegacyChange:
         image = self.before if self.op == "d" else self.after
         assert image is not None  # parse_change guarantees it
         return image
+
+
+@dataclass(frozen=True)
+class Heartbeat:
+    """The bridge had nothing to publish at ``ts_ms``; ``last_commit_ts_ms`` is the capture
+    time of the newest change it ever captured."""
+
+    source: str
+    ts_ms: int | None
+    last_commit_ts_ms: int | None
+
+
+def parse_message(
+    body: bytes | str, message_id: str | None = None, message_type: str | None = None
+) -> LegacyChange | Heartbeat:
+    """A change, or a heartbeat (by AMQP ``type`` or the body's ``type``).
+
+    Raises :class:`MalformedChange` for anything else.
+    """
+    if message_type == HEARTBEAT:
+        try:
+            decoded = _decode(body)
+        except MalformedChange:
+            decoded = None
+        return _heartbeat(decoded)
+    decoded = _decode(body)
+    if isinstance(decoded, Mapping) and decoded.get("type") == HEARTBEAT:
+        return _heartbeat(decoded)
+    return parse_change(decoded, message_id)
 
 
 def parse_change(
@@ -90,7 +135,37 @@ def parse_change(
         raise MalformedChange("a delete needs a before image")
     if op != "d" and after is None:
         raise MalformedChange(f"op {op!r} needs an after image")
-    return LegacyChange(op, table, before, after, _stream(source, message_id), seq, message_id)
+    return LegacyChange(
+        op,
+        table,
+        before,
+        after,
+        _stream(source, message_id, op),
+        seq,
+        message_id,
+        source=_source_key(source),
+        committed_at_ms=_ms(source.get("ts_ms")),
+        ends_transaction=_ends_transaction(envelope.get("transaction")),
+    )
+
+
+def referenced_keys(change: LegacyChange) -> tuple[set[int], set[int], set[int]]:
+    """Legacy ``prod_id``s, ``lot_id``s and ``line_id``s ``change`` refers to (for reading
+    the key maps ahead; unreadable values are left to :func:`translate` to report)."""
+    prod_ids: set[int] = set()
+    lot_ids: set[int] = set()
+    line_ids: set[int] = set()
+    wanted = {"prod_id": prod_ids, "lot_id": lot_ids, "line_id": line_ids}
+    for image in (change.before, change.after):
+        if image is None:
+            continue
+        for column, ids in wanted.items():
+            value = image.get(column)
+            if isinstance(value, int) and not isinstance(value, bool):
+                ids.add(value)
+            elif isinstance(value, str) and _INT.fullmatch(value.strip()):
+                ids.add(int(value))
+    return prod_ids, lot_ids, line_ids
 
 
 def translate(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]:
@@ -169,6 +244,9 @@ def _line_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message
 
 
 def _allocation_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]:
+    if change.op == "r":
+        line, lot = _line_of(change, keys, change.row), _lot_of(change, keys, change.row)
+        return [commands.SyncAllocation(line.orderid, line.sku, line.qty, lot.batchref)]
     if change.op == "d":
         return [_deallocation(change, keys, change.row)]
     if change.op == "u":
@@ -247,14 +325,41 @@ def _image(envelope: Mapping[str, Any], key: str) -> Mapping[str, Any] | None:
     return image
 
 
-def _stream(source: Mapping[str, Any], message_id: str | None) -> str:
-    stream = f"{source.get('name') or '-'}/{source.get('db') or '-'}"
+def _source_key(source: Mapping[str, Any]) -> str:
+    return f"{source.get('name') or '-'}/{source.get('db') or '-'}"
+
+
+def _stream(source: Mapping[str, Any], message_id: str | None, op: str) -> str:
+    """``<name>/<db>``, plus the capture install taken from the bridge's message id:
+    ``<install_id>:<change_id>`` for changes, ``<install_id>:...`` for snapshot reads."""
+    stream = _source_key(source)
+    if not message_id or ":" not in message_id:
+        return stream
+    install = message_id.partition(":")[0]
     change_id = source.get("change_id")
-    if message_id and change_id is not None:
-        install, _, tail = message_id.rpartition(":")
-        if install and tail == str(change_id):
-            stream = f"{stream}/{install}"
-    return stream
+    by_change = change_id is not None and message_id.rpartition(":")[2] == str(change_id)
+    snapshot = op == "r" or source.get("snapshot") not in (None, False)
+    return f"{stream}/{install}" if install and (by_change or snapshot) else stream
+
+
+def _ends_transaction(block: Any) -> bool:
+    if not isinstance(block, Mapping):
+        return True
+    return block.get("last") is not False
+
+
+def _heartbeat(body: Any) -> Heartbeat:
+    if not isinstance(body, Mapping):
+        return Heartbeat("-/-", None, None)
+    source = body.get("source")
+    key = _source_key(source) if isinstance(source, Mapping) else "-/-"
+    return Heartbeat(key, _ms(body.get("ts_ms")), _ms(body.get("last_commit_ts_ms")))
+
+
+def _ms(value: Any) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    return None
 
 
 _INT = re.compile(r"-?\d+")

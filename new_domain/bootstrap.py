@@ -7,26 +7,19 @@ import os
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
 from new_domain.service_layer import handlers
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import AbstractUnitOfWork, SqlAlchemyUnitOfWork
 
 
-def bootstrap(
-    new_db_url: str | None = None,
-    uow: AbstractUnitOfWork | None = None,
-    start_orm: bool = True,
-) -> MessageBus:
+def bootstrap(new_db_url: str | None = None, uow: AbstractUnitOfWork | None = None) -> MessageBus:
     """A message bus whose handlers get their dependencies injected.
 
     Without ``uow``, a SQLAlchemy unit of work on ``new_db_url`` (default: the
-    ``NEW_DB_URL`` environment variable). Tests pass an in-memory unit of work and
-    ``start_orm=False``. Nothing connects until a message is handled.
+    ``NEW_DB_URL`` environment variable). Tests pass an in-memory unit of work.
+    Nothing connects until a message is handled.
     """
-    if start_orm:
-        orm.start_mappers()
     if uow is None:
         url = new_db_url or os.environ.get("NEW_DB_URL")
         if not url:

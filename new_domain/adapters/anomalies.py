@@ -6,10 +6,11 @@ import abc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import insert, select
-from sqlalchemy.orm import Session
+from sqlalchemy import func, select
+from sqlalchemy.engine import Connection
 
 from new_domain.adapters import orm
+from new_domain.adapters.bulk import insert_rows
 
 
 @dataclass(frozen=True)
@@ -36,23 +37,37 @@ class AbstractAnomalyLog(abc.ABC):
 
 
 class SqlAlchemyAnomalyLog(AbstractAnomalyLog):
-    def __init__(self, session: Session) -> None:
-        self.session = session
+    """Anomalies are inserted together just before the commit."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._pending: list[Anomaly] = []
 
     def _add(self, anomaly: Anomaly) -> None:
-        self.session.connection().execute(
-            insert(orm.anomaly).values(
-                recorded_at=anomaly.recorded_at,
-                kind=anomaly.kind,
-                sku=anomaly.sku,
-                detail=anomaly.detail,
-                message_id=anomaly.message_id,
+        self._pending.append(anomaly)
+
+    def flush(self) -> None:
+        if self._pending:
+            insert_rows(
+                self.connection,
+                orm.anomaly,
+                [
+                    {
+                        "recorded_at": a.recorded_at,
+                        "kind": a.kind,
+                        "sku": a.sku,
+                        "detail": a.detail,
+                        "message_id": a.message_id,
+                    }
+                    for a in self._pending
+                ],
             )
-        )
+            self._pending.clear()
 
     def recorded(self) -> list[Anomaly]:
+        self.flush()
         t = orm.anomaly
-        rows = self.session.connection().execute(
+        rows = self.connection.execute(
             select(t.c.kind, t.c.sku, t.c.detail, t.c.message_id, t.c.recorded_at).order_by(t.c.id)
         )
         return [Anomaly(*row) for row in rows]
@@ -67,3 +82,20 @@ class InMemoryAnomalyLog(AbstractAnomalyLog):
 
     def recorded(self) -> list[Anomaly]:
         return list(self.anomalies)
+
+
+def latest_anomalies(connection: Connection, limit: int, kind: str | None = None) -> list[Anomaly]:
+    """The newest ``limit`` anomalies (of ``kind``), oldest of them first."""
+    t = orm.anomaly
+    statement = select(t.c.kind, t.c.sku, t.c.detail, t.c.message_id, t.c.recorded_at)
+    if kind is not None:
+        statement = statement.where(t.c.kind == kind)
+    rows = connection.execute(statement.order_by(t.c.id.desc()).limit(limit)).all()
+    return [Anomaly(*row) for row in reversed(rows)]
+
+
+def anomaly_counts(connection: Connection) -> dict[str, int]:
+    """How many anomalies of each kind were recorded."""
+    t = orm.anomaly
+    rows = connection.execute(select(t.c.kind, func.count()).group_by(t.c.kind).order_by(t.c.kind))
+    return {kind: int(count) for kind, count in rows}

@@ -6,6 +6,7 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
@@ -44,3 +45,39 @@ def safe_url(url: str) -> str:
         return make_url(url).render_as_string(hide_password=True)
     except Exception:  # noqa: BLE001 - an unparsable URL is shown as given
         return url
+
+
+class ConcurrentUpdate(Exception):
+    """Another transaction changed a row this one changed too (retry the work)."""
+
+
+def is_transient(error: BaseException) -> bool:
+    """True for failures of the database itself rather than of what was written.
+
+    Lost connections, locks, timeouts, serialisation failures and concurrent updates
+    pass with time; a missing table means the schema is not migrated yet (retrying
+    beats dead-lettering every message). Integrity and data errors are the data's fault.
+    """
+    if isinstance(error, sa_exc.DBAPIError) and error.connection_invalidated:
+        return True
+    return isinstance(
+        error,
+        sa_exc.OperationalError
+        | sa_exc.InterfaceError
+        | sa_exc.ProgrammingError
+        | sa_exc.TimeoutError
+        | sa_exc.DisconnectionError
+        | ConcurrentUpdate,
+    )
+
+
+MAX_ERROR_LENGTH = 500
+
+
+def describe_error(error: BaseException) -> str:
+    """The error's message on one line (a database error without its SQL)."""
+    orig = getattr(error, "orig", None)
+    if isinstance(orig, BaseException):
+        error = orig
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."

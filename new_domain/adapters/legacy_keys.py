@@ -1,20 +1,25 @@
 """Translation state of the anti-corruption layer: legacy integer keys -> our names.
 
 Kept in the new database (``legacy_product_map``, ``legacy_lot_map``,
-``legacy_line_map``) and written through the unit of work's session, so it commits
-with the effect of the change that taught it.
+``legacy_line_map``) and written in the unit of work's transaction, so it commits with
+the effect of the change that taught it. The SQL implementation reads the keys a batch
+of changes refers to in one query per map (:meth:`~AbstractLegacyKeys.preload`), serves
+everything else from memory, and writes what changed with one statement per map just
+before the commit.
 """
 
 from __future__ import annotations
 
 import abc
+from collections.abc import Callable, Collection, Iterable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Table, delete, select
-from sqlalchemy.orm import Session
+from sqlalchemy import Select, select
+from sqlalchemy.engine import Connection
 
 from new_domain.adapters import orm
-from new_domain.adapters.upsert import upsert
+from new_domain.adapters.bulk import delete_rows, fetch, insert_rows, member
 
 
 @dataclass(frozen=True)
@@ -32,6 +37,12 @@ class LegacyLine:
 
 class AbstractLegacyKeys(abc.ABC):
     """What the ACL remembers about legacy rows it has seen."""
+
+    def preload(
+        self, prod_ids: Collection[int], lot_ids: Collection[int], line_ids: Collection[int]
+    ) -> None:
+        """Read these keys ahead in bulk (an optimisation; lookups work without it)."""
+        return None  # an optional optimisation: nothing to do without a store
 
     @abc.abstractmethod
     def product_sku(self, prod_id: int) -> str | None: ...
@@ -53,77 +64,6 @@ class AbstractLegacyKeys(abc.ABC):
 
     @abc.abstractmethod
     def forget_line(self, line_id: int) -> None: ...
-
-
-class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
-    """The maps in the new database, cached for the life of one unit of work."""
-
-    def __init__(self, session: Session) -> None:
-        self.session = session
-        self._products: dict[int, str | None] = {}
-        self._lots: dict[int, LegacyLot | None] = {}
-        self._lines: dict[int, LegacyLine | None] = {}
-
-    def product_sku(self, prod_id: int) -> str | None:
-        if prod_id not in self._products:
-            table = orm.legacy_product_map
-            self._products[prod_id] = self.session.connection().scalar(
-                select(table.c.sku).where(table.c.prod_id == prod_id)
-            )
-        return self._products[prod_id]
-
-    def remember_product(self, prod_id: int, sku: str) -> None:
-        self._upsert(orm.legacy_product_map, "prod_id", prod_id, {"sku": sku})
-        self._products[prod_id] = sku
-
-    def lot(self, lot_id: int) -> LegacyLot | None:
-        if lot_id not in self._lots:
-            table = orm.legacy_lot_map
-            row = (
-                self.session.connection()
-                .execute(select(table.c.batchref, table.c.sku).where(table.c.lot_id == lot_id))
-                .one_or_none()
-            )
-            self._lots[lot_id] = LegacyLot(row.batchref, row.sku) if row else None
-        return self._lots[lot_id]
-
-    def remember_lot(self, lot_id: int, lot: LegacyLot) -> None:
-        self._upsert(
-            orm.legacy_lot_map, "lot_id", lot_id, {"batchref": lot.batchref, "sku": lot.sku}
-        )
-        self._lots[lot_id] = lot
-
-    def line(self, line_id: int) -> LegacyLine | None:
-        if line_id not in self._lines:
-            table = orm.legacy_line_map
-            row = (
-                self.session.connection()
-                .execute(
-                    select(table.c.orderid, table.c.sku, table.c.qty).where(
-                        table.c.line_id == line_id
-                    )
-                )
-                .one_or_none()
-            )
-            self._lines[line_id] = LegacyLine(row.orderid, row.sku, row.qty) if row else None
-        return self._lines[line_id]
-
-    def remember_line(self, line_id: int, line: LegacyLine) -> None:
-        self._upsert(
-            orm.legacy_line_map,
-            "line_id",
-            line_id,
-            {"orderid": line.orderid, "sku": line.sku, "qty": line.qty},
-        )
-        self._lines[line_id] = line
-
-    def forget_line(self, line_id: int) -> None:
-        table = orm.legacy_line_map
-        self.session.connection().execute(delete(table).where(table.c.line_id == line_id))
-        self._lines[line_id] = None
-
-    def _upsert(self, table: Table, key: str, value: int, fields: dict[str, object]) -> None:
-        upsert(self.session.connection(), table, {key: value, **fields}, [key])
 
 
 class InMemoryLegacyKeys(AbstractLegacyKeys):
@@ -152,3 +92,137 @@ class InMemoryLegacyKeys(AbstractLegacyKeys):
 
     def forget_line(self, line_id: int) -> None:
         self.lines.pop(line_id, None)
+
+
+class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
+    """The maps in the new database, cached and buffered for one unit of work."""
+
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._products: dict[int, str | None] = {}
+        self._lots: dict[int, LegacyLot | None] = {}
+        self._lines: dict[int, LegacyLine | None] = {}
+        self._dirty_products: set[int] = set()
+        self._dirty_lots: set[int] = set()
+        self._dirty_lines: set[int] = set()
+
+    def preload(
+        self, prod_ids: Collection[int], lot_ids: Collection[int], line_ids: Collection[int]
+    ) -> None:
+        self._load_products(prod_ids)
+        self._load_lots(lot_ids)
+        self._load_lines(line_ids)
+
+    def product_sku(self, prod_id: int) -> str | None:
+        if prod_id not in self._products:
+            self._load_products([prod_id])
+        return self._products[prod_id]
+
+    def remember_product(self, prod_id: int, sku: str) -> None:
+        self._products[prod_id] = sku
+        self._dirty_products.add(prod_id)
+
+    def lot(self, lot_id: int) -> LegacyLot | None:
+        if lot_id not in self._lots:
+            self._load_lots([lot_id])
+        return self._lots[lot_id]
+
+    def remember_lot(self, lot_id: int, lot: LegacyLot) -> None:
+        self._lots[lot_id] = lot
+        self._dirty_lots.add(lot_id)
+
+    def line(self, line_id: int) -> LegacyLine | None:
+        if line_id not in self._lines:
+            self._load_lines([line_id])
+        return self._lines[line_id]
+
+    def remember_line(self, line_id: int, line: LegacyLine) -> None:
+        self._lines[line_id] = line
+        self._dirty_lines.add(line_id)
+
+    def forget_line(self, line_id: int) -> None:
+        self._lines[line_id] = None
+        self._dirty_lines.add(line_id)
+
+    def flush(self) -> None:
+        """Write every key remembered or forgotten since the last flush."""
+        c = self.connection
+        products = [{"prod_id": i, "sku": self._products[i]} for i in sorted(self._dirty_products)]
+        insert_rows(c, orm.legacy_product_map, products, key=["prod_id"], on_conflict="update")
+        lots = [
+            {"lot_id": i, "batchref": lot.batchref, "sku": lot.sku}
+            for i in sorted(self._dirty_lots)
+            if (lot := self._lots[i]) is not None
+        ]
+        insert_rows(c, orm.legacy_lot_map, lots, key=["lot_id"], on_conflict="update")
+        lines = [(i, self._lines[i]) for i in sorted(self._dirty_lines)]
+        gone = [{"line_id": i} for i, line in lines if line is None]
+        delete_rows(c, orm.legacy_line_map, gone)
+        kept = [
+            {"line_id": i, "orderid": line.orderid, "sku": line.sku, "qty": line.qty}
+            for i, line in lines
+            if line is not None
+        ]
+        insert_rows(c, orm.legacy_line_map, kept, key=["line_id"], on_conflict="update")
+        self._dirty_products.clear()
+        self._dirty_lots.clear()
+        self._dirty_lines.clear()
+
+    def _load_products(self, ids: Iterable[int]) -> None:
+        t = orm.legacy_product_map
+        self._load(
+            "legacy_keys.products",
+            ids,
+            self._products,
+            lambda: select(t.c.prod_id, t.c.sku).where(member(t.c.prod_id, "ids", self.connection)),
+            lambda row: (int(row[0]), row[1]),
+        )
+
+    def _load_lots(self, ids: Iterable[int]) -> None:
+        t = orm.legacy_lot_map
+        self._load(
+            "legacy_keys.lots",
+            ids,
+            self._lots,
+            lambda: select(t.c.lot_id, t.c.batchref, t.c.sku).where(
+                member(t.c.lot_id, "ids", self.connection)
+            ),
+            lambda row: (int(row[0]), LegacyLot(row[1], row[2])),
+        )
+
+    def _load_lines(self, ids: Iterable[int]) -> None:
+        t = orm.legacy_line_map
+        self._load(
+            "legacy_keys.lines",
+            ids,
+            self._lines,
+            lambda: select(t.c.line_id, t.c.orderid, t.c.sku, t.c.qty).where(
+                member(t.c.line_id, "ids", self.connection)
+            ),
+            lambda row: (int(row[0]), LegacyLine(row[1], row[2], int(row[3]))),
+        )
+
+    def _load(
+        self,
+        name: str,
+        ids: Iterable[int],
+        known: dict[int, Any],
+        query: Callable[[], Select[Any]],
+        entry: Callable[[Any], tuple[int, Any]],
+    ) -> None:
+        wanted = _missing(ids, known)
+        if not wanted:
+            return
+        for key in wanted:  # until the rows arrive (pipelined reads come later)
+            known[key] = None
+        fetch(
+            self.connection,
+            name,
+            query,
+            {"ids": wanted},
+            lambda rows: known.update(entry(row) for row in rows),
+        )
+
+
+def _missing(ids: Iterable[int], known: Mapping[int, object]) -> list[int]:
+    return sorted({i for i in ids if i not in known})

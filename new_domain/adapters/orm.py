@@ -1,16 +1,12 @@
-"""The new domain's tables and their imperative mapping onto the domain model.
+"""The new domain's tables (SQLAlchemy Core); the migrations' target metadata.
 
-The model knows nothing of SQLAlchemy: :func:`start_mappers` (called by bootstrap,
-never at import) maps ``Product``, ``Batch`` and the frozen ``OrderLine`` value object.
-``OrderLine`` cannot carry ORM state itself, so each allocated line is stored in a
-private row class and ``Batch._allocations`` becomes an association proxy over those
-rows: the domain keeps using a plain set of frozen ``OrderLine``s.
+The domain model knows nothing of them: :mod:`new_domain.adapters.repository` maps
+``Product``, ``Batch`` and ``OrderLine`` onto ``products``, ``batches`` and
+``batch_allocations`` itself, loading only what a unit of work touches and writing
+each kind of change with one statement per transaction.
 """
 
 from __future__ import annotations
-
-import threading
-from typing import Any
 
 from sqlalchemy import (
     BigInteger,
@@ -20,16 +16,12 @@ from sqlalchemy import (
     ForeignKey,
     Index,
     Integer,
+    LargeBinary,
     MetaData,
     String,
     Table,
     Text,
-    event,
 )
-from sqlalchemy.ext.associationproxy import association_proxy
-from sqlalchemy.orm import composite, registry, relationship
-
-from new_domain.domain.model import Batch, OrderLine, Product
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -41,6 +33,11 @@ NAMING_CONVENTION = {
 
 metadata = MetaData(naming_convention=NAMING_CONVENTION)
 """Every table of the new domain (and nothing else): the migrations' target."""
+
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+"""A 64-bit key that SQLite still numbers itself (only INTEGER keys are row ids there)."""
+
+# -- write model --------------------------------------------------------------------------
 
 products = Table(
     "products",
@@ -57,24 +54,20 @@ batches = Table(
     Column("sku", String(255), ForeignKey("products.sku"), nullable=False, index=True),
     Column("purchased_quantity", Integer, nullable=False),
     Column("eta", Date, nullable=True),
+    Column("allocated_quantity", Integer, nullable=False, server_default="0"),
 )
 
-order_lines = Table(
-    "order_lines",
+batch_allocations = Table(
+    "batch_allocations",
     metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("orderid", String(255), nullable=False, index=True),
+    Column("batchref", String(255), ForeignKey("batches.reference"), primary_key=True),
+    Column("orderid", String(255), primary_key=True),
     Column("sku", String(255), nullable=False),
     Column("qty", Integer, nullable=False),
+    Index("ix_batch_allocations_orderid", "orderid"),
 )
 
-allocations = Table(
-    "allocations",
-    metadata,
-    Column("id", Integer, primary_key=True, autoincrement=True),
-    Column("orderline_id", Integer, ForeignKey("order_lines.id"), nullable=False, unique=True),
-    Column("batch_id", Integer, ForeignKey("batches.id"), nullable=False, index=True),
-)
+# -- read model ---------------------------------------------------------------------------
 
 allocations_view = Table(
     "allocations_view",
@@ -83,6 +76,8 @@ allocations_view = Table(
     Column("sku", String(255), primary_key=True),
     Column("batchref", String(255), primary_key=True),
 )
+
+# -- anti-corruption layer: legacy keys -> ours -------------------------------------------
 
 legacy_product_map = Table(
     "legacy_product_map",
@@ -108,11 +103,49 @@ legacy_line_map = Table(
     Column("qty", Integer, nullable=False),
 )
 
+# -- consumer bookkeeping -----------------------------------------------------------------
+
 applied_change_position = Table(
     "applied_change_position",
     metadata,
     Column("stream", Text, primary_key=True),
     Column("position", BigInteger, nullable=False),
+    Column("snapshot_state", String(16), nullable=True),
+)
+
+dead_letter = Table(
+    "dead_letter",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("message_key", String(255), nullable=False, unique=True),
+    Column("message_id", String(255), nullable=True),
+    Column("stream", Text, nullable=True),
+    Column("position", BigInteger, nullable=True),
+    Column("routing_key", String(255), nullable=False),
+    Column("message_type", String(64), nullable=True),
+    Column("content_type", String(128), nullable=True),
+    Column("headers", Text, nullable=False),
+    Column("body", LargeBinary, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("error", Text, nullable=False),
+    Column("error_type", String(255), nullable=False),
+    Column("first_failed_at", DateTime(timezone=True), nullable=False),
+    Column("last_failed_at", DateTime(timezone=True), nullable=False),
+    Column("dead_at", DateTime(timezone=True), nullable=True),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Index("ix_dead_letter_stream_position", "stream", "position"),
+    Index("ix_dead_letter_state", "state"),
+)
+
+consumer_progress = Table(
+    "consumer_progress",
+    metadata,
+    Column("source", String(255), primary_key=True),
+    Column("newest_commit_at", DateTime(timezone=True), nullable=True),
+    Column("heartbeat_at", DateTime(timezone=True), nullable=True),
+    Column("applied_at", DateTime(timezone=True), nullable=False),
 )
 
 anomaly = Table(
@@ -127,70 +160,28 @@ anomaly = Table(
     Index("ix_anomaly_recorded_at", "recorded_at"),
 )
 
+outbox = Table(
+    "outbox",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("message_id", String(64), nullable=False, unique=True),
+    Column("event_type", String(64), nullable=False),
+    Column("routing_key", String(255), nullable=False),
+    Column("body", Text, nullable=False),
+    Column("created_at", DateTime(timezone=True), nullable=False),
+    Column("published_at", DateTime(timezone=True), nullable=True),
+    Index("ix_outbox_published_at", "published_at"),
+)
 
-class _AllocatedLine:
-    """Storage row of one allocated ``OrderLine`` (private to this module)."""
-
-    def __init__(self, line: OrderLine) -> None:
-        self.line = line
-
-
-mapper_registry = registry(metadata=metadata)
-_lock = threading.Lock()
-_started = False
-
-
-def start_mappers() -> None:
-    """Map the domain classes onto the tables (idempotent, thread-safe)."""
-    global _started
-    with _lock:
-        if _started:
-            return
-        mapper_registry.map_imperatively(
-            _AllocatedLine,
-            order_lines,
-            properties={
-                "line": composite(
-                    OrderLine, order_lines.c.orderid, order_lines.c.sku, order_lines.c.qty
-                )
-            },
-        )
-        mapper_registry.map_imperatively(
-            Batch,
-            batches,
-            properties={
-                "_purchased_quantity": batches.c.purchased_quantity,
-                "_lines": relationship(
-                    _AllocatedLine,
-                    secondary=allocations,
-                    collection_class=set,
-                    cascade="all, delete-orphan",
-                    single_parent=True,
-                    lazy="selectin",
-                ),
-            },
-        )
-        Batch._allocations = association_proxy(  # type: ignore[assignment]
-            "_lines", "line", creator=_AllocatedLine
-        )
-        mapper_registry.map_imperatively(
-            Product,
-            products,
-            properties={
-                "batches": relationship(
-                    Batch,
-                    order_by=batches.c.id,
-                    cascade="all, delete-orphan",
-                    lazy="selectin",
-                ),
-            },
-            version_id_col=products.c.version_number,
-            version_id_generator=False,
-        )
-        event.listen(Product, "load", _receive_load)
-        _started = True
-
-
-def _receive_load(product: Product, _context: Any) -> None:
-    """Loaded aggregates skip ``__init__``: give them their event list."""
-    product.events = []
+NEW_DOMAIN_STATE = (
+    batch_allocations,
+    batches,
+    products,
+    allocations_view,
+    legacy_line_map,
+    legacy_lot_map,
+    legacy_product_map,
+    anomaly,
+    dead_letter,
+)
+"""Tables a reset empties (children first); the outbox and progress stay."""

@@ -38,6 +38,16 @@ class MirrorAllocation(Command):
 
 
 @dataclass(frozen=True)
+class SyncAllocation(Command):
+    """Make the new domain hold the allocation a legacy snapshot shows (idempotent)."""
+
+    orderid: str
+    sku: str
+    qty: int
+    batchref: str
+
+
+@dataclass(frozen=True)
 class MirrorDeallocation(Command):
     """Record that the legacy system removed an allocation."""
 

@@ -9,7 +9,11 @@ Two kinds of operation live here:
   the new model's invariants but never refuse legacy's fact: a violation is applied
   anyway and reported as a ``LegacyInvariantViolated`` event.
 
+``sync_allocation`` is the idempotent form used for snapshot reads of legacy rows.
+
 Every change bumps ``Product.version_number`` (the optimistic-concurrency token).
+A batch's allocations are an :class:`Allocations` keyed by order, so a repository can
+load only the orders a unit of work touches, however many lines a product holds.
 """
 
 from __future__ import annotations
@@ -42,17 +46,60 @@ class OrderLine:
     qty: int
 
 
+class Allocations:
+    """The order lines allocated to one batch (at most one per order) and their total.
+
+    The model only uses the methods below, so a repository may hand out a subclass that
+    loads lines on demand instead of all of them up front.
+    """
+
+    def __init__(self, lines: Iterable[OrderLine] = ()) -> None:
+        self._lines: dict[str, OrderLine] = {}
+        self._quantity = 0
+        for line in lines:
+            self.put(line)
+
+    def get(self, orderid: str) -> OrderLine | None:
+        return self._lines.get(orderid)
+
+    def put(self, line: OrderLine) -> None:
+        """Hold ``line``, replacing the line of the same order if there is one."""
+        previous = self.get(line.orderid)
+        if previous is not None:
+            self._quantity -= previous.qty
+        self._lines[line.orderid] = line
+        self._quantity += line.qty
+
+    def remove(self, orderid: str) -> None:
+        line = self.get(orderid)
+        if line is not None:
+            del self._lines[orderid]
+            self._quantity -= line.qty
+
+    @property
+    def quantity(self) -> int:
+        return self._quantity
+
+    def lines(self) -> frozenset[OrderLine]:
+        return frozenset(self._lines.values())
+
+
 class Batch:
     """Stock of one sku: in the warehouse (``eta`` None) or on its way."""
 
     def __init__(
-        self, reference: str, sku: str, purchased_quantity: int, eta: date | None = None
+        self,
+        reference: str,
+        sku: str,
+        purchased_quantity: int,
+        eta: date | None = None,
+        allocations: Allocations | None = None,
     ) -> None:
         self.reference = reference
         self.sku = sku
         self.eta = eta
         self._purchased_quantity = purchased_quantity
-        self._allocations: set[OrderLine] = set()
+        self._allocations = allocations if allocations is not None else Allocations()
 
     def __repr__(self) -> str:
         return f"<Batch {self.reference}>"
@@ -77,11 +124,11 @@ class Batch:
 
     @property
     def allocations(self) -> frozenset[OrderLine]:
-        return frozenset(self._allocations)
+        return self._allocations.lines()
 
     @property
     def allocated_quantity(self) -> int:
-        return sum(line.qty for line in self._allocations)
+        return self._allocations.quantity
 
     @property
     def available_quantity(self) -> int:
@@ -92,21 +139,20 @@ class Batch:
 
     def line_for(self, orderid: str) -> OrderLine | None:
         """The line of ``orderid`` allocated to this batch, if any."""
-        return next((line for line in self._allocations if line.orderid == orderid), None)
+        return self._allocations.get(orderid)
 
     def allocate(self, line: OrderLine) -> None:
-        if self.can_allocate(line):
-            self._allocations.add(line)
+        """Allocate ``line`` if it fits and its order holds nothing here yet."""
+        if self.line_for(line.orderid) is None and self.can_allocate(line):
+            self._allocations.put(line)
 
     def deallocate(self, line: OrderLine) -> None:
-        self._allocations.discard(line)
+        if self.line_for(line.orderid) == line:
+            self._allocations.remove(line.orderid)
 
     def record(self, line: OrderLine) -> None:
         """Hold ``line`` unconditionally, replacing another line of the same order."""
-        previous = self.line_for(line.orderid)
-        if previous is not None and previous != line:
-            self._allocations.discard(previous)
-        self._allocations.add(line)
+        self._allocations.put(line)
 
     def change_purchased_quantity(self, qty: int) -> None:
         self._purchased_quantity = qty
@@ -180,6 +226,22 @@ class Product:
             self._changed()
         self.events.append(events.Allocated(line.orderid, line.sku, line.qty, batchref))
 
+    def sync_allocation(self, line: OrderLine, batchref: str) -> None:
+        """Make ``line`` allocated to ``batchref`` and nowhere else (a snapshot's upsert).
+
+        Nothing changes, and no event is raised, when that is already so.
+        """
+        for other in self.batches:
+            held = other.line_for(line.orderid)
+            if other.reference != batchref and held is not None:
+                other.deallocate(held)
+                self._changed()
+                self.events.append(events.Deallocated(line.orderid, self.sku, other.reference))
+        batch = self.batch(batchref)
+        if batch is not None and batch.line_for(line.orderid) == line:
+            return
+        self.record_allocation(line, batchref)
+
     def record_deallocation(self, orderid: str, batchref: str) -> None:
         """Mirror legacy's removal of the allocation of ``orderid`` from ``batchref``."""
         batch = self.batch(batchref)
@@ -194,10 +256,15 @@ class Product:
         self.events.append(events.Deallocated(orderid, self.sku, batchref))
 
     def change_batch_quantity(self, reference: str, qty: int) -> None:
-        """Set the purchased quantity (mirror mode: legacy moves the lines itself)."""
+        """Set the purchased quantity (mirror mode: legacy moves the lines itself).
+
+        Setting the quantity a batch already has changes nothing and raises no event.
+        """
         batch = self.batch(reference)
         if batch is None:
             raise UnknownBatch(f"no batch {reference} in {self.sku}")
+        if batch.purchased_quantity == qty:
+            return
         batch.change_purchased_quantity(qty)
         self._changed()
         self.events.append(events.BatchQuantityChanged(reference, self.sku, qty))

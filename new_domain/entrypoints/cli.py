@@ -1,36 +1,42 @@
-"""``strangler db upgrade`` and ``strangler consume``."""
+"""``strangler db upgrade`` and ``strangler consume`` (the other commands of the new
+domain: :mod:`new_domain.entrypoints.commands`)."""
 
 from __future__ import annotations
 
 import logging
-import signal
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import FrameType
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
 import broker
-from new_domain.adapters.database import safe_url
-from new_domain.adapters.schema import pending_revisions, upgrade_database
+from new_domain.adapters.database import create_engine, safe_url
+from new_domain.adapters.outbox import EVENTS_EXCHANGE
+from new_domain.adapters.schema import upgrade_database
 from new_domain.bootstrap import bootstrap
 from new_domain.entrypoints.consumer import (
+    DEFAULT_BATCH_SIZE,
     DEFAULT_EXCHANGE,
-    DEFAULT_QUEUE,
+    DEFAULT_MAX_ATTEMPTS,
     Consumer,
     DatabaseUnavailable,
 )
+from new_domain.entrypoints.options import (
+    broker_url_option,
+    first_line,
+    new_db_url_option,
+    queue_option,
+    require_amqp,
+    require_current_schema,
+    stop_on_signals,
+)
+from new_domain.entrypoints.outbox_relay import OutboxRelay
+
+__all__ = ["consume", "db"]
 
 logger = logging.getLogger(__name__)
-
-new_db_url_option = click.option(
-    "--new-db-url",
-    envvar="NEW_DB_URL",
-    required=True,
-    help="SQLAlchemy URL of the new domain's database [env NEW_DB_URL].",
-)
 
 
 @click.group()
@@ -46,20 +52,15 @@ def upgrade(new_db_url: str) -> None:
         upgrade_database(new_db_url)
     except SQLAlchemyError as error:
         raise click.ClickException(
-            f"cannot upgrade {safe_url(new_db_url)}: {_first_line(error)}"
+            f"cannot upgrade {safe_url(new_db_url)}: {first_line(error)}"
         ) from error
     click.echo(f"new database {safe_url(new_db_url)} is up to date")
 
 
 @click.command()
 @new_db_url_option
-@click.option(
-    "--broker-url",
-    envvar="BROKER_URL",
-    required=True,
-    help="amqp:// URL of RabbitMQ [env BROKER_URL].",
-)
-@click.option("--queue", default=DEFAULT_QUEUE, show_default=True, help="Queue to consume.")
+@broker_url_option
+@queue_option
 @click.option(
     "--exchange",
     default=DEFAULT_EXCHANGE,
@@ -68,75 +69,120 @@ def upgrade(new_db_url: str) -> None:
 )
 @click.option(
     "--batch-size",
-    default=500,
+    default=DEFAULT_BATCH_SIZE,
     show_default=True,
     type=click.IntRange(1, 10_000),
-    help="Changes applied per transaction.",
+    help="Most changes applied per transaction (prefetch: twice as many).",
+)
+@click.option(
+    "--batch-timeout",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.0, 60.0),
+    help="Seconds to wait for a batch to fill before applying what arrived.",
+)
+@click.option(
+    "--max-attempts",
+    default=DEFAULT_MAX_ATTEMPTS,
+    show_default=True,
+    type=click.IntRange(1, 1000),
+    help="Failed attempts before a change goes to the dead-letter queue.",
+)
+@click.option(
+    "--events-exchange",
+    default=EVENTS_EXCHANGE,
+    show_default=True,
+    help="Topic exchange the domain events of the outbox are published to.",
+)
+@click.option(
+    "--outbox-relay/--no-outbox-relay",
+    default=True,
+    show_default=True,
+    help="Relay the outbox's domain events from a second thread.",
+)
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port.",
 )
 @click.option("--once", is_flag=True, help="Apply one batch (if any) and exit.")
 def consume(
-    new_db_url: str, broker_url: str, queue: str, exchange: str, batch_size: int, once: bool
+    new_db_url: str,
+    broker_url: str,
+    queue: str,
+    exchange: str,
+    batch_size: int,
+    batch_timeout: float,
+    max_attempts: int,
+    events_exchange: str,
+    outbox_relay: bool,
+    metrics_port: int | None,
+    once: bool,
 ) -> None:
-    """Apply legacy change events from the broker to the new domain."""
-    if broker.is_in_process(broker_url):
-        raise click.UsageError(
-            "--broker-url memory:// only reaches this process: use amqp://... "
-            "(or `strangler demo` for the embedded setup)"
-        )
+    """Apply legacy change events from the broker to the new domain.
+
+    The outbox relay runs beside it with its own broker connection, publishing the
+    domain events the changes raise to --events-exchange.
+    """
+    require_amqp(broker_url)
     logging.getLogger("pika").setLevel(logging.WARNING)  # one line per connection is enough
-    _require_current_schema(new_db_url)
+    require_current_schema(new_db_url)
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
     bus = bootstrap(new_db_url)
     consumer = Consumer(
-        bus, lambda: broker.connect(broker_url), queue, exchange=exchange, batch_size=batch_size
+        bus,
+        lambda: broker.connect(broker_url),
+        queue,
+        exchange=exchange,
+        batch_size=batch_size,
+        batch_timeout=batch_timeout,
+        max_attempts=max_attempts,
+    )
+    relay = (
+        OutboxRelay(
+            create_engine(new_db_url, for_writes=True),
+            lambda: broker.connect(broker_url),
+            exchange=events_exchange,
+        )
+        if outbox_relay
+        else None
     )
     try:
         if once:
             try:
                 count = consumer.run_once()
+                published = relay.drain() if relay else 0
             except (broker.BrokerError, DatabaseUnavailable) as error:
-                raise click.ClickException(_first_line(error)) from error
-            click.echo(f"processed {count} messages from {queue}")
+                raise click.ClickException(first_line(error)) from error
+            click.echo(f"processed {count} messages from {queue}; published {published} events")
             return
         stop = threading.Event()
-        with _stop_on_signals(stop):
+        with stop_on_signals(stop), _relaying(relay, stop):
             logger.info("consuming %s into %s", queue, safe_url(new_db_url))
             consumer.run(stop)
         logger.info("consumer stopped")
     finally:
         consumer.close()
         bus.uow.close()
-
-
-def _require_current_schema(new_db_url: str) -> None:
-    try:
-        current, heads = pending_revisions(new_db_url)
-    except SQLAlchemyError as error:
-        raise click.ClickException(
-            f"cannot reach the new database {safe_url(new_db_url)}: {_first_line(error)}"
-        ) from error
-    if not heads <= current:
-        raise click.ClickException(
-            f"the new database {safe_url(new_db_url)} is not migrated "
-            f"(at {', '.join(sorted(current)) or 'nothing'}): run `strangler db upgrade`"
-        )
+        if relay is not None:
+            relay.close()
+            relay.engine.dispose()
 
 
 @contextmanager
-def _stop_on_signals(stop: threading.Event) -> Iterator[None]:
-    """SIGTERM/SIGINT set ``stop``: the consumer finishes its batch and returns."""
-
-    def handle(signum: int, _frame: FrameType | None) -> None:
-        logger.info("received %s; stopping after the current batch", signal.Signals(signum).name)
-        stop.set()
-
-    previous = {sig: signal.signal(sig, handle) for sig in (signal.SIGTERM, signal.SIGINT)}
+def _relaying(relay: OutboxRelay | None, stop: threading.Event) -> Iterator[None]:
+    """Run ``relay`` in a thread until the block ends."""
+    if relay is None:
+        yield
+        return
+    thread = threading.Thread(target=relay.run, args=(stop,), name="outbox-relay", daemon=True)
+    thread.start()
     try:
         yield
     finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = str(error).strip().splitlines()
-    return lines[0] if lines else type(error).__name__
+        stop.set()
+        thread.join(30)

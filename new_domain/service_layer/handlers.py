@@ -9,6 +9,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
+from new_domain import metrics
 from new_domain.domain import commands, events
 from new_domain.domain.model import Batch, DuplicateBatch, OrderLine, Product, UnknownBatch
 from new_domain.service_layer.unit_of_work import AbstractUnitOfWork
@@ -46,6 +47,14 @@ def mirror_allocation(command: commands.MirrorAllocation, uow: AbstractUnitOfWor
         uow.commit()
 
 
+def sync_allocation(command: commands.SyncAllocation, uow: AbstractUnitOfWork) -> None:
+    with uow:
+        product = _product(uow, command.sku)
+        line = OrderLine(command.orderid, command.sku, command.qty)
+        product.sync_allocation(line, command.batchref)
+        uow.commit()
+
+
 def mirror_deallocation(command: commands.MirrorDeallocation, uow: AbstractUnitOfWork) -> None:
     with uow:
         product = _product(uow, command.sku)
@@ -75,20 +84,35 @@ def remove_allocation_from_read_model(event: events.Deallocated, uow: AbstractUn
 
 
 def record_anomaly(event: events.LegacyInvariantViolated, uow: AbstractUnitOfWork) -> None:
-    logger.warning(
-        "legacy invariant violated (%s) for sku %s: %s [change %s]",
-        event.reason,
-        event.sku,
-        event.detail,
-        uow.change_id,
-    )
     with uow:
-        uow.anomalies.record(event.reason, event.sku, event.detail, uow.change_id)
+        change_id = uow.change_id
+        uow.anomalies.record(event.reason, event.sku, event.detail, change_id)
+        uow.after_commit(lambda: _report_anomaly(event, change_id))
+        uow.commit()
+
+
+def add_to_outbox(
+    event: events.Allocated | events.Deallocated | events.BatchQuantityChanged,
+    uow: AbstractUnitOfWork,
+) -> None:
+    with uow:
+        uow.outbox.add(event, uow.change_id)
         uow.commit()
 
 
 def log_out_of_stock(event: events.OutOfStock) -> None:
     logger.info("out of stock: %s", event.sku)
+
+
+def _report_anomaly(event: events.LegacyInvariantViolated, change_id: str | None) -> None:
+    logger.warning(
+        "legacy anomaly (%s) for sku %s: %s [change %s]",
+        event.reason,
+        event.sku,
+        event.detail,
+        change_id,
+    )
+    metrics.ANOMALIES.labels(kind=event.reason).inc()
 
 
 def _product(uow: AbstractUnitOfWork, sku: str) -> Product:
@@ -102,9 +126,9 @@ def _product(uow: AbstractUnitOfWork, sku: str) -> Product:
 
 EVENT_HANDLERS: dict[type[events.Event], list[Callable[..., Any]]] = {
     events.BatchCreated: [],
-    events.Allocated: [add_allocation_to_read_model],
-    events.Deallocated: [remove_allocation_from_read_model],
-    events.BatchQuantityChanged: [],
+    events.Allocated: [add_allocation_to_read_model, add_to_outbox],
+    events.Deallocated: [remove_allocation_from_read_model, add_to_outbox],
+    events.BatchQuantityChanged: [add_to_outbox],
     events.OutOfStock: [log_out_of_stock],
     events.LegacyInvariantViolated: [record_anomaly],
 }
@@ -113,6 +137,7 @@ COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
     commands.CreateBatch: add_batch,
     commands.Allocate: allocate,
     commands.MirrorAllocation: mirror_allocation,
+    commands.SyncAllocation: sync_allocation,
     commands.MirrorDeallocation: mirror_deallocation,
     commands.ChangeBatchQuantity: change_batch_quantity,
 }

@@ -1,54 +1,206 @@
-"""Applying legacy change events with an exactly-once effect.
+"""Applying legacy change events with an exactly-once effect, a batch at a time.
 
 Delivery is at least once (the relay re-sends, the broker redelivers). Each change
 carries a position (``source.seq``) that increases in the legacy database's commit
 order; the position of the last change applied from each stream is stored in
-``applied_change_position`` in the SAME transaction as the change's effect (and the
-translation state it taught the anti-corruption layer). A change at or below the
+``applied_change_position`` in the SAME transaction as the changes' effects (and the
+translation state they taught the anti-corruption layer). A change at or below the
 stored position was applied already and is skipped: a redelivery can never apply
-twice, and a crash before commit leaves neither the effect nor the position.
+twice, and a crash before commit leaves neither the effects nor the position.
+
+Exceptions to "at or below means applied", all recorded in the same transactions: a
+position the consumer gave up on (its row in ``dead_letter`` is *dead*) is applied by a
+replay, exactly once, which resolves the row; a stream reset to await a snapshot skips
+everything but snapshot reads until the first one; and while a snapshot loads, a live
+change to a row the snapshot has not reached yet is skipped (see
+:mod:`new_domain.adapters.change_positions`).
+
+:func:`apply_changes` applies a whole batch in one transaction with few round trips:
+it reads the stream positions and the legacy keys the changes mention (one round trip),
+decides which changes to apply, translates them all, reads the aggregates their
+commands touch and the orders involved (one round trip), and only then runs the
+commands through the message bus; the commit writes everything in one more. A
+change that fails is reported as :class:`ChangeFailed` with its index, so the caller
+can apply the batch without it; database failures are raised as they are.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 
 from new_domain import acl
-from new_domain.service_layer.messagebus import MessageBus
+from new_domain.adapters.change_positions import AWAITING, LOADING
+from new_domain.adapters.database import is_transient
+from new_domain.adapters.dead_letters import DEAD, RETRYING
+from new_domain.service_layer.messagebus import Message, MessageBus
+from new_domain.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
+
+
+class ChangeFailed(Exception):
+    """The change at ``index`` of a batch could not be applied (its own fault)."""
+
+    def __init__(self, index: int, change: acl.LegacyChange, error: BaseException) -> None:
+        super().__init__(f"change {change.message_id or index}: {error}")
+        self.index = index
+        self.change = change
+        self.error = error
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one call did: changes applied, and changes skipped as applied before."""
+
+    applied: int
+    skipped: int
 
 
 def apply_change(bus: MessageBus, change: acl.LegacyChange) -> bool:
     """Apply one change in the bus's unit of work; False when it was applied before.
 
-    Inside an enclosing ``with bus.uow:`` block it joins that transaction.
+    Inside an enclosing ``with bus.uow:`` block it joins that transaction. The
+    change's own error is raised as it is.
+    """
+    try:
+        return apply_changes(bus, [change]).applied == 1
+    except ChangeFailed as failed:
+        raise failed.error from None
+
+
+def apply_changes(
+    bus: MessageBus,
+    changes: Sequence[acl.LegacyChange],
+    *,
+    replay: bool = False,
+    heartbeats: Iterable[acl.Heartbeat] = (),
+) -> Applied:
+    """Apply ``changes`` in order in ONE transaction (see the module docstring).
+
+    With ``replay``, dead-lettered positions are applied too. ``heartbeats`` seen with
+    the batch are recorded for the lag in the same transaction.
     """
     uow = bus.uow
     with uow:
-        last = uow.positions.get(change.stream)
-        if last is not None and change.position <= last:
+        streams = {change.stream for change in changes}
+        with uow.reading_ahead():  # one round trip
+            uow.positions.preload(streams)
+            uow.dead_letters.preload(streams)
+            _read_keys_ahead(uow, changes)
+        chosen, reopened, loading = _choose(uow, changes, replay)
+        translated: list[tuple[int, acl.LegacyChange, list[Message]]] = []
+        for index, change in chosen:
+            try:
+                translated.append((index, change, acl.translate(change, uow.legacy_keys)))
+            except acl.UnknownLegacyRow as error:
+                if index not in loading:
+                    raise _failure(index, change, error) from error
+                # the row's snapshot read comes later in the stream, showing this change
+                logger.info("change %s skipped, snapshot loading: %s", change.message_id, error)
+            except Exception as error:
+                raise _failure(index, change, error) from error
+        _read_aggregates_ahead(uow, [m for _, _, messages in translated for m in messages])
+        for index, change, messages in translated:
+            uow.change_id = change.message_id
+            try:
+                for message in messages:
+                    bus.handle(message)
+            except Exception as error:
+                raise _failure(index, change, error) from error
+            if (change.stream, change.position) in reopened:
+                uow.dead_letters.resolve(change.stream, change.position)
+        uow.change_id = None
+        for heartbeat in heartbeats:
+            uow.positions.snapshot_loaded(heartbeat.source)
+            if heartbeat.ts_ms is None and heartbeat.last_commit_ts_ms is None:
+                continue  # nothing said about time
+            uow.progress.observe(
+                heartbeat.source,
+                commit_ms=heartbeat.last_commit_ts_ms,
+                heartbeat_ms=heartbeat.ts_ms,
+            )
+        uow.commit()
+    return Applied(len(chosen), len(changes) - len(chosen))
+
+
+Chosen = tuple[list[tuple[int, acl.LegacyChange]], set[tuple[str, int]], set[int]]
+
+
+def _choose(
+    uow: AbstractUnitOfWork, changes: Sequence[acl.LegacyChange], replay: bool
+) -> Chosen:
+    """The changes to apply (with their index), advancing positions and snapshot states
+    in memory as it goes; the positions of failed messages applied after all; and the
+    indexes of live changes that came while their stream was loading a snapshot.
+
+    A failed message's row (retrying or dead) means its effect is not in the database:
+    a retrying one is applied wherever its position is, a dead one only by a replay.
+    """
+    chosen: list[tuple[int, acl.LegacyChange]] = []
+    reopened: set[tuple[str, int]] = set()
+    loading: set[int] = set()
+    for index, change in enumerate(changes):
+        stream, position = change.stream, change.position
+        if change.committed_at_ms is not None:
+            uow.progress.observe(change.source, commit_ms=change.committed_at_ms)
+        last = uow.positions.get(stream)
+        snapshot = uow.positions.snapshot_state(stream)
+        failed = uow.dead_letters.open_state(stream, position)
+        if snapshot == AWAITING and change.op != "r":
+            logger.debug("skipping change %s: awaiting a snapshot", change.message_id)
+            continue
+        if last is None or position > last or snapshot == AWAITING:
+            state = LOADING if change.op == "r" else snapshot
+            uow.positions.set(stream, max(position, last or 0), state)
+        elif (stream, position) in reopened or not (
+            failed == RETRYING or (replay and failed == DEAD)
+        ):
             logger.debug(
                 "skipping change %s: position %d <= %d already applied in %s",
                 change.message_id,
-                change.position,
+                position,
                 last,
-                change.stream,
+                stream,
             )
-            return False
-        uow.change_id = change.message_id
-        for message in acl.translate(change, uow.legacy_keys):
-            bus.handle(message)
-        uow.positions.set(change.stream, change.position)
-        uow.commit()
-    return True
+            continue
+        if failed is not None:
+            reopened.add((stream, position))
+        if change.op != "r" and uow.positions.snapshot_state(stream) == LOADING:
+            loading.add(index)
+        chosen.append((index, change))
+    return chosen, reopened, loading
 
 
-def apply_changes(bus: MessageBus, changes: Iterable[acl.LegacyChange]) -> int:
-    """Apply ``changes`` in order in ONE transaction; the number actually applied."""
-    uow = bus.uow
-    with uow:
-        applied = sum(apply_change(bus, change) for change in changes)
-        uow.commit()
-    return applied
+def _read_keys_ahead(uow: AbstractUnitOfWork, changes: Iterable[acl.LegacyChange]) -> None:
+    prod_ids: set[int] = set()
+    lot_ids: set[int] = set()
+    line_ids: set[int] = set()
+    for change in changes:
+        products, lots, lines = acl.referenced_keys(change)
+        prod_ids |= products
+        lot_ids |= lots
+        line_ids |= lines
+    uow.legacy_keys.preload(prod_ids, lot_ids, line_ids)
+
+
+def _read_aggregates_ahead(uow: AbstractUnitOfWork, messages: Iterable[Message]) -> None:
+    """Load every aggregate the messages name (by ``sku`` or batch ``ref``) and the
+    lines of every order they name (``orderid``), in bulk."""
+    skus: set[str] = set()
+    refs: set[str] = set()
+    orders: set[str] = set()
+    for message in messages:
+        for name, into in (("sku", skus), ("ref", refs), ("orderid", orders)):
+            value = getattr(message, name, None)
+            if isinstance(value, str):
+                into.add(value)
+    if skus or refs:
+        with uow.reading_ahead():  # one round trip
+            uow.products.preload(skus, refs, orders)
+
+
+def _failure(index: int, change: acl.LegacyChange, error: Exception) -> Exception:
+    """The change's fault, or the database's (raised as it is, to be retried)."""
+    return error if is_transient(error) else ChangeFailed(index, change, error)

@@ -1,23 +1,28 @@
 """Units of work: one database transaction, and the repositories that live in it.
 
 One unit of work serves one thread. Each outermost ``with uow:`` opens a fresh
-session (one transaction); a nested ``with uow:`` joins it, and there ``commit()``
-does nothing: the outermost block commits (flushing everything at once) or rolls back
-everything. That is how the message bus applies a command and all the events it
-raised in one transaction, and how the consumer applies a whole batch of legacy
-changes in one transaction, while each handler keeps the plain
-``with uow: ...; uow.commit()`` shape.
+transaction; a nested ``with uow:`` joins it, and there ``commit()`` does nothing: the
+outermost block commits (writing everything at once) or rolls back everything. That
+is how the message bus applies a command and all the events it raised in one
+transaction, and how the consumer applies a whole batch of legacy changes in one
+transaction, while each handler keeps the plain ``with uow: ...; uow.commit()`` shape.
+
+The SQL unit of work buffers writes in its adapters and sends them just before the
+commit, one statement per kind of row; callbacks registered with :meth:`after_commit`
+run once the commit succeeded (logging and metrics that must not count rolled-back
+work).
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import logging
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.engine import Connection, Engine
 
 from new_domain.adapters.allocations_view import (
     AbstractAllocationsView,
@@ -29,16 +34,24 @@ from new_domain.adapters.anomalies import (
     InMemoryAnomalyLog,
     SqlAlchemyAnomalyLog,
 )
+from new_domain.adapters.bulk import pipelined
 from new_domain.adapters.change_positions import (
     AbstractChangePositions,
     InMemoryChangePositions,
     SqlAlchemyChangePositions,
+)
+from new_domain.adapters.dead_letters import (
+    AbstractDeadLetters,
+    InMemoryDeadLetters,
+    SqlAlchemyDeadLetters,
 )
 from new_domain.adapters.legacy_keys import (
     AbstractLegacyKeys,
     InMemoryLegacyKeys,
     SqlAlchemyLegacyKeys,
 )
+from new_domain.adapters.outbox import AbstractOutbox, InMemoryOutbox, SqlAlchemyOutbox
+from new_domain.adapters.progress import AbstractProgress, InMemoryProgress, SqlAlchemyProgress
 from new_domain.adapters.repository import (
     AbstractRepository,
     InMemoryRepository,
@@ -47,6 +60,8 @@ from new_domain.adapters.repository import (
 from new_domain.domain.events import Event
 from new_domain.domain.model import Product
 
+logger = logging.getLogger(__name__)
+
 
 class AbstractUnitOfWork(abc.ABC):
     products: AbstractRepository
@@ -54,14 +69,20 @@ class AbstractUnitOfWork(abc.ABC):
     legacy_keys: AbstractLegacyKeys
     positions: AbstractChangePositions
     anomalies: AbstractAnomalyLog
+    dead_letters: AbstractDeadLetters
+    outbox: AbstractOutbox
+    progress: AbstractProgress
 
     change_id: str | None = None
-    """``message_id`` of the legacy change being applied (recorded with anomalies)."""
+    """``message_id`` of the legacy change being applied (recorded with anomalies and
+    published events)."""
 
     _depth = 0
+    _after_commit: list[Callable[[], None]]
 
     def __enter__(self) -> Self:
         if self._depth == 0:
+            self._after_commit = []
             self._begin()
         self._depth += 1
         return self
@@ -78,6 +99,7 @@ class AbstractUnitOfWork(abc.ABC):
                 self._rollback()  # nothing left to roll back after a commit
             finally:
                 self.change_id = None
+                self._after_commit = []
                 self._end()
 
     @property
@@ -88,12 +110,30 @@ class AbstractUnitOfWork(abc.ABC):
         """Commit; inside an enclosing ``with`` block, leave it to that block."""
         if self._depth <= 1:
             self._commit()
+            callbacks, self._after_commit = self._after_commit, []
+            for callback in callbacks:
+                try:
+                    callback()
+                except Exception:  # noqa: BLE001 - the transaction is committed anyway
+                    logger.exception("after-commit callback failed")
 
     def rollback(self) -> None:
         """Roll back the whole transaction (only the outermost block may)."""
         if self._depth > 1:
             raise RuntimeError("rollback inside a joined unit of work: raise instead")
+        self._after_commit = []
         self._rollback()
+
+    def after_commit(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` once the current transaction has committed (never if not)."""
+        if self._depth == 0:
+            raise RuntimeError("after_commit outside a unit of work")
+        self._after_commit.append(callback)
+
+    def reading_ahead(self) -> AbstractContextManager[None]:
+        """A block whose ``preload`` reads are sent together when it ends (the results
+        are there after it, not inside it)."""
+        return nullcontext()
 
     def collect_new_events(self) -> Iterator[Event]:
         for product in list(self.products.seen):
@@ -118,34 +158,59 @@ class AbstractUnitOfWork(abc.ABC):
 
 
 class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
-    """A new ``Session`` per outermost block; never share one between threads."""
+    """A new connection and transaction per outermost block; never share between threads."""
 
-    session: Session
+    connection: Connection
+    products: SqlAlchemyRepository
+    allocations_view: SqlAlchemyAllocationsView
+    legacy_keys: SqlAlchemyLegacyKeys
+    positions: SqlAlchemyChangePositions
+    anomalies: SqlAlchemyAnomalyLog
+    dead_letters: SqlAlchemyDeadLetters
+    outbox: SqlAlchemyOutbox
+    progress: SqlAlchemyProgress
 
     def __init__(self, engine: Engine, *, owns_engine: bool = True) -> None:
         self.engine = engine
         self._owns_engine = owns_engine
-        self.session_factory = sessionmaker(bind=engine)
 
     def _begin(self) -> None:
-        self.session = self.session_factory()
-        self.products = SqlAlchemyRepository(self.session)
-        self.allocations_view = SqlAlchemyAllocationsView(self.session)
-        self.legacy_keys = SqlAlchemyLegacyKeys(self.session)
-        self.positions = SqlAlchemyChangePositions(self.session)
-        self.anomalies = SqlAlchemyAnomalyLog(self.session)
+        self.connection = self.engine.connect()
+        self.connection.begin()
+        self.products = SqlAlchemyRepository(self.connection)
+        self.allocations_view = SqlAlchemyAllocationsView(self.connection)
+        self.legacy_keys = SqlAlchemyLegacyKeys(self.connection)
+        self.positions = SqlAlchemyChangePositions(self.connection)
+        self.anomalies = SqlAlchemyAnomalyLog(self.connection)
+        self.dead_letters = SqlAlchemyDeadLetters(self.connection)
+        self.outbox = SqlAlchemyOutbox(self.connection)
+        self.progress = SqlAlchemyProgress(self.connection)
 
-    positions: SqlAlchemyChangePositions
+    def reading_ahead(self) -> AbstractContextManager[None]:
+        ahead: AbstractContextManager[None] = pipelined(self.connection)
+        return ahead
+
+    def flush(self) -> None:
+        """Send every buffered write (the commit does this itself): on PostgreSQL all of
+        them in one round trip."""
+        with pipelined(self.connection):
+            self.legacy_keys.flush()
+            self.products.flush()
+            self.allocations_view.flush()
+            self.anomalies.flush()
+            self.outbox.flush()
+            self.progress.flush()
+            self.positions.flush()
 
     def _commit(self) -> None:
-        self.positions.write()
-        self.session.commit()
+        self.flush()
+        self.connection.commit()  # a later statement in the same block begins anew
 
     def _rollback(self) -> None:
-        self.session.rollback()
+        self.connection.rollback()
 
     def _end(self) -> None:
-        self.session.close()
+        self.connection.close()
 
     def close(self) -> None:
         if self._owns_engine:
@@ -164,6 +229,9 @@ class InMemoryUnitOfWork(AbstractUnitOfWork):
         self.legacy_keys = InMemoryLegacyKeys()
         self.positions = InMemoryChangePositions()
         self.anomalies = InMemoryAnomalyLog()
+        self.dead_letters = InMemoryDeadLetters()
+        self.outbox = InMemoryOutbox()
+        self.progress = InMemoryProgress()
         self.products = InMemoryRepository(self.stored_products)
         self.commits = 0
 

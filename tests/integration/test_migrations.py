@@ -5,13 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import create_engine, inspect
+from sqlalchemy import create_engine, inspect, text
 
 from new_domain import upgrade_database
 from new_domain.adapters import orm
-from new_domain.adapters.schema import pending_revisions
+from new_domain.adapters.schema import alembic_config, pending_revisions
 
 OWN_TABLES = {t.name for t in orm.metadata.sorted_tables}
 
@@ -63,6 +64,82 @@ def test_the_initial_revision_is_the_new_domain(tmp_path: Path) -> None:
     assert pending_revisions(url)[0] == {"0001_new_domain"}
     engine = create_engine(url)
     try:
-        assert set(inspect(engine).get_table_names()) == OWN_TABLES | {"alembic_version"}
+        assert set(inspect(engine).get_table_names()) == {
+            "alembic_version",
+            "products",
+            "batches",
+            "order_lines",
+            "allocations",
+            "allocations_view",
+            "legacy_product_map",
+            "legacy_lot_map",
+            "legacy_line_map",
+            "applied_change_position",
+            "anomaly",
+        }
     finally:
         engine.dispose()
+
+
+def check_0003_keeps_the_allocations(url: str) -> None:
+    """From the first layout (order_lines + allocations) to batch_allocations and back."""
+    upgrade_database(url, "0002_facade_routes")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text("INSERT INTO products (sku, version_number) VALUES ('LAMP', 3)")
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO batches (id, reference, sku, purchased_quantity) "
+                    "VALUES (1, 'b1', 'LAMP', 10), (2, 'b2', 'LAMP', 5)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO order_lines (id, orderid, sku, qty) "
+                    "VALUES (1, 'o1', 'LAMP', 2), (2, 'o2', 'LAMP', 3), (3, 'o3', 'LAMP', 1)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO allocations (orderline_id, batch_id) VALUES (1, 1), (2, 1), (3, 2)"
+                )
+            )
+        upgrade_database(url, "0003_consumer_operations")
+        with engine.connect() as connection:
+            lines = connection.execute(
+                text("SELECT batchref, orderid, sku, qty FROM batch_allocations ORDER BY orderid")
+            ).all()
+            totals = connection.execute(
+                text("SELECT reference, allocated_quantity FROM batches ORDER BY reference")
+            ).all()
+        assert [tuple(r) for r in lines] == [
+            ("b1", "o1", "LAMP", 2),
+            ("b1", "o2", "LAMP", 3),
+            ("b2", "o3", "LAMP", 1),
+        ]
+        assert [tuple(r) for r in totals] == [("b1", 5), ("b2", 1)]
+
+        command.downgrade(alembic_config(url), "0002_facade_routes")
+        with engine.connect() as connection:
+            back = connection.execute(
+                text(
+                    "SELECT b.reference, ol.orderid, ol.qty FROM allocations a "
+                    "JOIN order_lines ol ON ol.id = a.orderline_id "
+                    "JOIN batches b ON b.id = a.batch_id ORDER BY ol.orderid"
+                )
+            ).all()
+        assert [tuple(r) for r in back] == [("b1", "o1", 2), ("b1", "o2", 3), ("b2", "o3", 1)]
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_0003_moves_the_allocations_and_back(tmp_path: Path) -> None:
+    check_0003_keeps_the_allocations(f"sqlite:///{tmp_path / 'new.db'}")
+
+
+@pytest.mark.postgres
+def test_postgresql_0003_moves_the_allocations_and_back(pg_url: str) -> None:
+    check_0003_keeps_the_allocations(pg_url)

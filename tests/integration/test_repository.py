@@ -1,33 +1,41 @@
-"""The SQLAlchemy repository on PostgreSQL: mapping, locking, optimistic concurrency."""
+"""The SQL repository on PostgreSQL and SQLite: mapping, partial loading, bulk writes,
+locking and optimistic concurrency."""
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from datetime import date
+from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select, text
-from sqlalchemy.engine import Engine
+from sqlalchemy import select, text
+from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.exc import OperationalError
-from sqlalchemy.orm import Session
-from sqlalchemy.orm.exc import StaleDataError
 
 from new_domain import upgrade_database
 from new_domain.adapters import orm
-from new_domain.adapters.database import create_engine
+from new_domain.adapters.database import ConcurrentUpdate, create_engine
 from new_domain.adapters.repository import SqlAlchemyRepository
 from new_domain.domain.model import Batch, OrderLine, Product
 
-pytestmark = pytest.mark.postgres
 
-
-@pytest.fixture
-def engine(pg_url: str) -> Iterator[Engine]:
-    upgrade_database(pg_url)
-    orm.start_mappers()
-    engine = create_engine(pg_url)
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
+    if request.param == "sqlite":
+        url = f"sqlite:///{tmp_path / 'new.db'}"
+    else:
+        url = request.getfixturevalue("pg_url")
+    upgrade_database(url)
+    engine = create_engine(url, for_writes=True)
     yield engine
     engine.dispose()
+
+
+def save(engine: Engine, product: Product) -> None:
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        repository.add(product)
+        repository.flush()
 
 
 def save_lamp(engine: Engine) -> None:
@@ -35,16 +43,24 @@ def save_lamp(engine: Engine) -> None:
     product.add_batch(Batch("b-now", "LAMP", 10, None))
     product.add_batch(Batch("b-june", "LAMP", 20, date(2024, 6, 1)))
     product.allocate(OrderLine("o1", "LAMP", 3))
-    with Session(engine) as session:
-        SqlAlchemyRepository(session).add(product)
-        session.commit()
+    save(engine, product)
+
+
+def stored_lines(connection: Connection) -> set[tuple[str, str, int]]:
+    t = orm.batch_allocations
+    return {tuple(row) for row in connection.execute(select(t.c.batchref, t.c.orderid, t.c.qty))}  # type: ignore[misc]
+
+
+def allocated_totals(connection: Connection) -> dict[str, int]:
+    t = orm.batches
+    return dict(connection.execute(select(t.c.reference, t.c.allocated_quantity)).all())  # type: ignore[arg-type]
 
 
 def test_an_aggregate_round_trips_with_its_batches_and_lines(engine: Engine) -> None:
     save_lamp(engine)
-    with Session(engine) as session:
-        repo = SqlAlchemyRepository(session)
-        product = repo.get("LAMP")
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        product = repository.get("LAMP")
         assert product is not None
         assert product.version_number == 3
         assert product.events == []
@@ -52,59 +68,110 @@ def test_an_aggregate_round_trips_with_its_batches_and_lines(engine: Engine) -> 
             ("b-now", None, 10),
             ("b-june", date(2024, 6, 1), 20),
         ]
+        assert product.batch("b-now").available_quantity == 7  # type: ignore[union-attr]
         assert product.batch("b-now").allocations == {OrderLine("o1", "LAMP", 3)}  # type: ignore[union-attr]
-        assert repo.seen == {product}
-        assert repo.get("NOPE") is None
+        assert repository.seen == {product}
+        assert repository.get("NOPE") is None
+        assert repository.get("LAMP") is product  # held for the transaction
 
 
 def test_get_by_batchref_finds_the_owning_product(engine: Engine) -> None:
     save_lamp(engine)
-    with Session(engine) as session:
-        product = SqlAlchemyRepository(session).get_by_batchref("b-june")
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        product = repository.get_by_batchref("b-june")
         assert product is not None and product.sku == "LAMP"
-        assert SqlAlchemyRepository(session).get_by_batchref("nope") is None
+        assert repository.get_by_batchref("nope") is None
 
 
-def test_deallocating_removes_the_stored_line(engine: Engine) -> None:
+def test_totals_are_right_before_any_line_is_loaded(engine: Engine) -> None:
+    product = Product("LAMP", [Batch("b1", "LAMP", 1000, None)])
+    for n in range(200):
+        product.allocate(OrderLine(f"o{n}", "LAMP", 2))
+    save(engine, product)
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        repository.preload(skus=["LAMP"], orderids=["o7"])
+        lamp = repository.get("LAMP")
+        assert lamp is not None
+        batch = lamp.batch("b1")
+        assert batch is not None and batch.available_quantity == 600
+        assert batch.line_for("o7") == OrderLine("o7", "LAMP", 2)  # preloaded
+        assert batch.line_for("o150") == OrderLine("o150", "LAMP", 2)  # loaded on demand
+        assert batch.line_for("nobody") is None
+        assert len(batch.allocations) == 200  # the whole set when asked for
+
+
+def test_line_changes_are_written_and_totals_follow(engine: Engine) -> None:
     save_lamp(engine)
-    with Session(engine) as session:
-        product = SqlAlchemyRepository(session).get("LAMP")
-        assert product is not None
-        product.record_deallocation("o1", "b-now")
-        session.commit()
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        lamp = repository.get("LAMP")
+        assert lamp is not None
+        lamp.record_deallocation("o1", "b-now")
+        lamp.record_allocation(OrderLine("o2", "LAMP", 4), "b-june")
+        lamp.record_allocation(OrderLine("o3", "LAMP", 1), "b-june")
+        lamp.record_allocation(OrderLine("o3", "LAMP", 2), "b-june")  # replaced
+        lamp.add_batch(Batch("b-new", "LAMP", 5, None))
+        lamp.record_allocation(OrderLine("o4", "LAMP", 5), "b-new")
+        lamp.change_batch_quantity("b-now", 8)
+        repository.flush()
     with engine.connect() as connection:
-        assert connection.scalar(select(func.count()).select_from(orm.allocations)) == 0
-        assert connection.scalar(select(func.count()).select_from(orm.order_lines)) == 0
-
-
-def test_get_locks_the_product_row_until_the_transaction_ends(engine: Engine) -> None:
-    save_lamp(engine)
-    lock_probe = text("SELECT sku FROM products WHERE sku = 'LAMP' FOR UPDATE NOWAIT")
-    with Session(engine) as holder:
-        assert SqlAlchemyRepository(holder).get("LAMP") is not None
-        with (
-            engine.connect() as other,
-            pytest.raises(OperationalError, match="could not obtain lock"),
-        ):
-            other.execute(lock_probe)
-        holder.commit()
-    with engine.connect() as other:
-        assert other.execute(lock_probe).scalar() == "LAMP"
-
-
-def test_an_unlocked_concurrent_update_is_refused_by_the_version_number(engine: Engine) -> None:
-    save_lamp(engine)
-    with Session(engine) as first, Session(engine) as second:
-        mine = first.get(Product, "LAMP")  # plain loads: no lock taken
-        theirs = second.get(Product, "LAMP")
-        assert mine is not None and theirs is not None
-        mine.change_batch_quantity("b-now", 5)
-        theirs.change_batch_quantity("b-now", 7)
-        first.commit()
-        with pytest.raises(StaleDataError):
-            second.commit()
-    with engine.connect() as connection:
-        quantity = connection.scalar(
-            select(orm.batches.c.purchased_quantity).where(orm.batches.c.reference == "b-now")
+        assert stored_lines(connection) == {
+            ("b-june", "o2", 4),
+            ("b-june", "o3", 2),
+            ("b-new", "o4", 5),
+        }
+        assert allocated_totals(connection) == {"b-now": 0, "b-june": 6, "b-new": 5}
+        assert connection.scalar(select(orm.products.c.version_number)) == 3 + 7  # one per change
+        quantity = select(orm.batches.c.purchased_quantity).where(
+            orm.batches.c.reference == "b-now"
         )
-        assert quantity == 5
+        assert connection.scalar(quantity) == 8
+
+
+def test_a_second_flush_writes_only_what_changed_since_the_first(engine: Engine) -> None:
+    save_lamp(engine)
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        lamp = repository.get("LAMP")
+        assert lamp is not None
+        lamp.record_allocation(OrderLine("o2", "LAMP", 4), "b-june")
+        repository.flush()
+        lamp.record_deallocation("o2", "b-june")
+        repository.flush()
+        assert stored_lines(connection) == {("b-now", "o1", 3)}
+        assert allocated_totals(connection) == {"b-now": 3, "b-june": 0}
+
+
+def test_an_update_made_behind_the_repositorys_back_is_refused(engine: Engine) -> None:
+    save_lamp(engine)
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        lamp = repository.get("LAMP")
+        assert lamp is not None
+        connection.execute(text("UPDATE products SET version_number = version_number + 1"))
+        lamp.change_batch_quantity("b-now", 5)
+        with pytest.raises(ConcurrentUpdate):
+            repository.flush()
+
+
+@pytest.mark.postgres
+def test_get_locks_the_product_row_until_the_transaction_ends(pg_url: str) -> None:
+    upgrade_database(pg_url)
+    engine = create_engine(pg_url)
+    try:
+        save_lamp(engine)
+        lock_probe = text("SELECT sku FROM products WHERE sku = 'LAMP' FOR UPDATE NOWAIT")
+        with engine.connect() as holder:
+            assert SqlAlchemyRepository(holder).get("LAMP") is not None
+            with (
+                engine.connect() as other,
+                pytest.raises(OperationalError, match="could not obtain lock"),
+            ):
+                other.execute(lock_probe)
+            holder.commit()
+        with engine.connect() as other:
+            assert other.execute(lock_probe).scalar() == "LAMP"
+    finally:
+        engine.dispose()

@@ -22,7 +22,6 @@ pytestmark = pytest.mark.postgres
 @pytest.fixture
 def new_db(pg_url: str) -> str:
     upgrade_database(pg_url)
-    orm.start_mappers()
     return pg_url
 
 
@@ -59,7 +58,7 @@ def test_uncommitted_work_is_rolled_back(uow: SqlAlchemyUnitOfWork) -> None:
 def test_work_is_rolled_back_on_error(uow: SqlAlchemyUnitOfWork) -> None:
     with pytest.raises(ZeroDivisionError), uow:
         uow.products.add(Product("LAMP", [Batch("b1", "LAMP", 10, None)]))
-        uow.session.flush()
+        uow.flush()
         1 / 0  # noqa: B018
     assert batch_refs(uow) == []
 
@@ -72,6 +71,19 @@ def test_a_nested_block_joins_the_outer_transaction(uow: SqlAlchemyUnitOfWork) -
         assert batch_refs(uow) == []  # not visible to other connections yet
         uow.commit()
     assert batch_refs(uow) == ["b1"]
+
+
+def test_callbacks_run_after_the_commit_only(uow: SqlAlchemyUnitOfWork) -> None:
+    ran: list[str] = []
+    with uow:
+        uow.after_commit(lambda: ran.append("rolled back"))
+    with uow:
+        with uow:
+            uow.after_commit(lambda: ran.append("committed"))
+            uow.commit()  # joined: not yet
+        assert ran == []
+        uow.commit()
+    assert ran == ["committed"]
 
 
 def test_write_and_read_model_commit_in_one_transaction(

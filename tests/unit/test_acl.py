@@ -10,7 +10,15 @@ from typing import Any
 
 import pytest
 
-from new_domain.acl import LegacyChange, MalformedChange, UnknownLegacyRow, parse_change, translate
+from new_domain.acl import (
+    Heartbeat,
+    LegacyChange,
+    MalformedChange,
+    UnknownLegacyRow,
+    parse_change,
+    parse_message,
+    translate,
+)
 from new_domain.adapters.legacy_keys import InMemoryLegacyKeys, LegacyLine, LegacyLot
 from new_domain.bootstrap import bootstrap
 from new_domain.domain import commands, events
@@ -259,7 +267,7 @@ def test_positions_are_compared_within_one_capture_install() -> None:
 class TestExactlyOnceEffect:
     def test_a_redelivered_change_has_no_effect(self) -> None:
         uow = InMemoryUnitOfWork()
-        bus = bootstrap(uow=uow, start_orm=False)
+        bus = bootstrap(uow=uow)
         for seq, (table, row) in enumerate(
             [
                 ("prod_catalog", {"prod_id": 3, "prod_code": "LAMP", "descr": None}),
@@ -301,3 +309,60 @@ def test_the_envelopes_used_here_follow_the_published_schema(
     body = envelope(table, op, before, after, seq=3, connector=connector)
     jsonschema.validate(body, schema)
     assert parse_change(body).position == 3
+
+
+class TestRound2Envelopes:
+    def test_a_snapshot_read_of_an_allocation_becomes_sync_allocation(
+        self, keys: InMemoryLegacyKeys
+    ) -> None:
+        translate(change("stock_lot", "c", None, PG_LOT), keys)
+        translate(change("cust_order_line", "r", None, LINE), keys)
+        assert keys.line(11) == LegacyLine("order-1", "LAMP", 4)
+        assert translate(change("lot_allocation", "r", None, ALLOCATION), keys) == [
+            commands.SyncAllocation("order-1", "LAMP", 4, "batch-7")
+        ]
+
+    def test_a_snapshot_read_of_a_new_lot_creates_the_batch(self, keys: InMemoryLegacyKeys) -> None:
+        assert translate(change("stock_lot", "r", None, PG_LOT), keys) == [
+            commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1))
+        ]
+
+    @pytest.mark.parametrize("message_type", ["heartbeat", "change"])
+    def test_heartbeats_are_known_by_amqp_type_or_by_body(self, message_type: str) -> None:
+        body = json.dumps(
+            {
+                "type": "heartbeat",
+                "ts_ms": 1714557600500,
+                "source": {"version": "0.1.0", "connector": "postgresql", "name": "n", "db": "d"},
+                "last_commit_ts_ms": 1714557600000,
+                "last_seq": 41,
+            }
+        )
+        parsed = parse_message(body, f"{INSTALL}:hb:1714557600500", message_type)
+        assert parsed == Heartbeat("n/d", 1714557600500, 1714557600000)
+
+    def test_a_heartbeat_by_type_needs_no_readable_body(self) -> None:
+        assert parse_message(b"{}", "hb-1", "heartbeat") == Heartbeat("-/-", None, None)
+
+    def test_the_transaction_block_says_where_a_legacy_transaction_ends(self) -> None:
+        body = envelope("stock_lot", "c", None, PG_LOT)
+        assert parse_change(body).ends_transaction  # no block: every change stands alone
+        for last in (False, True):
+            body["transaction"] = {
+                "id": "7781",
+                "total_order": 1,
+                "data_collection_order": 1,
+                "last": last,
+            }
+            assert parse_change(body).ends_transaction is last
+
+    def test_snapshot_reads_share_the_stream_of_their_install(self) -> None:
+        body = envelope("stock_lot", "r", None, PG_LOT, seq=12)
+        body["source"]["snapshot"] = "last"
+        assert parse_change(body, f"{INSTALL}:snapshot:12").stream == (
+            f"legacy-shop/shop/{INSTALL}"
+        )
+
+    def test_commit_time_and_source_are_read(self) -> None:
+        parsed = parse_change(envelope("stock_lot", "c", None, PG_LOT))
+        assert (parsed.source, parsed.committed_at_ms) == ("legacy-shop/shop", 1714557600000)

@@ -158,3 +158,46 @@ def test_record_deallocation_of_a_line_not_held_reports_it() -> None:
         events.Deallocated("o1", "LAMP", "b1"),
     ]
     assert product.version_number == 1
+
+
+# -- snapshot reads: idempotent upserts ------------------------------------------------
+
+
+def test_syncing_an_allocation_already_held_changes_nothing() -> None:
+    product = Product("LAMP", [Batch("b1", "LAMP", 10, None)])
+    product.record_allocation(OrderLine("o1", "LAMP", 2), "b1")
+    product.events.clear()
+    version = product.version_number
+    product.sync_allocation(OrderLine("o1", "LAMP", 2), "b1")
+    assert product.events == []
+    assert product.version_number == version
+
+
+def test_syncing_an_allocation_held_elsewhere_moves_it() -> None:
+    product = Product("LAMP", [Batch("b1", "LAMP", 10, None), Batch("b2", "LAMP", 10, None)])
+    product.record_allocation(OrderLine("o1", "LAMP", 2), "b1")
+    product.events.clear()
+    product.sync_allocation(OrderLine("o1", "LAMP", 3), "b2")
+    assert product.events == [
+        events.Deallocated("o1", "LAMP", "b1"),
+        events.Allocated("o1", "LAMP", 3, "b2"),
+    ]
+    assert product.batch("b1").allocations == frozenset()  # type: ignore[union-attr]
+    assert product.batch("b2").allocated_quantity == 3  # type: ignore[union-attr]
+
+
+def test_setting_the_quantity_a_batch_has_is_no_change() -> None:
+    product = Product("LAMP", [Batch("b1", "LAMP", 10, None)], version_number=1)
+    product.change_batch_quantity("b1", 10)
+    assert product.events == [] and product.version_number == 1
+
+
+def test_a_batch_holds_one_line_per_order_and_knows_its_total() -> None:
+    batch = Batch("b1", "LAMP", 10, None)
+    batch.allocate(OrderLine("o1", "LAMP", 2))
+    batch.allocate(OrderLine("o1", "LAMP", 3))  # the order holds a line here already
+    batch.record(OrderLine("o2", "LAMP", 4))
+    batch.record(OrderLine("o2", "LAMP", 1))  # replaces o2's line
+    assert batch.allocations == {OrderLine("o1", "LAMP", 2), OrderLine("o2", "LAMP", 1)}
+    assert batch.allocated_quantity == 3
+    assert batch.line_for("o2") == OrderLine("o2", "LAMP", 1)

@@ -26,7 +26,7 @@ def uow() -> FakeUnitOfWork:
 
 @pytest.fixture
 def bus(uow: FakeUnitOfWork) -> MessageBus:
-    return bootstrap(uow=uow, start_orm=False)
+    return bootstrap(uow=uow)
 
 
 @pytest.fixture

@@ -1,0 +1,152 @@
+"""The outbox relay: publishes the domain events in ``outbox`` to ``new_domain.events``.
+
+Each round takes the oldest unpublished rows (locked on PostgreSQL, so a second relay
+waits rather than publishing them too), publishes them with publisher confirms, and
+marks them published in the same transaction. A crash after the broker confirmed but
+before the commit publishes those rows again with the same ``message_id``: delivery
+is at least once, duplicates carry the id a subscriber deduplicates by. Rows are
+published in the order they were written.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from datetime import timedelta
+
+from sqlalchemy.engine import Engine
+
+from broker import Broker, BrokerError, Message
+from new_domain import metrics
+from new_domain.adapters.database import describe_error, is_transient
+from new_domain.adapters.outbox import (
+    EVENTS_EXCHANGE,
+    mark_published,
+    prune_published,
+    unpublished,
+)
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BATCH_SIZE = 1000
+
+
+class OutboxRelay:
+    """Relays the outbox of the new database to the broker. One thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        broker_factory: Callable[[], Broker],
+        *,
+        exchange: str = EVENTS_EXCHANGE,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        poll_interval: float = 0.1,
+        retention: timedelta | None = timedelta(days=7),
+        reconnect_delay: float = 1.0,
+    ) -> None:
+        self.engine = engine
+        self.broker_factory = broker_factory
+        self.exchange = exchange
+        self.batch_size = batch_size
+        self.poll_interval = poll_interval
+        self.retention = retention
+        self.reconnect_delay = reconnect_delay
+        self._broker: Broker | None = None
+        self.published = 0
+
+    def run(self, stop: threading.Event) -> None:
+        """Publish until ``stop`` is set, polling when there is nothing to publish."""
+        delay = self.reconnect_delay
+        rounds = 0
+        try:
+            while not stop.is_set():
+                try:
+                    count = self.run_once()
+                    delay = self.reconnect_delay
+                except BrokerError as error:
+                    logger.warning("outbox relay: broker unavailable (%s)", error)
+                    self._disconnect()
+                except Exception as error:
+                    if is_transient(error):
+                        reason = describe_error(error)
+                        logger.warning("outbox relay: database unavailable (%s)", reason)
+                    else:
+                        logger.exception("outbox relay failed")
+                    self._disconnect()
+                else:
+                    rounds += 1
+                    if rounds % 600 == 0:
+                        self.prune()
+                    if count < self.batch_size:
+                        stop.wait(self.poll_interval)
+                    continue
+                stop.wait(delay)
+                delay = min(delay * 2, 30.0)
+        finally:
+            self._disconnect()
+
+    def run_once(self) -> int:
+        """Publish one batch of unpublished events; how many were published."""
+        broker = self._connected()
+        with self.engine.begin() as connection:
+            rows = unpublished(connection, self.batch_size)
+            if not rows:
+                return 0
+            broker.publish(
+                self.exchange,
+                [
+                    Message(
+                        routing_key=row.routing_key,
+                        body=row.body.encode(),
+                        message_id=row.message_id,
+                        type=row.event_type,
+                        headers={"x-event-type": row.event_type},
+                    )
+                    for row in rows
+                ],
+            )
+            mark_published(connection, [row.id for row in rows])
+        metrics.EVENTS_PUBLISHED.inc(len(rows))
+        self.published += len(rows)
+        logger.debug("published %d domain events", len(rows))
+        return len(rows)
+
+    def drain(self) -> int:
+        """Publish until nothing is left; how many were published."""
+        total = 0
+        while count := self.run_once():
+            total += count
+        return total
+
+    def prune(self) -> None:
+        """Delete rows published longer ago than ``retention``."""
+        if self.retention is None:
+            return
+        with self.engine.begin() as connection:
+            pruned = prune_published(connection, self.retention)
+        if pruned:
+            logger.info("pruned %d published outbox rows", pruned)
+
+    def close(self) -> None:
+        self._disconnect()
+
+    def _connected(self) -> Broker:
+        if self._broker is None:
+            broker = self.broker_factory()
+            try:
+                broker.declare_exchange(self.exchange)
+            except BaseException:
+                broker.close()
+                raise
+            self._broker = broker
+        return self._broker
+
+    def _disconnect(self) -> None:
+        broker, self._broker = self._broker, None
+        if broker is not None:
+            try:
+                broker.close()
+            except Exception:  # noqa: BLE001 - already broken
+                logger.debug("closing the broker failed", exc_info=True)

@@ -1,0 +1,106 @@
+"""``strangler status`` and ``strangler anomalies``."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime
+
+import click
+from sqlalchemy.exc import SQLAlchemyError
+
+import broker
+from new_domain.adapters.anomalies import anomaly_counts, latest_anomalies
+from new_domain.adapters.database import create_engine, safe_url
+from new_domain.adapters.dead_letters import DEAD, SqlAlchemyDeadLetters
+from new_domain.adapters.outbox import backlog
+from new_domain.adapters.progress import read_progress
+from new_domain.entrypoints.options import (
+    broker_url_option,
+    first_line,
+    new_db_url_option,
+    queue_option,
+    require_amqp,
+    require_current_schema,
+)
+
+
+@click.command()
+@new_db_url_option
+@broker_url_option
+@queue_option
+def status(new_db_url: str, broker_url: str, queue: str) -> None:
+    """End-to-end lag, queue depth, dead letters, outbox and anomalies.
+
+    Exits non-zero when the new database is not migrated or the broker is unreachable.
+    """
+    require_amqp(broker_url)
+    logging.getLogger("pika").setLevel(logging.WARNING)
+    require_current_schema(new_db_url)
+    now = datetime.now(UTC)
+    engine = create_engine(new_db_url)
+    try:
+        with engine.connect() as connection:
+            progress = read_progress(connection)
+            dead = SqlAlchemyDeadLetters(connection).count(DEAD)
+            waiting = backlog(connection)
+            kinds = anomaly_counts(connection)
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"cannot read the new database: {first_line(error)}") from error
+    finally:
+        engine.dispose()
+    click.echo(f"new database    {safe_url(new_db_url)} (migrated)")
+    lags = [(p, p.lag_seconds(now)) for p in progress]
+    known = [lag for _, lag in lags if lag is not None]
+    if known:
+        click.echo(f"lag             {max(known):.1f} s behind legacy")
+    else:
+        click.echo("lag             unknown (nothing applied yet)")
+    for p, lag in lags:
+        as_of = p.current_as_of.isoformat(timespec="seconds") if p.current_as_of else "-"
+        shown = "-" if lag is None else f"{lag:.1f} s"
+        click.echo(
+            f"  {p.source}: {shown} (legacy as of {as_of},"
+            f" applied {p.applied_at.isoformat(timespec='seconds')})"
+        )
+    click.echo(f"outbox          {waiting} event(s) not published yet")
+    total = sum(kinds.values())
+    detail = ", ".join(f"{kind} {count}" for kind, count in kinds.items())
+    click.echo(f"anomalies       {total}" + (f" ({detail})" if detail else ""))
+    try:
+        connection_ = broker.connect(broker_url)
+        try:
+            depth = connection_.queue_depth(queue)
+            dead_depth = connection_.queue_depth(f"{queue}.dlq")
+        finally:
+            connection_.close()
+    except broker.BrokerError as error:
+        click.echo(f"dead letters    {dead} in the new database")
+        raise click.ClickException(f"cannot read queue {queue}: {error}") from error
+    click.echo(f"queue           {queue}: {depth} message(s) waiting")
+    click.echo(f"dead letters    {dead_depth} in {queue}.dlq ({dead} dead in the new database)")
+
+
+@click.command()
+@new_db_url_option
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--kind", default=None, help="Only anomalies of this kind.")
+def anomalies(new_db_url: str, limit: int, kind: str | None) -> None:
+    """Legacy facts that broke a new-domain invariant (kept, and recorded here)."""
+    require_current_schema(new_db_url)
+    engine = create_engine(new_db_url)
+    try:
+        with engine.connect() as connection:
+            counts = anomaly_counts(connection)
+            rows = latest_anomalies(connection, limit, kind)
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"cannot read the new database: {first_line(error)}") from error
+    finally:
+        engine.dispose()
+    for row in rows:
+        click.echo(
+            f"{row.recorded_at.isoformat(timespec='seconds')}  {row.kind}  {row.sku or '-'}"
+            f"  {row.detail}  [{row.message_id or '-'}]"
+        )
+    total = sum(counts.values())
+    detail = ", ".join(f"{k} {n}" for k, n in counts.items())
+    click.echo(f"{total} anomal{'y' if total == 1 else 'ies'}" + (f": {detail}" if detail else ""))
