@@ -1,0 +1,241 @@
+"""The kit's own processes (``strangler ...``), started, watched and stopped by a benchmark."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TypeVar
+
+T = TypeVar("T")
+
+STRANGLER = shutil.which("strangler", path=str(Path(sys.executable).parent)) or "strangler"
+
+
+_PROBLEM = re.compile(r" (WARNING|ERROR|CRITICAL) ")
+_EXPECTED = re.compile(r"Channel\.Close \(404\)")  # the broker adapter's passive declares
+
+
+class BenchmarkFailed(Exception):
+    """The benchmark could not produce its figures (a process died, a deadline passed)."""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def wait_for(
+    condition: Callable[[], T | None], timeout: float, what: str, interval: float = 0.05
+) -> T:
+    """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s.
+
+    A :class:`BenchmarkFailed` raised by ``condition`` ends the wait at once.
+    """
+    deadline = time.monotonic() + timeout
+    last_error: Exception | None = None
+    while True:
+        try:
+            result = condition()
+            if result:
+                return result
+        except BenchmarkFailed:
+            raise
+        except Exception as exc:  # noqa: BLE001 - keep polling, report the last one
+            last_error = exc
+        if time.monotonic() >= deadline:
+            detail = f" (last error: {last_error})" if last_error else ""
+            raise BenchmarkFailed(f"timed out after {timeout:g} s waiting for {what}{detail}")
+        time.sleep(interval)
+
+
+@dataclass
+class Finished:
+    """How a process ended: exit code and its peak resident set size.
+
+    The peak is the highest ``VmHWM`` of ``/proc/<pid>/status`` sampled while it ran
+    (``ru_maxrss`` would count the copy of this process the child was before ``exec``).
+    """
+
+    returncode: int
+    peak_rss_bytes: int
+
+
+class Processes:
+    """Long-running processes with their logs in ``logs``; each in its own process group.
+
+    With ``profile_dir``, ``strangler`` processes started with ``profile=True`` run under
+    pyinstrument and leave ``<name>.pyinstrument.txt`` there when they stop.
+    """
+
+    def __init__(
+        self, logs: Path, env: dict[str, str], profile_dir: Path | None = None
+    ) -> None:
+        self.logs = logs
+        self.env = {**os.environ, **env}
+        self.profile_dir = profile_dir
+        self.procs: dict[str, subprocess.Popen[bytes]] = {}
+        self.finished: dict[str, Finished] = {}
+        self._peak_rss: dict[str, int] = {}
+
+    def strangler(
+        self, name: str, *args: str, profile: bool = False
+    ) -> subprocess.Popen[bytes]:
+        """Start ``strangler ARGS`` (optionally under pyinstrument)."""
+        command = [STRANGLER, *args]
+        if profile and self.profile_dir is not None:
+            self.profile_dir.mkdir(parents=True, exist_ok=True)
+            report = self.profile_dir / f"{name}.pyinstrument.txt"
+            command = [
+                sys.executable, "-m", "pyinstrument", "-r", "text", "-o", str(report),
+                STRANGLER, *args,
+            ]  # fmt: skip
+        return self.start(name, command)
+
+    def start(self, name: str, command: Sequence[str]) -> subprocess.Popen[bytes]:
+        with (self.logs / f"{name}.log").open("wb") as log:
+            proc = subprocess.Popen(
+                list(command), env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )  # fmt: skip
+        self.procs[name] = proc
+        return proc
+
+    def check_running(self, *names: str) -> None:
+        """Raise :class:`BenchmarkFailed` if one of ``names`` (default: all) has exited."""
+        for name in names or tuple(self.procs):
+            self.sample_rss(name)
+            finished = self._reap(name)
+            if finished is not None:
+                raise BenchmarkFailed(
+                    f"{name} exited with {finished.returncode}:\n{self.log_tail(name)}"
+                )
+
+    def log_problems(self, name: str) -> list[str]:
+        """WARNING and ERROR lines the process logged (a lost broker connection, a
+        database retry...): the figures of a disturbed run are not comparable."""
+        try:
+            text = (self.logs / f"{name}.log").read_text(errors="replace")
+        except OSError:
+            return []
+        return [
+            line[:300]
+            for line in text.splitlines()
+            if _PROBLEM.search(line) and not _EXPECTED.search(line)
+        ]
+
+    def log_tail(self, name: str, chars: int = 3000) -> str:
+        return (self.logs / f"{name}.log").read_text(errors="replace")[-chars:]
+
+    def run(self, name: str, command: Sequence[str], timeout: float) -> Finished:
+        """Run ``command`` to completion; its exit code and peak RSS."""
+        self.start(name, command)
+        return self.wait(name, timeout)
+
+    def wait(self, name: str, timeout: float) -> Finished:
+        """Wait for a process to exit by itself (stopped after ``timeout``)."""
+        deadline = time.monotonic() + timeout
+        while (finished := self._reap(name)) is None:
+            self.sample_rss(name)
+            if time.monotonic() >= deadline:
+                self.stop(name)
+                raise BenchmarkFailed(
+                    f"{name} did not finish within {timeout:g} s:\n{self.log_tail(name)}"
+                )
+            time.sleep(0.02)
+        return finished
+
+    def stop(self, name: str, timeout: float = 30.0) -> Finished:
+        """SIGTERM the process group, SIGKILL it after ``timeout``; how it ended."""
+        finished = self._reap(name)
+        if finished is not None:
+            return finished
+        pid = self.procs[name].pid
+        self.sample_rss(name)
+        _signal_group(pid, signal.SIGTERM)
+        deadline = time.monotonic() + timeout
+        while (finished := self._reap(name)) is None:
+            if time.monotonic() >= deadline:
+                _signal_group(pid, signal.SIGKILL)
+                deadline = time.monotonic() + timeout
+            time.sleep(0.02)
+        return finished
+
+    def stop_all(self) -> None:
+        """Stop every process, then kill whatever is left in their process groups
+        (workers whose master died first)."""
+        for name in list(self.procs):
+            self.stop(name)
+            _signal_group(self.procs[name].pid, signal.SIGKILL)
+
+    def cpu_seconds(self, name: str) -> float:
+        """CPU time (user + system) used so far by the live processes of ``name``'s
+        process group (a gunicorn master and its workers, for instance)."""
+        group = self.procs[name].pid
+        ticks = 0
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except (OSError, IndexError):
+                continue  # the process ended meanwhile
+            if int(fields[2]) == group:  # pgrp; fields[0] is the state
+                ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def sample_rss(self, name: str) -> None:
+        """Note the process's peak RSS so far (``VmHWM``)."""
+        try:
+            status = Path(f"/proc/{self.procs[name].pid}/status").read_text()
+        except OSError:
+            return
+        for line in status.splitlines():
+            if line.startswith("VmHWM:"):
+                peak = int(line.split()[1]) * 1024
+                self._peak_rss[name] = max(peak, self._peak_rss.get(name, 0))
+
+    def _reap(self, name: str) -> Finished | None:
+        """How ``name`` ended, or None while it runs."""
+        if name in self.finished:
+            return self.finished[name]
+        proc = self.procs[name]
+        pid, status = os.waitpid(proc.pid, os.WNOHANG)
+        if not pid:
+            return None
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        finished = Finished(proc.returncode, self._peak_rss.get(name, 0))
+        self.finished[name] = finished
+        return finished
+
+
+def _signal_group(pid: int, sig: signal.Signals) -> None:
+    with suppress(ProcessLookupError):
+        os.killpg(pid, sig)
+
+
+@contextmanager
+def processes(
+    logs: Path, env: dict[str, str], profile_dir: Path | None = None
+) -> Iterator[Processes]:
+    procs = Processes(logs, env, profile_dir)
+    try:
+        yield procs
+    finally:
+        procs.stop_all()
+
+
+def strangler_has_command(*words: str) -> bool:
+    """True when ``strangler WORDS --help`` exists (e.g. ``bridge snapshot``)."""
+    result = subprocess.run(
+        [STRANGLER, *words, "--help"], capture_output=True, text=True, timeout=60
+    )
+    return result.returncode == 0

@@ -1,0 +1,50 @@
+"""The benchmarks, in the order ``make bench`` runs them, with their full and smoke sizes.
+
+Each lives in ``bench/<name>.py`` with ``run(ctx, size) -> Result``, imported only when
+it runs: a package that fails to import fails its benchmarks, not the whole suite.
+"""
+
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass
+
+from bench.context import Context
+from bench.report import Result
+
+
+@dataclass(frozen=True)
+class Benchmark:
+    name: str
+    title: str
+    size_unit: str
+    full_size: int
+    smoke_size: int
+
+    def run(self, ctx: Context, size: int) -> Result:
+        module = importlib.import_module(f"bench.{self.name}")
+        result: Result = module.run(ctx, size)
+        result.title = self.title
+        return result
+
+
+BENCHMARKS: tuple[Benchmark, ...] = (
+    Benchmark("pipeline_throughput",
+              "captured backlog -> read model, vs raw pika with streamed confirms",
+              "changes", 100_000, 300),
+    Benchmark("lag", "legacy commit -> visible in the read model at a steady rate",
+              "seconds at the steady rate", 60, 2),
+    Benchmark("capture_overhead",
+              "single-row committed transactions, capture installed vs not (PostgreSQL)",
+              "transactions per variant", 20_000, 200),
+    Benchmark("facade_overhead",
+              "legacy route through the facade vs direct (gunicorn, 2 workers each)",
+              "seconds per load phase", 20, 1),
+    Benchmark("read_path",
+              "GET /allocations/<orderid>: new read model (via facade) vs legacy endpoint",
+              "allocations in each database", 1_000_000, 2_000),
+    Benchmark("snapshot", "strangler bridge snapshot + relay over legacy rows",
+              "legacy rows", 1_000_000, 2_000),
+)  # fmt: skip
+
+BY_NAME = {benchmark.name: benchmark for benchmark in BENCHMARKS}
