@@ -6,6 +6,7 @@ Public API:
   row triggers) in the legacy database; idempotent. Returns an :class:`InstallResult`.
 - :func:`uninstall`: remove everything install added (refuses while changes are not
   published, unless ``force``).
+- :func:`stop_capture`: stop capturing some tables, keeping the others and the relay.
 - :func:`snapshot`: queue the existing rows of captured tables as op ``r`` events,
   in resumable primary-key chunks.
 - :func:`bridge_status`: pending changes, checkpoint, throughput (:class:`BridgeStatus`).
@@ -25,8 +26,10 @@ from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
 from legacy_bridge.installer import (
     DEFAULT_TABLES,
     InstallResult,
+    StopResult,
     UninstallResult,
     install,
+    stop_capture,
     uninstall,
 )
 from legacy_bridge.relay import Relay
@@ -41,11 +44,13 @@ __all__ = [
     "CapturedTable",
     "InstallResult",
     "Relay",
+    "StopResult",
     "TableSnapshot",
     "UninstallResult",
     "UnknownTable",
     "bridge_status",
     "install",
     "snapshot",
+    "stop_capture",
     "uninstall",
 ]

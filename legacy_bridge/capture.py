@@ -74,6 +74,9 @@ class CaptureDialect(Protocol):
         """Drop every trigger and helper object install created; return what was dropped
         (the shared tables are dropped by the caller)."""
 
+    def remove_triggers(self, conn: Connection, table: str) -> list[str]:
+        """Drop the capture triggers of one table; return what was dropped."""
+
     def lock_claims(self, conn: Connection) -> None:
         """Serialise claiming with any other relay until this transaction ends."""
 

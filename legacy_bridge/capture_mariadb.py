@@ -171,6 +171,15 @@ class MariadbCapture:
             dropped.append(f"sequence {SEQUENCE}")
         return dropped
 
+    def remove_triggers(self, conn: Connection, table: str) -> list[str]:
+        quote = conn.dialect.identifier_preparer.quote
+        dropped = []
+        for event, _ in _EVENTS:
+            name = object_name(table, event)
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {quote(name)}")
+            dropped.append(f"trigger {name}")
+        return dropped
+
     def lock_claims(self, conn: Connection) -> None:
         conn.execute(sql.text(f"SELECT install_id FROM {STATE_TABLE} FOR UPDATE"))
 

@@ -153,6 +153,13 @@ class PostgresCapture:
             dropped.append(f"function {FUNCTION}")
         return dropped
 
+    def remove_triggers(self, conn: Connection, table: str) -> list[str]:
+        quote = conn.dialect.identifier_preparer.quote
+        conn.exec_driver_sql(
+            f"DROP TRIGGER IF EXISTS {quote(TRIGGER)} ON {self._schema(conn)}.{quote(table)}"
+        )
+        return [f"trigger {TRIGGER} on {table}"]
+
     def lock_claims(self, conn: Connection) -> None:
         # an advisory lock, unlike a row lock, does not spend a transaction id
         conn.execute(sql.text("SELECT pg_advisory_xact_lock(:key)"), {"key": _CLAIM_LOCK_KEY})

@@ -121,6 +121,15 @@ class SqliteCapture:
             dropped.append(f"table {GROUP_TABLE}")
         return dropped
 
+    def remove_triggers(self, conn: Connection, table: str) -> list[str]:
+        quote = conn.dialect.identifier_preparer.quote
+        dropped = []
+        for event, _ in _EVENTS:
+            name = object_name(table, event, limit=1000)
+            conn.exec_driver_sql(f"DROP TRIGGER IF EXISTS {quote(name)}")
+            dropped.append(f"trigger {name}")
+        return dropped
+
     def lock_claims(self, conn: Connection) -> None:
         # takes SQLite's write lock until this transaction ends, and closes the commit
         # group: every row stamped with an older group is committed and complete

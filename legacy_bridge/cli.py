@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from broker import Broker, BrokerError, connect, is_in_process
 from legacy_bridge.errors import BridgeError
-from legacy_bridge.installer import DEFAULT_TABLES, install, uninstall
+from legacy_bridge.installer import DEFAULT_TABLES, install, stop_capture, uninstall
 from legacy_bridge.relay import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXCHANGE,
@@ -79,7 +79,10 @@ def bridge() -> None:
     "--tables",
     default=None,
     metavar="T1,T2",
-    help=f"Comma-separated tables to capture [default: {','.join(DEFAULT_TABLES)}].",
+    help=(
+        "Comma-separated tables to capture [default: the tables captured already; on a "
+        f"first install {','.join(DEFAULT_TABLES)}]."
+    ),
 )
 @click.option(
     "--server-name",
@@ -211,15 +214,34 @@ def status_command(as_json: bool, legacy_db_url: str) -> None:
 
 @bridge.command("uninstall")
 @click.option(
+    "--tables",
+    metavar="T1,T2",
+    help="Only stop capturing these tables; the others, the relay and its state stay.",
+)
+@click.option(
     "--force", is_flag=True, help="Also when captured changes are not published yet."
 )
 @_LEGACY_DB_URL
-def uninstall_command(force: bool, legacy_db_url: str) -> None:
-    """Remove change capture (stop the relay first).
+def uninstall_command(tables: str | None, force: bool, legacy_db_url: str) -> None:
+    """Remove change capture (stop the relay first), or stop capturing some tables.
 
-    Drops the capture triggers, functions, sequences and the bridge's tables. Refuses
-    while captured changes are not confirmed by the broker, unless --force.
+    Without --tables: drops the capture triggers, functions, sequences and the bridge's
+    tables; refuses while captured changes are not confirmed by the broker, unless
+    --force. With --tables: drops those tables' triggers only, while the relay keeps
+    running; their changes captured so far are still published.
     """
+    names = _table_names(tables)
+    if names is not None:
+        if force:
+            raise click.UsageError("--force applies to a full uninstall, not to --tables")
+        stopped = _guarded(lambda: stop_capture(legacy_db_url, names))
+        click.echo(
+            f"stopped capturing {', '.join(stopped.tables)} in {stopped.connector} database "
+            f"{stopped.database!r}; still captured: {', '.join(stopped.still_captured)}"
+        )
+        for item in stopped.dropped:
+            click.echo(f"  dropped {item}")
+        return
     result = _guarded(lambda: uninstall(legacy_db_url, force=force))
     click.echo(
         f"removed change capture from {result.connector} database {result.database!r}"

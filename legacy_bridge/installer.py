@@ -13,11 +13,12 @@ from legacy_bridge.capture import CapturedTable, dialect_for
 from legacy_bridge.change_log import backlog
 from legacy_bridge.database import make_engine
 from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
-from legacy_bridge.registry import record, reflect
+from legacy_bridge.registry import forget, record, reflect, registered
 from legacy_bridge.tables import (
     ADDED_CHANGE_COLUMNS,
     ADDED_STATE_COLUMNS,
     BRIDGE_TABLES,
+    CAPTURE_TABLE,
     CHANGE_TABLE,
     STATE_TABLE,
     change,
@@ -60,6 +61,8 @@ def install(
 ) -> InstallResult:
     """Install (or refresh, or upgrade) change capture for ``tables``.
 
+    Without ``tables``: the tables captured already (a refresh), or on a first install
+    :data:`DEFAULT_TABLES`; a table whose capture was stopped comes back only when named.
     Creates the bridge's tables if missing (adding columns an older install lacks), then
     replaces the row triggers of each table and records its columns. A re-install keeps
     the install id, the checkpoint and every captured change; it updates the server name
@@ -67,14 +70,14 @@ def install(
     table cannot be captured. One transaction on PostgreSQL and SQLite; on MariaDB DDL
     commits as it goes, and running install again completes an interrupted one.
     """
-    names = tuple(tables) if tables is not None else DEFAULT_TABLES
-    if not names:
+    if tables is not None and not tables:
         raise UnknownTable("no tables to capture")
     engine, owned = make_engine(legacy_db_url)
     try:
         with engine.begin() as conn:
             dialect = dialect_for(conn)
             schema = dialect.schema_name(conn)
+            names = tuple(tables) if tables is not None else _captured_or_default(conn, schema)
             captured = [reflect(conn, name, schema) for name in dict.fromkeys(names)]
             for table in BRIDGE_TABLES:
                 table.create(conn, checkfirst=True)
@@ -139,6 +142,73 @@ def uninstall(legacy_db_url: str | Engine, force: bool = False) -> UninstallResu
     finally:
         if owned:
             engine.dispose()
+
+
+@dataclass(frozen=True)
+class StopResult:
+    """What :func:`stop_capture` removed."""
+
+    connector: str
+    database: str
+    tables: tuple[str, ...]
+    dropped: tuple[str, ...]
+    still_captured: tuple[str, ...]
+
+
+def stop_capture(legacy_db_url: str | Engine, tables: Sequence[str]) -> StopResult:
+    """Stop capturing ``tables``; every other captured table, the relay's state and the
+    change table stay as they are.
+
+    Changes of those tables captured before this call stay in the change table and are
+    published by the relay like any other; none is captured after it (the triggers are
+    dropped in the same transaction that forgets the tables, on PostgreSQL and SQLite;
+    MariaDB commits each DROP TRIGGER as it goes, and running this again completes it).
+    Raises :class:`UnknownTable` for a table that is not captured, and
+    :class:`BridgeError` when no table would be left (use :func:`uninstall`).
+    """
+    names = tuple(dict.fromkeys(tables))
+    if not names:
+        raise UnknownTable("no tables to stop capturing")
+    engine, owned = make_engine(legacy_db_url)
+    try:
+        with engine.begin() as conn:
+            dialect = dialect_for(conn)
+            schema = dialect.schema_name(conn)
+            if not inspect(conn).has_table(CAPTURE_TABLE, schema=schema):
+                raise BridgeNotInstalled(
+                    "change capture is not installed in this database (run 'strangler bridge "
+                    "install')"
+                )
+            captured = [entry.table.name for entry in registered(conn, schema)]
+            unknown = [name for name in names if name not in captured]
+            if unknown:
+                raise UnknownTable(
+                    f"not captured: {', '.join(unknown)} (captured: {', '.join(captured)})"
+                )
+            remaining = tuple(name for name in captured if name not in names)
+            if not remaining:
+                raise BridgeError(
+                    "that would leave no table captured: run 'strangler bridge uninstall' "
+                    "without --tables to remove change capture entirely"
+                )
+            dropped: list[str] = []
+            for name in names:
+                dropped.extend(dialect.remove_triggers(conn, name))
+                forget(conn, name)
+            return StopResult(
+                dialect.connector, dialect.database_name(conn), names, tuple(dropped), remaining
+            )
+    finally:
+        if owned:
+            engine.dispose()
+
+
+def _captured_or_default(conn: Connection, schema: str | None) -> tuple[str, ...]:
+    if inspect(conn).has_table(CAPTURE_TABLE, schema=schema):
+        names = tuple(entry.table.name for entry in registered(conn, schema))
+        if names:
+            return names
+    return DEFAULT_TABLES
 
 
 def _add_missing_columns(

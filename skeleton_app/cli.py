@@ -27,6 +27,10 @@ def cli(verbose: bool) -> None:
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
     )
+    if not verbose:
+        # pika logs every failed connection attempt at ERROR with a traceback; the
+        # bridge and the consumer log one WARNING line per attempt with the cause
+        logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
 for command in (

@@ -126,7 +126,6 @@ def consume(
     domain events the changes raise to --events-exchange.
     """
     require_amqp(broker_url)
-    logging.getLogger("pika").setLevel(logging.WARNING)  # one line per connection is enough
     require_current_schema(new_db_url)
     if metrics_port is not None:
         from prometheus_client import start_http_server

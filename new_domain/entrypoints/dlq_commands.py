@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from typing import Any
 
 import click
@@ -33,7 +32,6 @@ def dlq() -> None:
 def list_(broker_url: str, queue: str, limit: int) -> None:
     """Show the dead letters with why they failed (they stay in the queue)."""
     require_amqp(broker_url)
-    logging.getLogger("pika").setLevel(logging.WARNING)
     dead_letter_queue = f"{queue}.dlq"
     connection = _connect(broker_url)
     try:
@@ -67,7 +65,6 @@ def replay_(new_db_url: str, broker_url: str, queue: str, ids: tuple[str, ...], 
     changes were; one that fails again returns to the queue with the new reason.
     """
     require_amqp(broker_url)
-    logging.getLogger("pika").setLevel(logging.WARNING)
     require_current_schema(new_db_url)
     bus = bootstrap(new_db_url)
     connection = _connect(broker_url)

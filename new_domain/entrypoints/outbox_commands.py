@@ -51,7 +51,6 @@ def relay(
     """Publish the outbox's domain events (Allocated, Deallocated, BatchQuantityChanged)
     to the events exchange with publisher confirms, each once per state change."""
     require_amqp(broker_url)
-    logging.getLogger("pika").setLevel(logging.WARNING)
     require_current_schema(new_db_url)
     engine = create_engine(new_db_url, for_writes=True)
     outbox_relay = OutboxRelay(

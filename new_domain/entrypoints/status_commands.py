@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from datetime import UTC, datetime
 
 import click
@@ -34,7 +33,6 @@ def status(new_db_url: str, broker_url: str, queue: str) -> None:
     Exits non-zero when the new database is not migrated or the broker is unreachable.
     """
     require_amqp(broker_url)
-    logging.getLogger("pika").setLevel(logging.WARNING)
     require_current_schema(new_db_url)
     now = datetime.now(UTC)
     engine = create_engine(new_db_url)

@@ -22,6 +22,7 @@ from tests.unit.test_bridge_contract import (
     add_product,
     bodies,
     change_count,
+    check_stop_capture_of_one_table,
     create_legacy_schema,
     drain_relay,
     envelope_validator,
@@ -239,3 +240,9 @@ def test_uninstall_removes_triggers_sequence_and_tables(engine: Engine, broker: 
         ).scalars()
         assert list(left) == [0, 0]
     add_product(engine, 2, "SKU-2")
+
+
+def test_capture_of_one_table_stops_while_the_rest_carries_on(
+    engine: Engine, broker: Broker
+) -> None:
+    check_stop_capture_of_one_table(engine, broker, QUEUE)

@@ -23,6 +23,7 @@ from tests.unit.test_bridge_contract import (
     add_lot,
     add_product,
     bodies,
+    check_stop_capture_of_one_table,
     create_legacy_schema,
     drain_relay,
     publish_available,
@@ -291,3 +292,9 @@ def test_status_and_uninstall(engine: Engine, broker: Broker, relay: Relay) -> N
         ).scalars()
         assert list(leftovers) == [0, 0, 0]
         conn.execute(text("INSERT INTO prod_catalog (prod_id, prod_code) VALUES (2, 'B')"))
+
+
+def test_capture_of_one_table_stops_while_the_rest_carries_on(
+    engine: Engine, broker: Broker
+) -> None:
+    check_stop_capture_of_one_table(engine, broker, QUEUE)

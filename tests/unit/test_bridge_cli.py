@@ -231,6 +231,32 @@ def test_uninstall_refuses_pending_changes_unless_forced(legacy_url: str) -> Non
     ]
 
 
+def test_uninstall_tables_stops_capturing_those_only(legacy_url: str) -> None:
+    invoke("install", "--legacy-db-url", legacy_url)
+
+    stopped = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "lot_allocation")
+    unknown = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "lot_allocation")
+    forced = invoke(
+        "uninstall", "--legacy-db-url", legacy_url, "--tables", "stock_lot", "--force"
+    )
+    status = invoke("status", "--legacy-db-url", legacy_url)
+
+    assert stopped.exit_code == 0, stopped.output
+    assert stopped.output.startswith(
+        "stopped capturing lot_allocation in sqlite database 'legacy'; still captured: "
+        "prod_catalog, stock_lot, cust_order_line"
+    )
+    assert "  dropped trigger strangler_lot_allocation_insert" in stopped.output.splitlines()
+    assert unknown.exit_code == 1
+    assert error_lines(unknown) == [
+        "Error: not captured: lot_allocation "
+        "(captured: prod_catalog, stock_lot, cust_order_line)"
+    ]
+    assert forced.exit_code == 2 and "--force applies to a full uninstall" in forced.output
+    assert "prod_catalog, stock_lot, cust_order_line" in status.output
+    assert "lot_allocation" not in status.output
+
+
 @pytest.mark.parametrize("option", ["--heartbeat-interval", "--retention"])
 def test_run_rejects_negative_intervals(legacy_url: str, option: str) -> None:
     result = invoke(

@@ -18,7 +18,16 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Engine
 
 from broker import Broker, BrokerError, Delivery, Message, QueueSpec, connect
-from legacy_bridge import DEFAULT_TABLES, BridgeNotInstalled, Relay, UnknownTable, install
+from legacy_bridge import (
+    DEFAULT_TABLES,
+    BridgeError,
+    BridgeNotInstalled,
+    Relay,
+    UnknownTable,
+    bridge_status,
+    install,
+    stop_capture,
+)
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs/schemas/legacy-cdc-change.schema.json"
 
@@ -143,6 +152,39 @@ def take_all(broker: Broker, queue: str) -> list[Message]:
 
 def bodies(messages: Sequence[Message]) -> list[dict[str, Any]]:
     return [json.loads(m.body) for m in messages]
+
+
+def check_stop_capture_of_one_table(engine: Engine, broker: Broker, queue: str) -> None:
+    """``bridge uninstall --tables``: the named table's changes captured before are still
+    published, none after; the other tables, the relay and its checkpoint carry on."""
+    install(engine)
+    add_product(engine, 1, "SKU-1")
+    add_lot(engine, 1, "LOT-1", 1, 10)
+
+    result = stop_capture(engine, ["stock_lot"])
+
+    assert result.tables == ("stock_lot",)
+    assert "stock_lot" not in result.still_captured and "prod_catalog" in result.still_captured
+    assert "stock_lot" not in bridge_status(engine).tables
+    add_lot(engine, 2, "LOT-2", 1, 20)  # not captured any more
+    add_product(engine, 2, "SKU-2")  # still captured
+    with Relay(engine, broker) as relay:
+        drain_relay(relay)
+    published = [(e["source"]["table"], e["op"]) for e in bodies(take_all(broker, queue))]
+    assert published == [
+        ("prod_catalog", "c"), ("stock_lot", "c"), ("prod_catalog", "c"),
+    ]
+    install(engine)  # a later install (e.g. to refresh) does not bring it back unasked
+    assert "stock_lot" not in bridge_status(engine).tables
+    with pytest.raises(UnknownTable, match="not captured: stock_lot"):
+        stop_capture(engine, ["stock_lot"])
+    with pytest.raises(BridgeError, match="no table captured"):
+        stop_capture(engine, ["prod_catalog", "cust_order_line", "lot_allocation"])
+    install(engine, ["stock_lot"])  # capturing it again is one install away
+    add_lot(engine, 3, "LOT-3", 1, 30)
+    with Relay(engine, broker) as relay:
+        drain_relay(relay)
+    assert [e["source"]["table"] for e in bodies(take_all(broker, queue))] == ["stock_lot"]
 
 
 def replay(events: Sequence[dict[str, Any]], keys: dict[str, str]) -> dict[tuple[str, Any], Any]:

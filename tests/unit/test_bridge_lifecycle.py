@@ -32,6 +32,7 @@ from tests.unit.test_bridge_contract import (
     add_product,
     bodies,
     change_count,
+    check_stop_capture_of_one_table,
     create_legacy_schema,
     drain_relay,
     publish_next,
@@ -312,6 +313,12 @@ def test_uninstall_removes_everything_install_added(engine: Engine, broker: Brok
     assert not inspect(engine).has_table("strangler_change")
     with pytest.raises(BridgeNotInstalled, match="nothing to uninstall"):
         uninstall(engine)
+
+
+def test_capture_of_one_table_stops_while_the_rest_carries_on(
+    engine: Engine, broker: Broker
+) -> None:
+    check_stop_capture_of_one_table(engine, broker, QUEUE)
 
 
 def test_uninstall_with_force_discards_unpublished_changes(engine: Engine) -> None:
