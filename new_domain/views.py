@@ -9,13 +9,14 @@ from __future__ import annotations
 
 from collections.abc import Collection
 from dataclasses import dataclass
+from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from new_domain.adapters import orm
 from new_domain.adapters.chunks import chunked
-from new_domain.adapters.database import create_engine
+from new_domain.adapters.database import create_engine, retry_on_disconnect
 from new_domain.adapters.progress import lag_seconds
 
 
@@ -39,8 +40,12 @@ class ReadModel:
         whatever the database's collation); ``[]`` when there are none."""
         view = orm.allocations_view
         statement = select(view.c.sku, view.c.batchref).where(view.c.orderid == orderid)
-        with self.engine.connect() as connection:
-            rows = connection.execute(statement).all()
+
+        def query() -> list[Any]:
+            with self.engine.connect() as connection:
+                return list(connection.execute(statement).all())
+
+        rows = retry_on_disconnect(query)
         return [Allocation(sku, batchref) for sku, batchref in sorted(rows)]
 
     def allocations_by_order(self, orderids: Collection[str]) -> dict[str, list[Allocation]]:
@@ -72,8 +77,11 @@ class ReadModel:
         While legacy is idle the bridge's heartbeats keep this below its heartbeat
         interval; a stopped consumer or bridge makes it grow.
         """
-        with self.engine.connect() as connection:
-            return lag_seconds(connection)
+        def query() -> float | None:
+            with self.engine.connect() as connection:
+                return lag_seconds(connection)
+
+        return retry_on_disconnect(query)
 
     def close(self) -> None:
         if self._owns_engine:
@@ -88,4 +96,4 @@ class ReadModel:
 
 def open_read_model(new_db_url: str) -> ReadModel:
     """A read model on the new database at ``new_db_url``; ``close()`` it when done."""
-    return ReadModel(create_engine(new_db_url), owns_engine=True)
+    return ReadModel(create_engine(new_db_url, for_reads=True), owns_engine=True)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Callable
+from typing import Any, TypeVar
 
 import sqlalchemy
 from sqlalchemy import event
@@ -10,17 +11,27 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
+RECYCLE_S = 1800
+
+T = TypeVar("T")
 
 
-def create_engine(url: str, *, for_writes: bool = False) -> Engine:
+def create_engine(url: str, *, for_writes: bool = False, for_reads: bool = False) -> Engine:
     """An engine for ``url``.
 
     On SQLite: foreign keys on, WAL journal (readers do not block the writer), a busy
     timeout, and with ``for_writes`` every transaction starts with ``BEGIN IMMEDIATE``
     so concurrent writers queue for the lock instead of failing on upgrade. Elsewhere:
-    connections are pinged before use so a restarted server is reconnected.
+    connections are pinged before use so a restarted server is reconnected; with
+    ``for_reads`` (single-statement reads: the read route) there is neither a ping nor a
+    ``BEGIN``/``ROLLBACK`` around each statement, one round trip per query, and the
+    caller retries once on a connection found dead (:func:`retry_on_disconnect`).
     """
     if make_url(url).get_backend_name() != "sqlite":
+        if for_reads:
+            return sqlalchemy.create_engine(
+                url, isolation_level="AUTOCOMMIT", pool_recycle=RECYCLE_S
+            )
         return sqlalchemy.create_engine(url, pool_pre_ping=True)
     engine = sqlalchemy.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
@@ -37,6 +48,17 @@ def create_engine(url: str, *, for_writes: bool = False) -> Engine:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if for_writes else "BEGIN")
 
     return engine
+
+
+def retry_on_disconnect(query: Callable[[], T]) -> T:
+    """Run ``query``; once more if it failed on a connection the server had closed (a
+    restart, an idle timeout): the pool has discarded that connection by then."""
+    try:
+        return query()
+    except sa_exc.DBAPIError as error:
+        if not error.connection_invalidated:
+            raise
+        return query()
 
 
 def safe_url(url: str) -> str:

@@ -130,3 +130,26 @@ def test_concurrent_allocations_to_one_product_are_serialised(bus: MessageBus, n
         assert lamp is not None
         assert lamp.version_number == 3
         assert lamp.batch("b1").available_quantity == 4  # type: ignore[union-attr]
+
+
+def test_the_read_model_survives_its_connections_being_closed_by_the_server(
+    new_db: str, bus: MessageBus
+) -> None:
+    bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+    bus.handle(commands.Allocate("o1", "LAMP", 2))
+    with open_read_model(new_db) as read_model:
+        assert read_model.allocations_for("o1") == [Allocation("LAMP", "b1")]
+        with read_model.engine.connect() as connection:  # one statement, no transaction
+            connection.exec_driver_sql("SELECT 1")
+            assert connection.connection.dbapi_connection.autocommit  # type: ignore[union-attr]
+        killer = create_engine(new_db)
+        with killer.begin() as connection:  # what a server restart does to the pool
+            closed = connection.exec_driver_sql(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            ).scalar()
+        killer.dispose()
+        assert closed
+
+        assert read_model.allocations_for("o1") == [Allocation("LAMP", "b1")]
+        assert read_model.lag_seconds() is None
