@@ -17,7 +17,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from http.cookiejar import DefaultCookiePolicy
-from typing import IO
+from typing import IO, Any
 from urllib.parse import quote, urlsplit
 
 import requests
@@ -133,14 +133,11 @@ class LegacyProxy:
         url = self.upstream_url(request.path, request.query_string)
         started = time.perf_counter()
         try:
-            upstream = self._session.request(
+            upstream = self._send(
                 request.method,
                 url,
-                headers=self.request_headers(request),
-                data=body if body is not None else _request_body(request),
-                allow_redirects=False,
-                stream=True,
-                timeout=self._timeout,
+                self.request_headers(request),
+                body if body is not None else _request_body(request),
             )
         except requests.Timeout:
             log.warning("legacy timeout after %ss: %s %s", self._timeout, request.method, url)
@@ -174,10 +171,7 @@ class LegacyProxy:
         and BodyTooLarge."""
         url = self.upstream_url(path, query_string)
         started = time.perf_counter()
-        with self._session.request(
-            method, url, headers=headers, data=body or None, allow_redirects=False,
-            stream=True, timeout=self._timeout,
-        ) as upstream:
+        with self._send(method, url, headers, body or None) as upstream:
             chunks: list[bytes] = []
             size = 0
             for chunk in upstream.raw.stream(_CHUNK, decode_content=False):
@@ -191,6 +185,16 @@ class LegacyProxy:
                 b"".join(chunks),
                 time.perf_counter() - started,
             )
+
+    def _send(self, method: str, url: str, headers: dict[str, str], data: Any) -> requests.Response:
+        # Session.send, not Session.request: a request needs none of what request() merges
+        # in (session headers, cookies, auth, environment proxies); skipping it saves about
+        # a tenth of the facade's CPU per proxied request (see docs/benchmarks.md)
+        prepared = requests.PreparedRequest()
+        prepared.prepare(method=method, url=url, headers=headers, data=data)
+        return self._session.send(
+            prepared, allow_redirects=False, stream=True, timeout=self._timeout
+        )
 
     def close(self) -> None:
         self._session.close()

@@ -377,13 +377,13 @@ def test_request_bodies_are_streamed_to_legacy_not_buffered(
 ) -> None:
     session = facade_of(app).proxy._session
     sent_data: list[object] = []
-    real_request = session.request
+    real_send = session.send
 
-    def spy(*args: Any, **kwargs: Any) -> requests.Response:
-        sent_data.append(kwargs.get("data"))
-        return real_request(*args, **kwargs)
+    def spy(request: requests.PreparedRequest, **kwargs: Any) -> requests.Response:
+        sent_data.append(request.body)
+        return real_send(request, **kwargs)
 
-    monkeypatch.setattr(session, "request", spy)
+    monkeypatch.setattr(session, "send", spy)
     upstream.add(responses.PUT, f"{LEGACY}/upload", status=201, body=b"stored")
     payload = bytes(range(256)) * 4096  # 1 MiB
 
