@@ -83,9 +83,14 @@ class AbstractDeadLetters(abc.ABC):
 
     @abc.abstractmethod
     def record_failure(
-        self, message: FailedMessage, error: BaseException, *, dead: bool = False
+        self, message: FailedMessage, error: BaseException, *, dead: bool = False,
+        republish: bool = True,
     ) -> DeadLetter:
-        """Count one more failed attempt (and give up with ``dead``); the row after it."""
+        """Count one more failed attempt (and give up with ``dead``); the row after it.
+
+        With ``republish`` false, a row given up on before keeps its dead letter as it was
+        (published or not): the message was redelivered because the consumer stopped
+        between publishing the dead letter and acking the original."""
 
     @abc.abstractmethod
     def give_up(self, message: FailedMessage) -> DeadLetter:
@@ -116,10 +121,12 @@ class InMemoryDeadLetters(AbstractDeadLetters):
                 self.rows[key] = replace(row, state=RESOLVED)
 
     def record_failure(
-        self, message: FailedMessage, error: BaseException, *, dead: bool = False
+        self, message: FailedMessage, error: BaseException, *, dead: bool = False,
+        republish: bool = True,
     ) -> DeadLetter:
         now = datetime.now(UTC)
         row = self.rows.get(message.key)
+        kept = dead and not republish and row is not None and row.state == DEAD
         updated = DeadLetter(
             id=row.id if row else len(self.rows) + 1,
             message=message,
@@ -129,7 +136,7 @@ class InMemoryDeadLetters(AbstractDeadLetters):
             error_type=type(error).__name__,
             first_failed_at=row.first_failed_at if row else now,
             last_failed_at=now,
-            published=False,
+            published=row.published if kept and row else False,
         )
         self.rows[message.key] = updated
         return updated
@@ -190,7 +197,8 @@ class SqlAlchemyDeadLetters(AbstractDeadLetters):
         self._open.pop((stream, position), None)
 
     def record_failure(
-        self, message: FailedMessage, error: BaseException, *, dead: bool = False
+        self, message: FailedMessage, error: BaseException, *, dead: bool = False,
+        republish: bool = True,
     ) -> DeadLetter:
         t = orm.dead_letter
         now = datetime.now(UTC)
@@ -203,9 +211,14 @@ class SqlAlchemyDeadLetters(AbstractDeadLetters):
             "published_at": None,
             "resolved_at": None,
         }
-        found = self.connection.execute(
-            select(t.c.id).where(t.c.message_key == message.key).with_for_update()
-        ).scalar()
+        existing = self.connection.execute(
+            select(t.c.id, t.c.state, t.c.dead_at, t.c.published_at)
+            .where(t.c.message_key == message.key)
+            .with_for_update()
+        ).one_or_none()
+        found = None if existing is None else existing.id
+        if dead and not republish and existing is not None and existing.state == DEAD:
+            values.update(dead_at=existing.dead_at, published_at=existing.published_at)
         if found is None:
             self.connection.execute(
                 insert(t).values(

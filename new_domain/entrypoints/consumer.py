@@ -394,7 +394,8 @@ class Consumer:
             with self.bus.uow as uow:
                 rows = [
                     uow.dead_letters.record_failure(
-                        _failed_message(item.delivery, None), _error(item), dead=True
+                        _failed_message(item.delivery, None), _error(item), dead=True,
+                        republish=False,
                     )
                     for item in items
                 ]
@@ -402,7 +403,8 @@ class Consumer:
             return rows
 
         for row in self._with_db_retry(record):
-            self._dead(row)
+            if not row.published:  # else only the ack was missing before a restart
+                self._dead(row)
 
     def _dead(self, row: DeadLetter) -> None:
         self._dead_letters_waiting = True

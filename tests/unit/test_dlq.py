@@ -272,3 +272,26 @@ def test_a_replayed_message_that_fails_again_returns_with_the_new_reason(
     assert len(dead) == 3  # the two not chosen stayed, the replayed one came back
     assert dead[lot].headers["x-attempts"] == 2
     assert dead[lot].headers["x-error-type"] == "RuntimeError"
+
+
+def test_an_undecodable_message_redelivered_after_a_crash_is_dead_lettered_once(
+    make_consumer: Callable[..., Consumer], publisher: Broker, uow: SqlAlchemyUnitOfWork
+) -> None:
+    first = make_consumer()
+    publisher.publish("legacy.cdc", [Message("stock_lot.c", b"{not json", "poison-1")])
+    connection = first._connected()
+
+    def killed(*args: Any, **kwargs: Any) -> None:
+        raise SystemExit("killed after the dead letter was published, before the ack")
+
+    connection.ack = killed  # type: ignore[method-assign]
+    with pytest.raises(SystemExit):
+        first.run_once()
+    first.close()
+    assert publisher.queue_depth(QUEUE) == 1  # never acked: it comes again
+
+    second = make_consumer()
+    assert second.run_once() == 1
+    assert [m.message_id for m in drain(publisher, f"{QUEUE}.dlq")] == ["poison-1"]
+    assert publisher.queue_depth(QUEUE) == 0
+    assert dead_letter_rows(uow) == [("poison-1", "dead", 2)]

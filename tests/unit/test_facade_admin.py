@@ -406,6 +406,33 @@ def test_admin_methods_are_checked_after_the_token(client: FlaskClient) -> None:
     assert response.headers["Allow"] == "GET, PUT"
 
 
+@pytest.mark.parametrize(("method", "path"),
+                         [("PUT", "/_strangler/routes"), ("POST", "/_strangler/routes/rollback")])
+@pytest.mark.parametrize("chunked", [False, True])
+def test_admin_bodies_over_the_limit_get_413(
+    client: FlaskClient, method: str, path: str, chunked: bool
+) -> None:
+    import io
+
+    from skeleton_app.admin import MAX_BODY_BYTES
+
+    body = json.dumps({"method": "GET", "pattern": ROUTE, "mode": "legacy",
+                       "reason": "x" * MAX_BODY_BYTES}).encode()
+    headers = {**AUTH, "Content-Type": "application/json"}
+    if chunked:  # no Content-Length: the limit must hold on the stream
+        response = client.open(path, method=method, input_stream=io.BytesIO(body),
+                               headers={**headers, "Transfer-Encoding": "chunked"},
+                               environ_overrides={"wsgi.input_terminated": True})
+    else:
+        response = client.open(path, method=method, data=body, headers=headers)
+
+    assert response.status_code == 413
+    assert response.get_json() == {
+        "error": "request entity too large",
+        "detail": f"request body is larger than {MAX_BODY_BYTES} bytes",
+    }
+
+
 # -- metrics ---------------------------------------------------------------------------
 
 

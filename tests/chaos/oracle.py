@@ -1,0 +1,269 @@
+"""The oracle: what the pipeline must show once the workload stopped and it drained.
+
+Definitions (all per run; a run has its own databases, exchange and queues):
+
+- **captured**: the rows of the legacy database's change table (``strangler_change``,
+  retention set beyond the run so none is pruned); a change's message id is
+  ``<install_id>:<change_id>``.
+- **published**: the distinct message ids of type ``change`` that reached the audit
+  queue, bound with ``#`` to the run's ``legacy.cdc`` exchange; deliveries beyond one per
+  id are re-sends (allowed: at least once).
+- **applied**: captured changes whose position (``pos``) is at or below the position the
+  consumer stored for the stream in the new database (stored in the same transaction as
+  the effect).
+- **effects**: the changes that must raise exactly one domain event in the new domain's
+  outbox (written in the same transaction): ``lot_allocation`` inserts (``Allocated``)
+  and deletes (``Deallocated``), ``stock_lot`` updates that change ``qty_units``
+  (``BatchQuantityChanged``). An outbox row names its cause (``legacy_change``).
+- **lost** = captured but never published + captured but not applied + effect-bearing
+  changes without their event.
+- **double-applied** = events beyond the first per cause + events whose cause is not an
+  effect-bearing captured change.
+- **parity** = orders ``strangler verify`` found matching / orders checked, in %.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Engine
+
+import broker
+
+_VERIFY_LINE = re.compile(
+    r"checked (\d+) orders: (\d+) matching, (\d+) differing, (\d+) only in legacy,"
+    r" (\d+) only in the new system, (\d+) errors"
+)
+
+
+class Store:
+    """Read-only questions to the run's legacy and new databases."""
+
+    def __init__(self, legacy_url: str, new_url: str) -> None:
+        self.legacy: Engine = create_engine(legacy_url, pool_pre_ping=True)
+        self.new: Engine = create_engine(new_url, pool_pre_ping=True)
+
+    def close(self) -> None:
+        self.legacy.dispose()
+        self.new.dispose()
+
+    def captured_count(self) -> int:
+        with self.legacy.connect() as conn:
+            return int(conn.scalar(text("SELECT count(*) FROM strangler_change")) or 0)
+
+    def confirmed_position(self) -> int:
+        with self.legacy.connect() as conn:
+            return int(conn.scalar(text(
+                "SELECT coalesce(max(last_confirmed_pos), 0) FROM strangler_relay_state"
+            )) or 0)
+
+    def relay_done(self) -> int | None:
+        """The last position, once every captured change has one and the broker confirmed
+        all of them; else None."""
+        with self.legacy.connect() as conn:
+            waiting, last = conn.execute(text(
+                "SELECT count(*) FILTER (WHERE pos IS NULL), coalesce(max(pos), 0)"
+                " FROM strangler_change"
+            )).one()
+        if waiting:
+            return None
+        return int(last) if self.confirmed_position() >= int(last) else None
+
+    def applied_position(self) -> int:
+        """The consumer's stored position (the run has one stream)."""
+        with self.new.connect() as conn:
+            return int(conn.scalar(text(
+                "SELECT coalesce(max(position), 0) FROM applied_change_position"
+            )) or 0)
+
+    def outbox_backlog(self) -> int:
+        with self.new.connect() as conn:
+            return int(conn.scalar(text(
+                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
+            )) or 0)
+
+    def install_id(self) -> str:
+        with self.legacy.connect() as conn:
+            return str(conn.scalar(text("SELECT install_id FROM strangler_relay_state")))
+
+    def changes(self) -> list[dict[str, Any]]:
+        with self.legacy.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT change_id, table_name, op, pos,"
+                " (before ->> 'qty_units') AS qty_before, (after ->> 'qty_units') AS qty_after"
+                " FROM strangler_change ORDER BY change_id"
+            )).mappings().all()
+        return [dict(row) for row in rows]
+
+    def outbox_causes(self) -> Counter[str | None]:
+        with self.new.connect() as conn:
+            bodies = conn.execute(text("SELECT body FROM outbox")).scalars().all()
+        return Counter(json.loads(body).get("legacy_change") for body in bodies)
+
+    def dead_letter_rows(self) -> list[str | None]:
+        with self.new.connect() as conn:
+            return list(conn.execute(text("SELECT message_id FROM dead_letter")).scalars())
+
+
+def drain(amqp_url: str, queue: str, timeout: float = 300) -> list[broker.Message]:
+    """Take (and ack) every message in ``queue`` until it is empty. A broker outage on the
+    way (the machine's other test runs restart it too) means reconnecting: what was taken
+    is kept, and deliveries not acked yet come again (counted twice, same message ids)."""
+    messages: list[broker.Message] = []
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            connection = broker.connect(amqp_url)
+            try:
+                while deliveries := connection.get_batch(queue, 2000, 1.0):
+                    messages.extend(d.message for d in deliveries)
+                    connection.ack(deliveries[-1].delivery_tag, multiple=True)
+                if connection.queue_depth(queue) == 0:
+                    return messages
+            finally:
+                connection.close()
+        except broker.BrokerError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1)  # back off before reconnecting
+
+
+def queue_counts(queue: str) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of ``queue``, as RabbitMQ counts them."""
+    out = subprocess.run(
+        ["rabbitmqctl", "-q", "list_queues", "--no-table-headers",
+         "name", "messages_ready", "messages_unacknowledged"],
+        check=True, capture_output=True, text=True, timeout=120,
+    ).stdout
+    for line in out.splitlines():
+        parts = line.split()
+        if len(parts) == 3 and parts[0] == queue:
+            return int(parts[1]), int(parts[2])
+    raise AssertionError(f"queue {queue} not found in rabbitmqctl list_queues")
+
+
+@dataclass
+class Verdict:
+    captured: int = 0
+    captured_by_kind: dict[str, int] = field(default_factory=dict)
+    published: int = 0
+    deliveries_to_audit: int = 0
+    applied: int = 0
+    effects_expected: int = 0
+    effects_recorded: int = 0
+    lost_unpublished: int = 0
+    lost_unapplied: int = 0
+    lost_effects: int = 0
+    double_applied: int = 0
+    phantom_published: int = 0
+    orders_checked: int = 0
+    orders_matching: int = 0
+    parity: float = 0.0
+    verify_exit: int | None = None
+    verify_line: str = ""
+    poison_injected: int = 0
+    dead_lettered: int = 0
+    dead_letters_unexpected: int = 0
+    dead_letter_duplicates: int = 0  # a poison message dead-lettered again (at least once)
+    poison_missing: int = 0
+    unrouted: int = 0
+    queue_ready: int = 0
+    queue_unacked: int = 0
+    examples: dict[str, list[str]] = field(default_factory=dict)
+
+    @property
+    def lost(self) -> int:
+        return self.lost_unpublished + self.lost_unapplied + self.lost_effects
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**vars(self), "lost": self.lost}
+
+
+def judge_changes(
+    verdict: Verdict,
+    store: Store,
+    audit: list[broker.Message],
+    applied_position: int,
+) -> None:
+    """Fill the counts of captured / published / applied / effects into ``verdict``."""
+    install = store.install_id()
+    changes = store.changes()
+    ids = {f"{install}:{c['change_id']}": c for c in changes}
+    verdict.captured = len(changes)
+    verdict.captured_by_kind = dict(sorted(Counter(
+        f"{c['table_name']}.{c['op']}" for c in changes).items()))
+
+    published = Counter(m.message_id for m in audit if m.type == "change"
+                        and not m.message_id.startswith("poison-"))
+    verdict.published = len(published)
+    verdict.deliveries_to_audit = sum(published.values())
+    unpublished = sorted(set(ids) - set(published))
+    phantom = sorted(set(published) - set(ids))
+    verdict.lost_unpublished = len(unpublished)
+    verdict.phantom_published = len(phantom)
+
+    unapplied = [i for i, c in ids.items() if c["pos"] is None or c["pos"] > applied_position]
+    verdict.applied = len(ids) - len(unapplied)
+    verdict.lost_unapplied = len(unapplied)
+
+    expected = {i for i, c in ids.items() if _has_effect(c)}
+    causes = store.outbox_causes()
+    verdict.effects_expected = len(expected)
+    verdict.effects_recorded = sum(causes.values())
+    missing = sorted(expected - set(causes))
+    doubled = sorted(str(cause) for cause, n in causes.items() if n > 1)
+    stray = sorted(str(cause) for cause in set(causes) - expected)
+    verdict.lost_effects = len(missing)
+    verdict.double_applied = sum(n - 1 for n in causes.values() if n > 1) + sum(
+        causes[cause] for cause in set(causes) - expected
+    )
+    verdict.examples = {
+        name: values[:5]
+        for name, values in (
+            ("unpublished", unpublished), ("phantom", phantom), ("unapplied", unapplied),
+            ("effects_missing", missing), ("effects_doubled", doubled),
+            ("effects_stray", stray),
+        )
+        if values
+    }
+
+
+def _has_effect(change: dict[str, Any]) -> bool:
+    table, op = change["table_name"], change["op"]
+    if table == "lot_allocation":
+        return op in ("c", "d")
+    return bool(table == "stock_lot" and op == "u"
+                and change["qty_before"] != change["qty_after"])
+
+
+def judge_verify(verdict: Verdict, result: subprocess.CompletedProcess[str]) -> None:
+    verdict.verify_exit = result.returncode
+    match = _VERIFY_LINE.search(result.stdout)
+    assert match, f"no summary line from strangler verify:\n{result.stdout}\n{result.stderr}"
+    verdict.verify_line = match.group(0)
+    checked, matching = int(match.group(1)), int(match.group(2))
+    verdict.orders_checked, verdict.orders_matching = checked, matching
+    verdict.parity = round(100.0 * matching / checked, 4) if checked else 0.0
+    if result.returncode != 0:
+        verdict.examples["verify"] = result.stdout.splitlines()[1:6]
+
+
+def judge_dead_letters(
+    verdict: Verdict, poison_ids: set[str], dlq: list[broker.Message]
+) -> None:
+    got = Counter(m.message_id for m in dlq)
+    verdict.poison_injected = len(poison_ids)
+    verdict.dead_lettered = sum(got.values())
+    unexpected = sorted(i for i in got if i not in poison_ids)
+    verdict.dead_letters_unexpected = sum(got[i] for i in unexpected)
+    verdict.dead_letter_duplicates = sum(n - 1 for n in got.values() if n > 1)
+    verdict.poison_missing = len(poison_ids - set(got))
+    if unexpected:
+        verdict.examples["dead_letters_unexpected"] = unexpected[:5]
