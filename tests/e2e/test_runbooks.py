@@ -49,10 +49,10 @@ ORDER = (
     "install-the-bridge.md",
     "move-a-read-route.md",
     "upgrade-the-new-schema.md",
+    "rabbitmq-outage.md",
     "roll-back-a-route.md",
     "rebuild-the-read-model.md",
     "dead-letter-queue.md",
-    "rabbitmq-outage.md",
     "decommission.md",
 )
 """Runbooks with commands, in the order they are rehearsed."""
