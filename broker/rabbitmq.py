@@ -69,6 +69,39 @@ def connection_parameters(url: str) -> Any:
     return params
 
 
+class _InFlight:
+    """Delivery tags published and not confirmed yet, in publishing order.
+
+    Tags are handed out in increasing order and the broker mostly confirms a prefix
+    (a multiple-ack up to a tag), so a deque of tags with the few confirmed out of order
+    on the side makes each confirm cost what it settles, not the window's size.
+    """
+
+    def __init__(self) -> None:
+        self._tags: deque[int] = deque()
+        self._settled_early: set[int] = set()
+
+    def __len__(self) -> int:
+        return len(self._tags) - len(self._settled_early)
+
+    def add(self, tag: int) -> None:
+        self._tags.append(tag)
+
+    def settle(self, tag: int, multiple: bool) -> int:
+        """Mark ``tag`` (and with ``multiple`` every tag up to it) confirmed; how many
+        were still unconfirmed."""
+        before = len(self)
+        tags, early = self._tags, self._settled_early
+        if multiple:
+            while tags and tags[0] <= tag:
+                early.discard(tags.popleft())
+        elif tags and tag >= tags[0] and tag not in early and tag <= tags[-1]:
+            early.add(tag)
+        while tags and tags[0] in early:
+            early.discard(tags.popleft())
+        return before - len(self)
+
+
 @dataclass
 class _Consumer:
     tag: str
@@ -103,7 +136,7 @@ class RabbitBroker:
         # publisher confirms
         self._publisher_generation = 0
         self._next_publish_tag = 1
-        self._unconfirmed: set[int] = set()
+        self._unconfirmed = _InFlight()
         self._confirmed = 0
         self._nacked = 0
         self._wake_at_or_below = -1
@@ -320,7 +353,7 @@ class RabbitBroker:
         channel, self._publisher = self._publisher, None
         self._publisher_generation += 1  # late confirms of the old channel are ignored
         self._next_publish_tag = 1
-        self._unconfirmed = set()
+        self._unconfirmed = _InFlight()
         self._nacked = 0
         self._wake_at_or_below = -1
         if channel is not None and channel.is_open and self._connection.is_open:
@@ -331,13 +364,7 @@ class RabbitBroker:
         if generation != self._publisher_generation:
             return
         method = frame.method
-        tag = int(method.delivery_tag)
-        before = len(self._unconfirmed)
-        if method.multiple:
-            self._unconfirmed = {t for t in self._unconfirmed if t > tag}
-        else:
-            self._unconfirmed.discard(tag)
-        done = before - len(self._unconfirmed)
+        done = self._unconfirmed.settle(int(method.delivery_tag), bool(method.multiple))
         self._confirmed += done
         if isinstance(method, pika.spec.Basic.Nack):
             self._nacked += max(done, 1)
@@ -471,7 +498,7 @@ class RabbitBroker:
         self._consumers.clear()
         self._buffers.clear()
         self._handed_out.clear()
-        self._unconfirmed = set()
+        self._unconfirmed = _InFlight()
         self._admin = self._publisher = self._consumer_channel = None
         if self._connection.is_open:
             with suppress(*_PIKA_ERRORS):

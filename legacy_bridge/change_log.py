@@ -70,7 +70,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import bindparam, case, func, inspect, select, update
+from sqlalchemy import bindparam, case, func, inspect, select, text, update
 from sqlalchemy.engine import Connection
 
 from legacy_bridge.capture import CaptureDialect
@@ -221,11 +221,37 @@ def claim(
     return len(ordered)
 
 
+_ASSIGN_POSTGRES = f"""
+UPDATE {CHANGE_TABLE} AS c
+SET pos = u.pos, tx_order = u.tx_order, tx_table_order = u.tx_table_order,
+    tx_last = u.tx_last, claimed_at = :claimed_at
+FROM unnest(
+    CAST(:ids AS bigint[]), CAST(:positions AS bigint[]), CAST(:orders AS integer[]),
+    CAST(:table_orders AS integer[]), CAST(:lasts AS boolean[])
+) AS u(change_id, pos, tx_order, tx_table_order, tx_last)
+WHERE c.change_id = u.change_id AND c.pos IS NULL
+"""
+
+
 def _assign(
     conn: Connection, rows: Sequence[_Placed], base: int, claimed_at: datetime
 ) -> None:
-    """Store positions ``base + 1...`` and transaction places: one UPDATE per row, sent
-    as one executemany (pipelined by psycopg; PyMySQL makes one round trip per row)."""
+    """Store positions ``base + 1...`` and transaction places. PostgreSQL: one UPDATE
+    joined to the arrays of values (one statement for the batch); elsewhere one UPDATE
+    per row, sent as one executemany (PyMySQL makes one round trip per row)."""
+    if conn.dialect.name == "postgresql":
+        conn.execute(
+            text(_ASSIGN_POSTGRES),
+            {
+                "ids": [row.change_id for row, _, _, _ in rows],
+                "positions": list(range(base + 1, base + 1 + len(rows))),
+                "orders": [order for _, order, _, _ in rows],
+                "table_orders": [table_order for _, _, table_order, _ in rows],
+                "lasts": [last for _, _, _, last in rows],
+                "claimed_at": claimed_at,
+            },
+        )
+        return
     conn.execute(
         update(change)
         .where(change.c.change_id == bindparam("b_id"), change.c.pos.is_(None))

@@ -4,7 +4,10 @@ Each cycle first publishes again what was claimed but not confirmed (after a cra
 failed publish), else claims the next safe batch of whole transactions (see
 :mod:`legacy_bridge.change_log`); it publishes the batch in ``pos`` order (persistent
 messages, many confirms in flight), waits for the broker's confirms, and only then stores
-the checkpoint. Nothing is lost, whatever line a crash (even SIGKILL) interrupts: a change
+the checkpoint. The look for re-sends is skipped while this relay knows there are none
+(its last batch was confirmed whole and held everything it had claimed); the claim and
+reading the claimed rows back share one transaction, committed before publishing.
+Nothing is lost, whatever line a crash (even SIGKILL) interrupts: a change
 is either confirmed by the broker before the checkpoint passes it, or published again
 with the same message id.
 
@@ -32,6 +35,7 @@ from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponent
 from broker import Broker, BrokerError
 from legacy_bridge.capture import CaptureDialect, dialect_for
 from legacy_bridge.change_log import (
+    Change,
     RelayState,
     backlog,
     check_installed,
@@ -114,6 +118,7 @@ class Relay:
         self._db_name = ""
         self._schema: str | None = None
         self._last_sent = time.monotonic()
+        self._resends_possible = True  # claimed rows may wait unconfirmed (a crash)
         self.throughput = ThroughputLog(log)
 
     @property
@@ -134,24 +139,33 @@ class Relay:
         """Publish one batch (re-sends first, else newly claimed); return its size."""
         dialect = self._prepare()
         broker = self._ready_broker()
-        with self._engine.begin() as conn:
-            state = read_state(conn)
-            batch = unconfirmed(conn, state.last_confirmed_pos, self._batch_size)
+        batch: list[Change] = []
+        if self._resends_possible:
+            with self._engine.begin() as conn:
+                state = read_state(conn)
+                batch = unconfirmed(conn, state.last_confirmed_pos, self._batch_size)
         if not batch:
+            self._resends_possible = False
+            # the claim and reading the claimed rows back: one transaction, the claim
+            # first in it (SQLite must not read before it takes its write lock)
             with self._engine.begin() as conn:
-                if not claim(conn, dialect, self._batch_size):
+                claimed = claim(conn, dialect, self._batch_size)
+                if not claimed:
                     return 0
-            with self._engine.begin() as conn:
                 state = read_state(conn)
                 batch = unconfirmed(conn, state.last_confirmed_pos, self._batch_size)
             if not batch:
                 return 0
+        # until the checkpoint passes the batch, a failure leaves rows to send again
+        self._resends_possible = True
         now = datetime.now(UTC)
         source = self._source(state)
         broker.publish(self._exchange, [change_message(c, source, now) for c in batch])
         newest = max(c.captured_at for c in batch)
         with self._engine.begin() as conn:
             confirm(conn, batch[-1].pos, newest, datetime.now(UTC))
+        # rows claimed beyond this batch (a claim larger than a batch) are sent next
+        self._resends_possible = len(batch) == self._batch_size
         self._last_sent = time.monotonic()
         self.throughput.record(len(batch), batch[-1].pos)
         return len(batch)

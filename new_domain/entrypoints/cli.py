@@ -79,7 +79,7 @@ def upgrade(new_db_url: str) -> None:
     default=0.1,
     show_default=True,
     type=click.FloatRange(0.0, 60.0),
-    help="Seconds to wait for a batch to fill before applying what arrived.",
+    help="Most seconds to wait for a batch to fill (what is ready is applied at once).",
 )
 @click.option(
     "--max-attempts",

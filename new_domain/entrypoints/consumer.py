@@ -1,8 +1,10 @@
 """The consumer of legacy change events: queue -> anti-corruption layer -> message bus.
 
 Deliveries are applied in batches, bounded by size (``batch_size``) and by time
-(``batch_timeout`` to fill one); the prefetch window is twice the batch size, so the
-next batch is arriving while one is applied. A batch ends at a legacy transaction
+(``batch_timeout`` to fill one); a batch is applied as soon as the broker has nothing
+more ready (and a legacy transaction ends in it), so at a steady rate changes do not
+wait for the window. The prefetch window is twice the batch size, so the next batch is
+arriving while one is applied. A batch ends at a legacy transaction
 boundary when the events carry Debezium's ``transaction`` block: an incomplete
 transaction at its end waits (unacknowledged) for its remaining events, so one legacy
 transaction is applied in one database transaction (unless it is larger than the
@@ -103,7 +105,7 @@ class _Pending:
 
     def has_boundary(self) -> bool:
         """Does a legacy transaction end among them?"""
-        return any(item.ends_transaction for item in self.items)
+        return any(item.ends_transaction for item in reversed(self.items))
 
     def take(self, count: int) -> list[_Item]:
         taken, self.items = self.items[:count], self.items[count:]
@@ -218,16 +220,23 @@ class Consumer:
 
     def _fill(self, broker: Broker) -> None:
         """Take deliveries until a batch is full (and holds the end of a legacy
-        transaction) or ``batch_timeout`` has passed."""
+        transaction), or the broker has nothing more ready and a legacy transaction
+        ends among them, or ``batch_timeout`` has passed.
+
+        Waiting for more once a whole transaction is in hand would only add latency:
+        at a steady rate every change would wait the full window. Under a backlog the
+        broker always has more ready, so batches still fill up to ``batch_size``."""
         deadline = time.monotonic() + self.batch_timeout
         polled = False
         while len(self._pending.items) < self.prefetch:
-            if len(self._pending.items) >= self.batch_size and self._pending.has_boundary():
+            complete = self._pending.has_boundary()
+            if complete and len(self._pending.items) >= self.batch_size:
                 return
             remaining = deadline - time.monotonic()
             if remaining <= 0 and polled:
                 return
-            deliveries = broker.get_batch(self.queue, self.prefetch, max(remaining, 0.0))
+            wait = 0.0 if complete else max(remaining, 0.0)
+            deliveries = broker.get_batch(self.queue, self.prefetch, wait)
             polled = True
             if not deliveries:
                 return

@@ -15,6 +15,7 @@ from typing import Any
 import jsonschema
 import pytest
 from sqlalchemy import create_engine, inspect, text
+from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 
 from broker import Broker, BrokerError, Delivery, Message, QueueSpec, connect
@@ -551,6 +552,26 @@ class CaptureContract:
         assert [m.message_id for m in second_try] == [m.message_id for m in first_try]
         assert [json.loads(m.body)["source"]["seq"] for m in second_try] == [1, 2]
         assert relay.run_once() == 0
+
+    def test_a_relay_that_confirmed_all_it_claimed_claims_at_once(
+        self, relay: Relay, engine: Engine, broker: Broker
+    ) -> None:
+        add_product(engine, 1, "SKU-1")
+        assert relay.run_once() == 1  # looks for re-sends first: none
+        add_product(engine, 2, "SKU-2")
+        transactions: list[object] = []
+
+        def count(conn: object) -> None:
+            transactions.append(conn)
+
+        sa_event.listen(engine, "begin", count)
+        try:
+            assert relay.run_once() == 1
+        finally:
+            sa_event.remove(engine, "begin", count)
+        assert len(transactions) == 2  # claim and read back; checkpoint
+        events = bodies(take_all(broker, self.QUEUE))
+        assert [e["source"]["seq"] for e in events] == [1, 2]
 
     def test_a_publish_that_fails_outright_loses_nothing(
         self, relay: Relay, engine: Engine, broker: Broker

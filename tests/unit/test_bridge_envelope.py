@@ -195,3 +195,26 @@ def test_heartbeat_before_any_change_has_null_commit_time() -> None:
     body = heartbeat_event(SOURCE, NOW, None, 0)
     heartbeat_validator().validate(body)
     assert body["last_commit_ts_ms"] is None
+
+
+@pytest.mark.parametrize(
+    "overrides",
+    [
+        {},
+        {"tx_order": 2, "tx_table_order": 1, "tx_last": True},
+        {"txid": None},
+        {"op": "r", "before": None, "snapshot_last": True, "tx_order": 1, "tx_table_order": 1},
+        {"op": "r", "before": None},
+        {"op": "d", "after": None, "table_name": 'odd "name"'},
+    ],
+)
+@pytest.mark.parametrize("real_txids", [True, False])
+def test_the_body_written_from_parts_is_the_encoded_event(
+    overrides: dict[str, object], real_txids: bool
+) -> None:
+    source = Source("sqlite", "shop", "legacy", None, "abc", real_txids=real_txids)
+    change = a_change(**overrides)
+    body = change_message(change, source, NOW).body
+    event = change_event(change, source, NOW)
+    assert body == json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+

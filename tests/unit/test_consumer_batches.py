@@ -130,6 +130,39 @@ def test_what_arrived_is_applied_when_the_batch_timeout_passes(
     assert uow.commits == 1
 
 
+class PollRecordingBroker(CountingBroker):
+    """Records how long each ``get_batch`` was allowed to wait; never waits itself."""
+
+    def __init__(self, inner: Broker, acks: list[tuple[int, bool]], waits: list[float]) -> None:
+        super().__init__(inner, acks)
+        self.waits = waits
+
+    def get_batch(self, queue: str, max_messages: int, timeout: float) -> Any:
+        self.waits.append(timeout)
+        return self.inner.get_batch(queue, max_messages, 0)
+
+
+def test_a_whole_transaction_is_applied_when_nothing_more_is_ready(
+    uow: CountingUnitOfWork,
+    memory_broker_url: str,
+    publisher: Broker,
+    acks: list[tuple[int, bool]],
+) -> None:
+    stream = LegacyShopStream()
+    stream.add_batch("b1", "LAMP", 10, None)
+    waits: list[float] = []
+    factory = lambda: PollRecordingBroker(broker.connect(memory_broker_url), acks, waits)  # noqa: E731
+    consumer = Consumer(bootstrap(uow=uow), factory, QUEUE, batch_size=500, batch_timeout=60)  # type: ignore[arg-type]
+    consumer.connect()
+    try:
+        publisher.publish("legacy.cdc", stream.messages)
+        assert consumer.run_once() == 2
+    finally:
+        consumer.close()
+    assert waits[0] == pytest.approx(60, abs=1)  # nothing pending: wait for the first
+    assert waits[1:] == [0.0]  # a whole transaction in hand: only what is ready now
+
+
 def test_an_unfinished_legacy_transaction_waits_for_its_last_event(
     make_consumer: Callable[..., Consumer],
     publisher: Broker,
