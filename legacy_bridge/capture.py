@@ -53,14 +53,20 @@ class CaptureDialect(Protocol):
     snapshot_lock: str
     """Locking clause appended to a snapshot chunk's SELECT (may be empty)."""
 
+    notifies: bool
+    """True when the capture can notify a listening relay (``install(notify=True)``)."""
+
     def schema_name(self, conn: Connection) -> str | None:
         """The schema the bridge installs into and captures from (None if none)."""
 
     def database_name(self, conn: Connection) -> str:
         """Name stamped on events as ``source.db``."""
 
-    def install_support(self, conn: Connection) -> None:
-        """Create the dialect's helper objects and indexes (idempotent)."""
+    def install_support(self, conn: Connection, notify: bool = False) -> None:
+        """Create (or replace) the dialect's helper objects and indexes (idempotent).
+
+        ``notify``: the capture also wakes a listening relay at commit (only where
+        :attr:`notifies` is True)."""
 
     def signature(self, conn: Connection, table: CapturedTable) -> Signature:
         """The table's current columns, as far as its triggers depend on them."""

@@ -99,6 +99,7 @@ class MariadbCapture:
     captures_new_columns = False
     snapshot_reads_in_python = True
     snapshot_lock = " LOCK IN SHARE MODE NOWAIT"
+    notifies = False
 
     def schema_name(self, conn: Connection) -> str | None:
         return None
@@ -106,7 +107,7 @@ class MariadbCapture:
     def database_name(self, conn: Connection) -> str:
         return str(conn.execute(sql.text("SELECT DATABASE()")).scalar_one())
 
-    def install_support(self, conn: Connection) -> None:
+    def install_support(self, conn: Connection, notify: bool = False) -> None:
         version = conn.dialect.server_version_info or ()
         if tuple(version[:2]) < (10, 3):
             raise BridgeError(f"cannot capture changes on MariaDB {version}: needs 10.3+")

@@ -3,13 +3,27 @@
 The function stores ``to_jsonb`` row images (so added and dropped columns show up in the
 images at once, without touching the triggers), the primary key built from the column
 names passed as trigger arguments, and ``pg_current_xact_id()`` as ``txid``: the real,
-never reused (64-bit, epoch-extended) id of the writing transaction. It also calls
-``pg_notify('strangler_change', '')``: PostgreSQL delivers one notification per
-committing transaction (identical notifications of one transaction are folded), at
-commit, so a listening relay wakes as soon as a change becomes visible. The function runs
+never reused (64-bit, epoch-extended) id of the writing transaction. The function runs
 as its owner (``SECURITY DEFINER``) with a fixed ``search_path``: the legacy application's
 role needs no privilege on the bridge's tables. Needs PostgreSQL 13+. ``TRUNCATE`` is not
 captured.
+
+By default the function does not notify: the relay polls the change table adaptively
+(:mod:`legacy_bridge.wakeup`). ``pg_notify`` makes a committing transaction take a
+cluster-wide lock that it holds through its commit record's flush (``PreCommit_Notify``),
+so notifying transactions commit one at a time and lose group commit: with 4 concurrent
+writers that halved the legacy database's commit throughput here (see
+``docs/benchmarks.md``). Installed with ``notify=True`` (``bridge install --notify``, for
+legacy databases with few concurrent writers) the function also calls
+``pg_notify('strangler_change', '')``: PostgreSQL delivers one notification per committing
+transaction (identical notifications of one transaction are folded), at commit, so a
+listening relay wakes as soon as a change becomes visible.
+
+``strangler_change`` gets two partial indexes on pending rows (``pos IS NULL``), which
+claims read; the unique index on ``pos`` is partial the other way (``pos IS NOT NULL``),
+so a captured row costs one index entry less. Install replaces a full ``pos`` index of an
+older install, inside its transaction (legacy writes wait for the rebuild of an index
+over the claimed rows that retention keeps).
 
 Snapshot chunks read with ``FOR SHARE NOWAIT``: see :mod:`legacy_bridge.snapshot`.
 """
@@ -22,7 +36,7 @@ from sqlalchemy import inspect, sql
 from sqlalchemy.engine import Connection
 
 from legacy_bridge.capture import CapturedTable, Signature, sql_literal
-from legacy_bridge.tables import CHANGE_TABLE, PREFIX
+from legacy_bridge.tables import CHANGE_TABLE, POS_INDEX, PREFIX
 
 FUNCTION = f"{PREFIX}capture"
 TRIGGER = f"{PREFIX}capture"
@@ -50,8 +64,7 @@ BEGIN
     old_image,
     new_image,
     clock_timestamp()
-  );
-  PERFORM pg_notify('%(channel)s', '');
+  );%(notify)s
   RETURN NULL;
 END
 """
@@ -71,6 +84,7 @@ class PostgresCapture:
     captures_new_columns = True
     snapshot_reads_in_python = False
     snapshot_lock = " FOR SHARE NOWAIT"
+    notifies = True
 
     def schema_name(self, conn: Connection) -> str | None:
         return inspect(conn).default_schema_name
@@ -81,12 +95,12 @@ class PostgresCapture:
     def _schema(self, conn: Connection) -> str:
         return conn.dialect.identifier_preparer.quote(self.schema_name(conn) or "public")
 
-    def install_support(self, conn: Connection) -> None:
+    def install_support(self, conn: Connection, notify: bool = False) -> None:
         quote = conn.dialect.identifier_preparer.quote
         schema = self._schema(conn)
         body = _FUNCTION_BODY % {
             "change": f"{schema}.{quote(CHANGE_TABLE)}",
-            "channel": NOTIFY_CHANNEL,
+            "notify": f"\n  PERFORM pg_notify('{NOTIFY_CHANNEL}', '');" if notify else "",
         }
         conn.exec_driver_sql(
             f"CREATE OR REPLACE FUNCTION {schema}.{quote(FUNCTION)}() RETURNS trigger "
@@ -94,6 +108,7 @@ class PostgresCapture:
             f"AS $strangler${body}$strangler$"
         )
         target = f"{schema}.{quote(CHANGE_TABLE)}"
+        self._make_pos_index_partial(conn, target)
         conn.exec_driver_sql(
             f"CREATE INDEX IF NOT EXISTS ix_strangler_change_pending ON {target} (change_id)"
             " WHERE pos IS NULL"
@@ -102,6 +117,24 @@ class PostgresCapture:
             f"CREATE INDEX IF NOT EXISTS ix_strangler_change_pending_tx ON {target}"
             " (txid, change_id) WHERE pos IS NULL"
         )
+
+    def _make_pos_index_partial(self, conn: Connection, target: str) -> None:
+        """Replace a full unique index on ``pos`` (older installs) by the partial one
+        the table now declares; in the install's transaction, so ``pos`` stays unique."""
+        full = conn.execute(
+            sql.text(
+                "SELECT 1 FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE i.indrelid = to_regclass(:table) AND c.relname = :index"
+                " AND i.indpred IS NULL"
+            ),
+            {"table": target, "index": POS_INDEX},
+        ).first()
+        if full:
+            index = f"{self._schema(conn)}.{conn.dialect.identifier_preparer.quote(POS_INDEX)}"
+            conn.exec_driver_sql(f"DROP INDEX {index}")
+            conn.exec_driver_sql(
+                f"CREATE UNIQUE INDEX {POS_INDEX} ON {target} (pos) WHERE pos IS NOT NULL"
+            )
 
     def signature(self, conn: Connection, table: CapturedTable) -> Signature:
         return tuple((column, "value") for column in table.columns)

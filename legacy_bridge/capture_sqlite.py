@@ -47,6 +47,7 @@ class SqliteCapture:
     captures_new_columns = False
     snapshot_reads_in_python = False
     snapshot_lock = ""  # the chunk holds SQLite's write lock from its first statement on
+    notifies = False
 
     def schema_name(self, conn: Connection) -> str | None:
         return None
@@ -55,7 +56,7 @@ class SqliteCapture:
         path = conn.engine.url.database
         return PurePath(path).stem if path and path != ":memory:" else "main"
 
-    def install_support(self, conn: Connection) -> None:
+    def install_support(self, conn: Connection, notify: bool = False) -> None:
         conn.exec_driver_sql(f"CREATE TABLE IF NOT EXISTS {GROUP_TABLE} (id INTEGER NOT NULL)")
         conn.exec_driver_sql(
             f"INSERT INTO {GROUP_TABLE} (id) SELECT 1"

@@ -96,12 +96,22 @@ def bridge() -> None:
     is_flag=True,
     help="Then snapshot the installed tables' existing rows (see 'bridge snapshot').",
 )
+@click.option(
+    "--notify/--no-notify",
+    default=None,
+    help=(
+        "PostgreSQL: the capture trigger wakes the relay at commit (LISTEN/NOTIFY) instead "
+        "of the relay polling. Costs the legacy database its group commit under concurrent "
+        "writers; for databases with few writers [default: as installed; first install: off]."
+    ),
+)
 @_CHUNK_SIZE
 @_LEGACY_DB_URL
 def install_command(
     tables: str | None,
     server_name: str,
     take_snapshot: bool,
+    notify: bool | None,
     chunk_size: int,
     legacy_db_url: str,
 ) -> None:
@@ -109,9 +119,12 @@ def install_command(
 
     Creates the bridge's tables and one capture trigger per table (replacing existing
     ones). Running it again keeps the install id, the checkpoint and pending changes.
+    A running relay picks up a changed --notify when restarted.
     """
     names = _table_names(tables)
-    result = _guarded(lambda: install(legacy_db_url, names, server_name=server_name))
+    result = _guarded(
+        lambda: install(legacy_db_url, names, server_name=server_name, notify=notify)
+    )
     verb = "installed" if result.created else "refreshed"
     click.echo(
         f"{verb} change capture in {result.connector} database {result.database!r} "
@@ -122,6 +135,8 @@ def install_command(
             f"  {table.name}: primary key ({', '.join(table.primary_key)}), "
             f"triggers {', '.join(table.triggers)}"
         )
+    if result.notify:
+        click.echo("  the triggers notify the relay at commit (LISTEN/NOTIFY)")
     if take_snapshot:
         _snapshot(legacy_db_url, [t.name for t in result.tables], chunk_size, restart=False)
 
@@ -271,7 +286,10 @@ def uninstall_command(tables: str | None, force: bool, legacy_db_url: str) -> No
     type=click.FloatRange(min=0.0),
     default=0.2,
     show_default=True,
-    help="Longest wait for new changes when idle (PostgreSQL wakes at once on NOTIFY).",
+    help=(
+        "Longest wait for new changes when idle; soon after changes the relay looks every "
+        "few ms (or wakes at once on NOTIFY, see 'bridge install --notify')."
+    ),
 )
 @click.option(
     "--exchange",

@@ -41,6 +41,8 @@ class InstallResult:
     tables: tuple[CapturedTable, ...]
     created: bool
     """False when capture was already installed (state and pending changes were kept)."""
+    notify: bool = False
+    """True when the capture trigger notifies the relay at commit (PostgreSQL)."""
 
 
 @dataclass(frozen=True)
@@ -58,6 +60,7 @@ def install(
     legacy_db_url: str | Engine,
     tables: Sequence[str] | None = None,
     server_name: str = "legacy",
+    notify: bool | None = None,
 ) -> InstallResult:
     """Install (or refresh, or upgrade) change capture for ``tables``.
 
@@ -69,6 +72,13 @@ def install(
     stamped on future events. Raises :class:`UnknownTable` before changing anything if a
     table cannot be captured. One transaction on PostgreSQL and SQLite; on MariaDB DDL
     commits as it goes, and running install again completes an interrupted one.
+
+    ``notify`` (PostgreSQL only): the capture trigger also calls ``pg_notify`` so that a
+    listening relay wakes at commit. It costs the legacy database its group commit under
+    concurrent writers (see :mod:`legacy_bridge.capture_postgres`), so it is off unless
+    asked for; without it the relay polls adaptively. None keeps what the install
+    recorded (off on a first install, and on an upgrade of an install that predates the
+    choice). Raises :class:`BridgeError` for ``notify=True`` on another database.
     """
     if tables is not None and not tables:
         raise UnknownTable("no tables to capture")
@@ -76,6 +86,10 @@ def install(
     try:
         with engine.begin() as conn:
             dialect = dialect_for(conn)
+            if notify and not dialect.notifies:
+                raise BridgeError(
+                    f"--notify needs PostgreSQL; on {dialect.connector} the relay polls"
+                )
             schema = dialect.schema_name(conn)
             names = tuple(tables) if tables is not None else _captured_or_default(conn, schema)
             captured = [reflect(conn, name, schema) for name in dict.fromkeys(names)]
@@ -83,8 +97,8 @@ def install(
                 table.create(conn, checkfirst=True)
             _add_missing_columns(conn, change, ADDED_CHANGE_COLUMNS, schema)
             _add_missing_columns(conn, relay_state, ADDED_STATE_COLUMNS, schema)
-            dialect.install_support(conn)
-            install_id, created = _ensure_state(conn, server_name)
+            install_id, created, notifying = _ensure_state(conn, server_name, notify)
+            dialect.install_support(conn, notify=notifying)
             installed = dialect.install_triggers(conn, captured)
             record(conn, dialect, installed)
             return InstallResult(
@@ -95,6 +109,7 @@ def install(
                 schema=schema,
                 tables=tuple(installed),
                 created=created,
+                notify=notifying,
             )
     finally:
         if owned:
@@ -223,15 +238,22 @@ def _add_missing_columns(
             conn.exec_driver_sql(f"ALTER TABLE {target} ADD COLUMN {quote(name)} {column_type}")
 
 
-def _ensure_state(conn: Connection, server_name: str) -> tuple[str, bool]:
-    rows = conn.execute(select(relay_state.c.install_id)).scalars().all()
-    if rows:
-        conn.execute(update(relay_state).values(server_name=server_name))
-        return str(rows[0]), False
+def _ensure_state(
+    conn: Connection, server_name: str, notify: bool | None
+) -> tuple[str, bool, bool]:
+    """``(install_id, created, notify)``; ``notify`` None keeps the recorded choice."""
+    row = conn.execute(select(relay_state.c.install_id, relay_state.c.notify)).first()
+    if row is not None:
+        notifying = bool(row.notify) if notify is None else notify
+        conn.execute(update(relay_state).values(server_name=server_name, notify=notifying))
+        return str(row.install_id), False, notifying
     install_id = str(uuid.uuid4())
     conn.execute(
         insert(relay_state).values(
-            install_id=install_id, last_confirmed_pos=0, server_name=server_name
+            install_id=install_id,
+            last_confirmed_pos=0,
+            server_name=server_name,
+            notify=bool(notify),
         )
     )
-    return install_id, True
+    return install_id, True, bool(notify)

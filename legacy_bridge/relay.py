@@ -200,7 +200,9 @@ class Relay:
         """Relay until ``stop`` is set; the batch in flight is finished first.
 
         While the database or the broker is unavailable, retries with exponential backoff
-        (reconnecting the broker through the factory) instead of giving up.
+        (reconnecting the broker through the factory) instead of giving up. Between
+        cycles it waits for new changes (:mod:`legacy_bridge.wakeup`): a few milliseconds
+        while changes keep coming, at most ``poll_interval`` seconds when idle.
         """
 
         def sleep(seconds: float) -> None:
@@ -231,8 +233,8 @@ class Relay:
                     if is_transient(error) and stop.is_set():
                         break
                     raise
-                if published < self._batch_size:
-                    wakeup.wait(self._idle_wait(poll_interval), stop)
+                if published < self._batch_size:  # else more is waiting: no pause
+                    wakeup.wait(self._idle_wait(poll_interval), stop, published)
         finally:
             wakeup.close()
 

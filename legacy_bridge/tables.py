@@ -4,8 +4,9 @@
   or per row read by a snapshot (op ``r``). ``pos`` stays NULL until the relay claims the
   row; the claim also stores the row's place in its legacy transaction (``tx_*``).
 - ``strangler_relay_state``: one row: the install's id, the position up to which the
-  broker confirmed everything, the server name stamped on events, and what heartbeats and
-  ``bridge status`` report.
+  broker confirmed everything, the server name stamped on events, what heartbeats and
+  ``bridge status`` report, and whether the capture trigger notifies the relay
+  (``install --notify``, PostgreSQL; see :mod:`legacy_bridge.wakeup`).
 - ``strangler_capture``: one row per captured table: its primary key and the column
   signature its triggers were built for (to notice added or dropped columns).
 - ``strangler_snapshot_progress``: one row per table being (or done being) snapshotted.
@@ -27,6 +28,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    text,
 )
 from sqlalchemy.dialects import mysql
 from sqlalchemy.dialects.postgresql import JSONB
@@ -36,6 +38,7 @@ STATE_TABLE = "strangler_relay_state"
 CAPTURE_TABLE = "strangler_capture"
 PROGRESS_TABLE = "strangler_snapshot_progress"
 PREFIX = "strangler_"
+POS_INDEX = "ix_strangler_change_pos"
 """Every object the bridge installs (tables, triggers, functions) starts with this."""
 
 metadata = MetaData()
@@ -61,7 +64,11 @@ change = Table(
     Column("tx_last", Boolean, nullable=True),
     Column("snapshot_last", Boolean, nullable=True),
     Column("claimed_at", _time, nullable=True),
-    Index("ix_strangler_change_pos", "pos", unique=True),
+    # partial on PostgreSQL: a pending row (NULL pos) costs no entry here, only in the
+    # pending indexes; every query on pos implies pos IS NOT NULL (max() included)
+    Index(
+        POS_INDEX, "pos", unique=True, postgresql_where=text("pos IS NOT NULL")
+    ),
     # never reuse an id, even after the newest rows were deleted: ids name messages
     sqlite_autoincrement=True,
     mysql_charset="utf8mb4",
@@ -79,11 +86,12 @@ relay_state = Table(
     Column("server_name", String(200), nullable=False),
     Column("last_confirmed_at", _time, nullable=True),
     Column("last_captured_at", _time, nullable=True),
+    Column("notify", Boolean, nullable=True),  # NULL (an upgraded install): False
     mysql_charset="utf8mb4",
     mariadb_charset="utf8mb4",
 )
 
-ADDED_STATE_COLUMNS = ("last_confirmed_at", "last_captured_at")
+ADDED_STATE_COLUMNS = ("last_confirmed_at", "last_captured_at", "notify")
 
 capture = Table(
     CAPTURE_TABLE,

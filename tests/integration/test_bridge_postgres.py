@@ -191,9 +191,50 @@ def listening(engine: Engine) -> bool:
         return bool(conn.execute(query).scalar_one())
 
 
+def trigger_notifies(engine: Engine) -> bool:
+    with engine.connect() as conn:
+        source = conn.execute(
+            text("SELECT prosrc FROM pg_proc WHERE proname = 'strangler_capture'")
+        ).scalar_one()
+    return "pg_notify" in source
+
+
+def test_the_trigger_notifies_only_when_installed_with_notify(engine: Engine) -> None:
+    assert not trigger_notifies(engine)  # the fixture's install: the default
+    assert relay_state(engine)["notify"] is False
+
+    assert install(engine, notify=True).notify
+    assert trigger_notifies(engine)
+    assert install(engine).notify  # a refresh keeps the choice
+    assert trigger_notifies(engine)
+    assert relay_state(engine)["notify"] is True
+
+    assert not install(engine, notify=False).notify
+    assert not trigger_notifies(engine)
+
+
+def test_without_notify_the_relay_polls_and_still_publishes_within_its_poll_interval(
+    engine: Engine, broker: Broker
+) -> None:
+    stop = threading.Event()
+    with Relay(engine, broker, heartbeat_interval=None) as relay:
+        worker = run_in_thread(relay, stop, poll_interval=30.0)
+        try:
+            for i in range(1, 4):
+                add_product(engine, i, f"SKU-{i}")
+                # the poll interval is 30 s: only the adaptive look publishes in time
+                wait_until(lambda i=i: relay_state(engine)["last_confirmed_pos"] == i, 10)
+            assert not listening(engine)
+        finally:
+            stop.set()
+            worker.join(timeout=10)
+    assert not worker.is_alive()
+
+
 def test_the_relay_wakes_on_notify_instead_of_waiting_out_its_poll_interval(
     engine: Engine, broker: Broker
 ) -> None:
+    install(engine, notify=True)
     stop = threading.Event()
     with Relay(engine, broker, heartbeat_interval=None) as relay:
         worker = run_in_thread(relay, stop, poll_interval=30.0)
@@ -298,3 +339,37 @@ def test_capture_of_one_table_stops_while_the_rest_carries_on(
     engine: Engine, broker: Broker
 ) -> None:
     check_stop_capture_of_one_table(engine, broker, QUEUE)
+
+
+def pos_index_predicate(engine: Engine) -> str | None:
+    with engine.connect() as conn:
+        return conn.execute(
+            text(
+                "SELECT pg_get_expr(i.indpred, i.indrelid) FROM pg_index i"
+                " JOIN pg_class c ON c.oid = i.indexrelid"
+                " WHERE c.relname = 'ix_strangler_change_pos'"
+            )
+        ).scalar_one()
+
+
+def test_install_makes_the_pos_index_of_an_older_install_partial(
+    engine: Engine, broker: Broker
+) -> None:
+    assert pos_index_predicate(engine) == "(pos IS NOT NULL)"
+    with engine.begin() as conn:  # as installs before the partial index made it
+        conn.execute(text("DROP INDEX ix_strangler_change_pos"))
+        conn.execute(text("CREATE UNIQUE INDEX ix_strangler_change_pos ON strangler_change (pos)"))
+    add_product(engine, 1, "SKU-1")
+    with Relay(engine, broker) as relay:
+        drain_relay(relay)
+    add_product(engine, 2, "SKU-2")  # pending across the upgrade
+
+    assert not install(engine).created
+    assert pos_index_predicate(engine) == "(pos IS NOT NULL)"
+    with Relay(engine, broker) as relay:
+        drain_relay(relay)
+    assert [e["source"]["seq"] for e in bodies(take_all(broker, QUEUE))] == [1, 2]
+    with engine.connect() as conn:  # the claim's max(pos) can use the partial index
+        conn.execute(text("SET LOCAL enable_seqscan = off"))
+        plan = conn.execute(text("EXPLAIN SELECT max(pos) FROM strangler_change")).scalars()
+        assert "ix_strangler_change_pos" in " ".join(plan)

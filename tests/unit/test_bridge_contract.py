@@ -353,6 +353,7 @@ class CaptureContract:
             "install_id": result.install_id,
             "last_confirmed_pos": 0,
             "server_name": "shop",
+            "notify": False,  # off unless asked for (install(notify=True), PostgreSQL)
             "last_confirmed_at": None,
             "last_captured_at": None,
         }
