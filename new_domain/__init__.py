@@ -6,7 +6,8 @@ Public API:
 - :func:`upgrade_database`: migrate the new database (``alembic upgrade heads``).
 - :func:`open_read_model` -> :class:`ReadModel`; ``allocations_for(orderid)`` returns
   :class:`Allocation` items ordered by sku then batchref; ``lag_seconds()`` how far the
-  read model is behind legacy (None before anything was applied).
+  read model is behind legacy (None before anything was applied); with a ``time_limit``
+  a read that takes longer raises :class:`ReadTimeout`.
 - :class:`Consumer`: applies ``legacy.cdc`` change events from a broker queue, in
   batches, with dead letters; its domain events leave through the outbox.
 - :func:`apply_change` / :func:`parse_change`: apply one change envelope in-process
@@ -18,13 +19,14 @@ from new_domain.adapters.schema import upgrade_database
 from new_domain.bootstrap import bootstrap
 from new_domain.entrypoints.consumer import Consumer
 from new_domain.service_layer.legacy_changes import apply_change
-from new_domain.views import Allocation, ReadModel, open_read_model
+from new_domain.views import Allocation, ReadModel, ReadTimeout, open_read_model
 
 __all__ = [
     "Allocation",
     "Consumer",
     "MalformedChange",
     "ReadModel",
+    "ReadTimeout",
     "apply_change",
     "bootstrap",
     "open_read_model",

@@ -7,10 +7,11 @@ transaction as the write-model change, so a reader never sees one without the ot
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
@@ -18,6 +19,9 @@ from new_domain.adapters import orm
 from new_domain.adapters.chunks import chunked
 from new_domain.adapters.database import create_engine, retry_on_disconnect
 from new_domain.adapters.progress import lag_seconds
+
+T = TypeVar("T")
+_QUERY_CANCELED = "57014"  # PostgreSQL: statement_timeout (or a cancel request)
 
 
 @dataclass(frozen=True)
@@ -28,25 +32,63 @@ class Allocation:
     batchref: str
 
 
-class ReadModel:
-    """Queries on the read-model tables; safe to share between threads."""
+class ReadTimeout(TimeoutError):
+    """The read model gave up on a query after its ``time_limit``."""
 
-    def __init__(self, engine: Engine, *, owns_engine: bool = False) -> None:
+
+# One fixed statement text on PostgreSQL: psycopg prepares it on the server after a few
+# uses per connection, and no SQL is built or looked up in a cache per read.
+_ALLOCATIONS_SQL = "SELECT sku, batchref FROM allocations_view WHERE orderid = %(orderid)s"
+
+
+class ReadModel:
+    """Queries on the read-model tables; safe to share between threads.
+
+    ``time_limit``: the seconds after which a read gives up with :class:`ReadTimeout`,
+    enforced by the database connection itself (see ``create_engine``), so a caller
+    needs no thread of its own to bound a read; None when nothing bounds it.
+    """
+
+    def __init__(
+        self, engine: Engine, *, owns_engine: bool = False, time_limit: float | None = None
+    ) -> None:
         self.engine = engine
         self._owns_engine = owns_engine
+        self.time_limit = time_limit
+        self._fixed_sql = engine.dialect.name == "postgresql" and engine.dialect.driver == "psycopg"
 
     def allocations_for(self, orderid: str) -> list[Allocation]:
         """The allocations of ``orderid`` ordered by sku then batchref (code point order,
         whatever the database's collation); ``[]`` when there are none."""
-        view = orm.allocations_view
-        statement = select(view.c.sku, view.c.batchref).where(view.c.orderid == orderid)
+        if self._fixed_sql:
 
-        def query() -> list[Any]:
-            with self.engine.connect() as connection:
-                return list(connection.execute(statement).all())
+            def query() -> list[Any]:
+                with self.engine.connect() as connection:
+                    cursor = connection.exec_driver_sql(_ALLOCATIONS_SQL, {"orderid": orderid})
+                    return list(cursor.all())
 
-        rows = retry_on_disconnect(query)
+        else:
+            view = orm.allocations_view
+            statement = select(view.c.sku, view.c.batchref).where(view.c.orderid == orderid)
+
+            def query() -> list[Any]:
+                with self.engine.connect() as connection:
+                    return list(connection.execute(statement).all())
+
+        rows = self._bounded(query)
         return [Allocation(sku, batchref) for sku, batchref in sorted(rows)]
+
+    def _bounded(self, query: Callable[[], T]) -> T:
+        """``query`` (retried once on a dead connection); :class:`ReadTimeout` when the
+        database cancelled it or no pooled connection came within ``time_limit``."""
+        try:
+            return retry_on_disconnect(query)
+        except sa_exc.TimeoutError as error:  # the pool's wait
+            raise ReadTimeout(f"no database connection within {self.time_limit} s") from error
+        except sa_exc.OperationalError as error:
+            if getattr(error.orig, "sqlstate", None) == _QUERY_CANCELED:
+                raise ReadTimeout(f"the read took longer than {self.time_limit} s") from error
+            raise
 
     def allocations_by_order(self, orderids: Collection[str]) -> dict[str, list[Allocation]]:
         """:meth:`allocations_for` of many orders at once; orders without any are left out."""
@@ -81,7 +123,7 @@ class ReadModel:
             with self.engine.connect() as connection:
                 return lag_seconds(connection)
 
-        return retry_on_disconnect(query)
+        return self._bounded(query)
 
     def close(self) -> None:
         if self._owns_engine:
@@ -94,6 +136,13 @@ class ReadModel:
         self.close()
 
 
-def open_read_model(new_db_url: str) -> ReadModel:
-    """A read model on the new database at ``new_db_url``; ``close()`` it when done."""
-    return ReadModel(create_engine(new_db_url, for_reads=True), owns_engine=True)
+def open_read_model(new_db_url: str, *, time_limit: float | None = None) -> ReadModel:
+    """A read model on the new database at ``new_db_url``; ``close()`` it when done.
+
+    With ``time_limit`` (seconds; PostgreSQL) every read is bounded by the database
+    connection (statement timeout, pool wait, TCP user timeout) and fails with
+    :class:`ReadTimeout`; elsewhere it is ignored and ``time_limit`` is None.
+    """
+    engine = create_engine(new_db_url, for_reads=True, time_limit=time_limit)
+    bounded = time_limit if engine.dialect.name == "postgresql" else None
+    return ReadModel(engine, owns_engine=True, time_limit=bounded)

@@ -10,6 +10,8 @@ of the exchange to the shadow worker once legacy's answer went out; ``canary N``
 requests whose key falls in the first N% of buckets to the new system; ``new`` sends all.
 Guards: when the new system fails or is too slow, or the read model lags more than
 ``max_lag``, legacy answers instead (counted in ``strangler_facade_fallbacks_total``).
+A ``GET`` on a moved read route may be answered before any of this, by the direct path
+(:mod:`skeleton_app.direct`), with the same answer, guards and metrics.
 """
 
 from __future__ import annotations
@@ -26,19 +28,26 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Rule
 
-from skeleton_app import admin, canary
+from skeleton_app import admin, canary, direct
 from skeleton_app.compare import Answer
 from skeleton_app.errors import json_error
 from skeleton_app.facade import EXTENSION, Facade, facade_of
 from skeleton_app.lag_guard import LagGuard, LagStatus
 from skeleton_app.metrics import FacadeMetrics
 from skeleton_app.modes import Mode
-from skeleton_app.new_routes import NEW_HANDLERS, NewHandler, NewRequest
+from skeleton_app.new_routes import DIRECT_HANDLERS, NEW_HANDLERS, NewHandler, NewRequest
 from skeleton_app.new_system import NewSystem, NewSystemTimeout
 from skeleton_app.openapi import document
 from skeleton_app.patterns import RESERVED_PREFIX, RouteKey, is_reserved
 from skeleton_app.proxy import LegacyProxy, has_dot_segments
-from skeleton_app.read_model import LagProvider, LazyReadModel, ReadModel, lag_provider_of
+from skeleton_app.read_model import (
+    LagProvider,
+    LazyReadModel,
+    ReadModel,
+    bounds_reads,
+    lag_provider_of,
+    time_limit_of,
+)
 from skeleton_app.read_model import open_new_read_model as open_new_read_model
 from skeleton_app.routes_table import RouteMatch, RouteTable
 from skeleton_app.settings import FacadeSettings
@@ -69,10 +78,13 @@ def create_app(
     """Build the facade. Connects to nothing until the first request.
 
     ``route_table`` defaults to a ``RouteTable`` over ``new_db_url`` (with the settings'
-    cutover gate); ``read_model`` to ``new_domain.open_read_model(new_db_url)``, opened on
-    first use; ``lag_provider`` to the read model's ``lag_seconds`` when it has one (None:
-    no lag guard); ``new_handlers`` to ``NEW_HANDLERS``; ``results`` to the shadow results
-    in the route table's database. ``sample`` draws the shadow sampling numbers.
+    cutover gate); ``read_model`` to ``new_domain.open_read_model(new_db_url)`` with the
+    settings' ``new_timeout`` as its time limit, opened on first use; ``lag_provider`` to
+    the read model's ``lag_seconds`` when it has one (None: no lag guard); ``new_handlers``
+    to ``NEW_HANDLERS``; ``results`` to the shadow results in the route table's database.
+    ``sample`` draws the shadow sampling numbers. When the read model bounds its reads
+    itself (``time_limit``), routes of ``DIRECT_HANDLERS`` in mode ``new`` are served by
+    the direct path (:mod:`skeleton_app.direct`).
     """
     settings = settings or FacadeSettings()
     if upstream_timeout is not None:
@@ -87,13 +99,15 @@ def create_app(
         new_db_url, gate=settings.gate
     )
     model: ReadModel = read_model if read_model is not None else LazyReadModel(
-        lambda: open_new_read_model(new_db_url)
+        lambda: open_new_read_model(new_db_url, time_limit=settings.new_timeout),
+        time_limit=settings.new_timeout if bounds_reads(new_db_url) else None,
     )
     if lag_provider == "read_model":
         lag_provider = lag_provider_of(model)
     metrics = metrics or FacadeMetrics()
     proxy = LegacyProxy(legacy_url, timeout=settings.upstream_timeout)
-    new_system = NewSystem(app, NEW_HANDLERS if new_handlers is None else new_handlers, model,
+    handlers = NEW_HANDLERS if new_handlers is None else new_handlers
+    new_system = NewSystem(app, handlers, model,
                            timeout=settings.new_timeout, serve_workers=settings.new_workers)
     results = results or ShadowResults(table.engine, settings.gate.window)
     candidates: dict[str, Candidate] = {
@@ -113,6 +127,12 @@ def create_app(
                      on_status=lambda status: _record_lag(metrics, status))
     facade = Facade(settings, table, proxy, new_system, results, shadow, guard, metrics)
     app.extensions[EXTENSION] = facade
+    if time_limit_of(model) is not None:
+        # the read model gives up by itself: moved read routes may skip Flask and the pool
+        direct.wrap(app, facade, model, {
+            key: direct_handler for key, (handler, direct_handler) in DIRECT_HANDLERS.items()
+            if handlers.get(key) is handler
+        })
 
     closers: list[Callable[[], None]] = [shadow.close, new_system.close, proxy.close]
     if route_table is None:
@@ -202,6 +222,10 @@ def _forward(facade: Facade, route: str) -> Response:
 def _serve_new_or_legacy(facade: Facade, found: RouteMatch, route: str) -> Response:
     handler = facade.new_system.handler(found.method, found.pattern)
     if handler is None:
+        return _forward(facade, route)
+    handed_back = request.environ.get(direct.FALLBACK)
+    if handed_back is not None:  # the direct path's read failed: legacy answers
+        facade.metrics.fallbacks.labels(route, handed_back).inc()
         return _forward(facade, route)
     if found.mode is Mode.CANARY:
         key = canary.request_key(found.options.canary_key, request.path, found.args,

@@ -27,26 +27,47 @@ class ReadModel(Protocol):
     def close(self) -> None: ...
 
 
+def time_limit_of(read_model: object) -> float | None:
+    """The seconds after which ``read_model`` itself gives up a read (raising a
+    ``TimeoutError``), or None when nothing but the caller can bound it."""
+    limit = getattr(read_model, "time_limit", None)
+    return float(limit) if isinstance(limit, int | float) and limit > 0 else None
+
+
 def lag_provider_of(read_model: object) -> LagProvider | None:
     """The read model's ``lag_seconds`` when it has one."""
     lag = getattr(read_model, "lag_seconds", None)
     return cast(LagProvider, lag) if callable(lag) else None
 
 
-def open_new_read_model(new_db_url: str) -> ReadModel:
+def open_new_read_model(new_db_url: str, time_limit: float | None = None) -> ReadModel:
     from new_domain import open_read_model
 
-    read_model: ReadModel = open_read_model(new_db_url)
+    read_model: ReadModel = open_read_model(new_db_url, time_limit=time_limit)
     return read_model
 
 
-class LazyReadModel:
-    """Opens the real read model on first use, so a facade starts (and proxies) without it."""
+def bounds_reads(new_db_url: str) -> bool:
+    """Whether ``new_domain``'s read model on this database enforces a ``time_limit``
+    (PostgreSQL: the connection's statement timeout), known without connecting."""
+    from sqlalchemy.engine import make_url
 
-    def __init__(self, opener: Callable[[], ReadModel]) -> None:
+    return make_url(new_db_url).get_backend_name() == "postgresql"
+
+
+class LazyReadModel:
+    """Opens the real read model on first use, so a facade starts (and proxies) without it.
+
+    ``time_limit`` is what the opened read model will enforce (see :func:`time_limit_of`).
+    """
+
+    def __init__(
+        self, opener: Callable[[], ReadModel], time_limit: float | None = None
+    ) -> None:
         self._opener = opener
         self._opened: ReadModel | None = None
         self._lock = threading.Lock()
+        self.time_limit = time_limit
 
     def allocations_for(self, orderid: str) -> Sequence[AllocationView]:
         return self._get().allocations_for(orderid)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -16,7 +17,13 @@ RECYCLE_S = 1800
 T = TypeVar("T")
 
 
-def create_engine(url: str, *, for_writes: bool = False, for_reads: bool = False) -> Engine:
+def create_engine(
+    url: str,
+    *,
+    for_writes: bool = False,
+    for_reads: bool = False,
+    time_limit: float | None = None,
+) -> Engine:
     """An engine for ``url``.
 
     On SQLite: foreign keys on, WAL journal (readers do not block the writer), a busy
@@ -26,11 +33,27 @@ def create_engine(url: str, *, for_writes: bool = False, for_reads: bool = False
     ``for_reads`` (single-statement reads: the read route) there is neither a ping nor a
     ``BEGIN``/``ROLLBACK`` around each statement, one round trip per query, and the
     caller retries once on a connection found dead (:func:`retry_on_disconnect`).
+
+    ``time_limit`` (PostgreSQL, with ``for_reads``): seconds a statement may run
+    (``statement_timeout``), a pooled connection may be waited for, and unacknowledged
+    data may stay on the wire (``tcp_user_timeout``, so a server that vanished fails the
+    query instead of hanging it); connecting may take at least 2 s (libpq's minimum).
     """
     if make_url(url).get_backend_name() != "sqlite":
         if for_reads:
+            limits: dict[str, Any] = {}
+            if time_limit is not None and make_url(url).get_backend_name() == "postgresql":
+                ms = max(1, round(time_limit * 1000))
+                limits = {
+                    "pool_timeout": time_limit,
+                    "connect_args": {
+                        "options": f"-c statement_timeout={ms}",
+                        "connect_timeout": max(2, math.ceil(time_limit)),
+                        "tcp_user_timeout": ms,
+                    },
+                }
             return sqlalchemy.create_engine(
-                url, isolation_level="AUTOCOMMIT", pool_recycle=RECYCLE_S
+                url, isolation_level="AUTOCOMMIT", pool_recycle=RECYCLE_S, **limits
             )
         return sqlalchemy.create_engine(url, pool_pre_ping=True)
     engine = sqlalchemy.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})

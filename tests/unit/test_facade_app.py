@@ -625,7 +625,7 @@ def test_the_real_read_model_is_opened_once_and_only_when_a_new_route_needs_it(
 ) -> None:
     opened: list[str] = []
 
-    def open_read_model(url: str) -> FakeReadModel:
+    def open_read_model(url: str, time_limit: float | None = None) -> FakeReadModel:
         opened.append(url)
         return read_model
 
