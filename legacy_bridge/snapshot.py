@@ -62,7 +62,12 @@ from legacy_bridge.tables import CHANGE_TABLE, change, snapshot_progress
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CHUNK_SIZE = 1000
+DEFAULT_CHUNK_SIZE = 5000
+"""Rows per chunk. Each chunk is a transaction (a commit flush, progress, a few
+statements): 300,000 rows took 7.9 s in chunks of 1,000 and 5.5 s in chunks of 5,000 on
+the benchmark machine. A chunk share-locks its rows only while it copies them (tens of
+milliseconds at this size); a legacy writer holding one of them makes it fail and retry,
+never wait."""
 
 
 class Progress(Protocol):
