@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -190,8 +191,11 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             moved = run_cli("routes", "set", "GET", ROUTE, "new", "--reason", "cutover",
                             env=env).stdout.splitlines()
             assert moved[0] == f"GET {ROUTE} -> new"
-            assert moved[1].startswith(f"gate: shadow parity 100.00% over {int(shadowed)} "
-                                       "samples")
+            # a worker still on the shadow snapshot while the canary split settled may
+            # have shadowed a few more requests: at least the counted ones, all matching
+            gate = re.match(r"gate: shadow parity 100\.00% over (\d+) samples", moved[1])
+            assert gate is not None, moved[1]
+            assert int(gate.group(1)) >= int(shadowed)
 
             def all_new() -> bool:
                 for orderid in ORDERS:
