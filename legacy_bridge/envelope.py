@@ -3,10 +3,7 @@
 The envelope is the contract with consumers, described by
 ``docs/schemas/legacy-cdc-change.schema.json``. Row images are passed through as the
 database rendered them (PostgreSQL ``to_jsonb``, SQLite ``json_object``, MariaDB
-``JSON_OBJECT``). :func:`change_message` writes the compact body from parts (the
-source's constant fields encoded once per relay) instead of building the event's dict
-and encoding it whole; the result is byte for byte ``encode(change_event(...))``.
-Snapshot rows (op ``r``) carry ``source.snapshot`` true, or ``"last"``
+``JSON_OBJECT``). Snapshot rows (op ``r``) carry ``source.snapshot`` true, or ``"last"``
 on the final row of a table's snapshot.
 
 The ``transaction`` block (Debezium's) names the legacy transaction and the event's place
@@ -19,7 +16,6 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from functools import lru_cache
 from typing import Any
 
 from broker import Message
@@ -98,48 +94,9 @@ def encode(body: dict[str, Any]) -> bytes:
     return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
 
 
-_dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
-
-
-def _image_json(image: dict[str, Any] | None) -> str:
-    return "null" if image is None else _dumps(image)
-
-
-@lru_cache(maxsize=16)
-def _source_head(source: Source) -> str:
-    """The constant start of ``source``, without its closing brace."""
-    return _dumps(
-        {
-            "version": SOURCE_VERSION,
-            "connector": source.connector,
-            "name": source.name,
-            "db": source.db,
-            "schema": source.schema,
-        }
-    )[:-1]
-
-
-def change_body(change: Change, source: Source, now: datetime) -> bytes:
-    """``encode(change_event(change, source, now))``, written from parts."""
-    snapshot = "false"
-    if change.op == "r":
-        snapshot = '"last"' if change.snapshot_last else "true"
-    txid = None if change.txid is None else str(change.txid)
-    source_txid = _dumps(txid) if source.real_txids and txid is not None else "null"
-    transaction = _transaction(change, txid)
-    return (
-        f'{{"before":{_image_json(change.before)},"after":{_image_json(change.after)},'
-        f'"op":{_dumps(change.op)},"ts_ms":{epoch_ms(now)},'
-        f'"source":{_source_head(source)},"table":{_dumps(change.table_name)},'
-        f'"txid":{source_txid},"seq":{change.pos},"change_id":{change.change_id},'
-        f'"ts_ms":{epoch_ms(change.captured_at)},"snapshot":{snapshot}}},'
-        f'"transaction":{"null" if transaction is None else _dumps(transaction)}}}'
-    ).encode()
-
-
 def change_message(change: Change, source: Source, now: datetime) -> Message:
     """The AMQP message carrying ``change``'s envelope."""
-    body = change_body(change, source, now)
+    body = encode(change_event(change, source, now))
     return Message(
         routing_key=f"{change.table_name}.{change.op}",
         body=body,

@@ -209,7 +209,7 @@ def test_heartbeat_before_any_change_has_null_commit_time() -> None:
     ],
 )
 @pytest.mark.parametrize("real_txids", [True, False])
-def test_the_body_written_from_parts_is_the_encoded_event(
+def test_the_message_body_is_the_compact_encoded_event(
     overrides: dict[str, object], real_txids: bool
 ) -> None:
     source = Source("sqlite", "shop", "legacy", None, "abc", real_txids=real_txids)
@@ -217,4 +217,3 @@ def test_the_body_written_from_parts_is_the_encoded_event(
     body = change_message(change, source, NOW).body
     event = change_event(change, source, NOW)
     assert body == json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
-
