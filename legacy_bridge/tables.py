@@ -38,8 +38,8 @@ STATE_TABLE = "strangler_relay_state"
 CAPTURE_TABLE = "strangler_capture"
 PROGRESS_TABLE = "strangler_snapshot_progress"
 PREFIX = "strangler_"
-POS_INDEX = "ix_strangler_change_pos"
 """Every object the bridge installs (tables, triggers, functions) starts with this."""
+POS_INDEX = "ix_strangler_change_pos"
 
 metadata = MetaData()
 
