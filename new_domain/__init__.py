@@ -14,11 +14,10 @@ Public API:
   (the embedded demo); :class:`MalformedChange` when it is not one.
 """
 
-from new_domain.acl import MalformedChange, parse_change
 from new_domain.adapters.schema import upgrade_database
 from new_domain.bootstrap import bootstrap
 from new_domain.entrypoints.consumer import Consumer
-from new_domain.service_layer.legacy_changes import apply_change
+from new_domain.ingest import MalformedChange, apply_change, parse_change
 from new_domain.views import Allocation, ReadModel, ReadTimeout, open_read_model
 
 __all__ = [

@@ -63,17 +63,3 @@ class SqlAlchemyAllocationsView(AbstractAllocationsView):
         key = ["orderid", "sku", "batchref"]
         insert_rows(self.connection, view, rows[True], key=key, on_conflict="nothing")
         self._pending.clear()
-
-
-class InMemoryAllocationsView(AbstractAllocationsView):
-    def __init__(self) -> None:
-        self.rows: set[tuple[str, str, str]] = set()
-
-    def add(self, orderid: str, sku: str, batchref: str) -> None:
-        self.rows.add((orderid, sku, batchref))
-
-    def remove(self, orderid: str, sku: str, batchref: str) -> None:
-        self.rows.discard((orderid, sku, batchref))
-
-    def rows_for(self, orderid: str) -> list[Row]:
-        return sorted((sku, ref) for order, sku, ref in self.rows if order == orderid)

@@ -73,17 +73,6 @@ class SqlAlchemyAnomalyLog(AbstractAnomalyLog):
         return [Anomaly(*row) for row in rows]
 
 
-class InMemoryAnomalyLog(AbstractAnomalyLog):
-    def __init__(self) -> None:
-        self.anomalies: list[Anomaly] = []
-
-    def _add(self, anomaly: Anomaly) -> None:
-        self.anomalies.append(anomaly)
-
-    def recorded(self) -> list[Anomaly]:
-        return list(self.anomalies)
-
-
 def latest_anomalies(connection: Connection, limit: int, kind: str | None = None) -> list[Anomaly]:
     """The newest ``limit`` anomalies (of ``kind``), oldest of them first."""
     t = orm.anomaly

@@ -11,6 +11,8 @@ from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine, make_url
 
+from new_domain.ingest.ports import describe_error as describe_error  # one line per error
+
 SQLITE_BUSY_TIMEOUT_S = 30.0
 RECYCLE_S = 1800
 
@@ -114,15 +116,3 @@ def is_transient(error: BaseException) -> bool:
         | sa_exc.DisconnectionError
         | ConcurrentUpdate,
     )
-
-
-MAX_ERROR_LENGTH = 500
-
-
-def describe_error(error: BaseException) -> str:
-    """The error's message on one line (a database error without its SQL)."""
-    orig = getattr(error, "orig", None)
-    if isinstance(orig, BaseException):
-        error = orig
-    text = " ".join(str(error).split()) or type(error).__name__
-    return text if len(text) <= MAX_ERROR_LENGTH else text[: MAX_ERROR_LENGTH - 3] + "..."

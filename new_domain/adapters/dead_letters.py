@@ -12,148 +12,26 @@ publishing it loses nothing.
 
 from __future__ import annotations
 
-import abc
-import hashlib
 import json
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, insert, select, update
 from sqlalchemy.engine import Connection
 
-from broker import Message
 from new_domain.adapters import orm
 from new_domain.adapters.bulk import fetch, member
 from new_domain.adapters.chunks import chunked
-from new_domain.adapters.database import describe_error
-
-RETRYING, DEAD, RESOLVED = "retrying", "dead", "resolved"
-
-
-@dataclass(frozen=True)
-class FailedMessage:
-    """A message that could not be applied, as it was delivered."""
-
-    message_id: str | None
-    routing_key: str
-    body: bytes
-    headers: Mapping[str, Any]
-    message_type: str | None = None
-    content_type: str | None = None
-    stream: str | None = None
-    position: int | None = None
-
-    @property
-    def key(self) -> str:
-        """Identity of the message: its id, or a digest of its body when it has none."""
-        if self.message_id:
-            return self.message_id[:255]
-        return "sha256:" + hashlib.sha256(self.body).hexdigest()
-
-
-@dataclass(frozen=True)
-class DeadLetter:
-    """One row of the table."""
-
-    id: int
-    message: FailedMessage
-    state: str
-    attempts: int
-    error: str
-    error_type: str
-    first_failed_at: datetime
-    last_failed_at: datetime
-    published: bool
-
-
-class AbstractDeadLetters(abc.ABC):
-    def preload(self, streams: Collection[str]) -> None:
-        """Read these streams' unresolved rows ahead (an optimisation)."""
-        return None  # an optional optimisation: nothing to do without a store
-
-    @abc.abstractmethod
-    def open_state(self, stream: str, position: int) -> str | None:
-        """``retrying`` or ``dead`` for an unresolved row at that position, else None."""
-
-    @abc.abstractmethod
-    def resolve(self, stream: str, position: int) -> None:
-        """The message at that position was applied: its row is resolved."""
-
-    @abc.abstractmethod
-    def record_failure(
-        self, message: FailedMessage, error: BaseException, *, dead: bool = False,
-        republish: bool = True,
-    ) -> DeadLetter:
-        """Count one more failed attempt (and give up with ``dead``); the row after it.
-
-        With ``republish`` false, a row given up on before keeps its dead letter as it was
-        (published or not): the message was redelivered because the consumer stopped
-        between publishing the dead letter and acking the original."""
-
-    @abc.abstractmethod
-    def give_up(self, message: FailedMessage) -> DeadLetter:
-        """Mark the message's row dead (it goes to the dead-letter queue)."""
-
-    @abc.abstractmethod
-    def unpublished(self, limit: int = 500) -> list[DeadLetter]:
-        """Dead rows not yet published to the dead-letter exchange, oldest first."""
-
-    @abc.abstractmethod
-    def mark_published(self, ids: Collection[int]) -> None: ...
-
-
-class InMemoryDeadLetters(AbstractDeadLetters):
-    def __init__(self) -> None:
-        self.rows: dict[str, DeadLetter] = {}
-
-    def open_state(self, stream: str, position: int) -> str | None:
-        for row in self.rows.values():
-            m = row.message
-            if (m.stream, m.position) == (stream, position) and row.state != RESOLVED:
-                return row.state
-        return None
-
-    def resolve(self, stream: str, position: int) -> None:
-        for key, row in list(self.rows.items()):
-            if (row.message.stream, row.message.position) == (stream, position):
-                self.rows[key] = replace(row, state=RESOLVED)
-
-    def record_failure(
-        self, message: FailedMessage, error: BaseException, *, dead: bool = False,
-        republish: bool = True,
-    ) -> DeadLetter:
-        now = datetime.now(UTC)
-        row = self.rows.get(message.key)
-        kept = dead and not republish and row is not None and row.state == DEAD
-        updated = DeadLetter(
-            id=row.id if row else len(self.rows) + 1,
-            message=message,
-            state=DEAD if dead else RETRYING,
-            attempts=(row.attempts if row else 0) + 1,
-            error=describe_error(error),
-            error_type=type(error).__name__,
-            first_failed_at=row.first_failed_at if row else now,
-            last_failed_at=now,
-            published=row.published if kept and row else False,
-        )
-        self.rows[message.key] = updated
-        return updated
-
-    def give_up(self, message: FailedMessage) -> DeadLetter:
-        row = replace(self.rows[message.key], state=DEAD, published=False)
-        self.rows[message.key] = row
-        return row
-
-    def unpublished(self, limit: int = 500) -> list[DeadLetter]:
-        rows = [r for r in self.rows.values() if r.state == DEAD and not r.published]
-        return sorted(rows, key=lambda r: r.id)[:limit]
-
-    def mark_published(self, ids: Collection[int]) -> None:
-        for key, row in list(self.rows.items()):
-            if row.id in ids:
-                self.rows[key] = replace(row, published=True)
+from new_domain.ingest.ports import (
+    DEAD,
+    RESOLVED,
+    RETRYING,
+    AbstractDeadLetters,
+    DeadLetter,
+    FailedMessage,
+    describe_error,
+)
 
 
 class SqlAlchemyDeadLetters(AbstractDeadLetters):
@@ -197,7 +75,11 @@ class SqlAlchemyDeadLetters(AbstractDeadLetters):
         self._open.pop((stream, position), None)
 
     def record_failure(
-        self, message: FailedMessage, error: BaseException, *, dead: bool = False,
+        self,
+        message: FailedMessage,
+        error: BaseException,
+        *,
+        dead: bool = False,
         republish: bool = True,
     ) -> DeadLetter:
         t = orm.dead_letter
@@ -286,36 +168,6 @@ class SqlAlchemyDeadLetters(AbstractDeadLetters):
             else:
                 self._open[(m.stream, m.position)] = dead_letter.state
         return dead_letter
-
-
-def dead_letter_message(row: DeadLetter) -> Message:
-    """The message to publish to the dead-letter exchange: the original, with the
-    reason in its headers."""
-    m = row.message
-    return Message(
-        routing_key=m.routing_key,
-        body=m.body,
-        message_id=m.message_id or "",
-        type=m.message_type or "change",
-        content_type=m.content_type or "application/json",
-        headers=dead_letter_headers(row),
-    )
-
-
-def dead_letter_headers(row: DeadLetter) -> dict[str, Any]:
-    """The message's own headers plus why it is dead (the contract's ``x-`` headers)."""
-    headers = dict(row.message.headers)
-    headers.update(
-        {
-            "x-error": row.error,
-            "x-error-type": row.error_type,
-            "x-first-failed-at": row.first_failed_at.replace(
-                tzinfo=row.first_failed_at.tzinfo or UTC
-            ).isoformat(),
-            "x-attempts": row.attempts,
-        }
-    )
-    return headers
 
 
 def _select_rows() -> Any:

@@ -10,9 +10,7 @@ before the commit.
 
 from __future__ import annotations
 
-import abc
-from collections.abc import Callable, Collection, Iterable, Mapping
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 from sqlalchemy import Select, select
@@ -20,78 +18,15 @@ from sqlalchemy.engine import Connection
 
 from new_domain.adapters import orm
 from new_domain.adapters.bulk import delete_rows, fetch, insert_rows, member
-
-
-@dataclass(frozen=True)
-class LegacyLot:
-    batchref: str
-    sku: str
-
-
-@dataclass(frozen=True)
-class LegacyLine:
-    orderid: str
-    sku: str
-    qty: int
-
-
-class AbstractLegacyKeys(abc.ABC):
-    """What the ACL remembers about legacy rows it has seen."""
-
-    def preload(
-        self, prod_ids: Collection[int], lot_ids: Collection[int], line_ids: Collection[int]
-    ) -> None:
-        """Read these keys ahead in bulk (an optimisation; lookups work without it)."""
-        return None  # an optional optimisation: nothing to do without a store
-
-    @abc.abstractmethod
-    def product_sku(self, prod_id: int) -> str | None: ...
-
-    @abc.abstractmethod
-    def remember_product(self, prod_id: int, sku: str) -> None: ...
-
-    @abc.abstractmethod
-    def lot(self, lot_id: int) -> LegacyLot | None: ...
-
-    @abc.abstractmethod
-    def remember_lot(self, lot_id: int, lot: LegacyLot) -> None: ...
-
-    @abc.abstractmethod
-    def line(self, line_id: int) -> LegacyLine | None: ...
-
-    @abc.abstractmethod
-    def remember_line(self, line_id: int, line: LegacyLine) -> None: ...
-
-    @abc.abstractmethod
-    def forget_line(self, line_id: int) -> None: ...
-
-
-class InMemoryLegacyKeys(AbstractLegacyKeys):
-    def __init__(self) -> None:
-        self.products: dict[int, str] = {}
-        self.lots: dict[int, LegacyLot] = {}
-        self.lines: dict[int, LegacyLine] = {}
-
-    def product_sku(self, prod_id: int) -> str | None:
-        return self.products.get(prod_id)
-
-    def remember_product(self, prod_id: int, sku: str) -> None:
-        self.products[prod_id] = sku
-
-    def lot(self, lot_id: int) -> LegacyLot | None:
-        return self.lots.get(lot_id)
-
-    def remember_lot(self, lot_id: int, lot: LegacyLot) -> None:
-        self.lots[lot_id] = lot
-
-    def line(self, line_id: int) -> LegacyLine | None:
-        return self.lines.get(line_id)
-
-    def remember_line(self, line_id: int, line: LegacyLine) -> None:
-        self.lines[line_id] = line
-
-    def forget_line(self, line_id: int) -> None:
-        self.lines.pop(line_id, None)
+from new_domain.ingest.ports import (
+    LINE,
+    LOT,
+    PRODUCT,
+    AbstractLegacyKeys,
+    KeyIds,
+    LegacyLine,
+    LegacyLot,
+)
 
 
 class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
@@ -106,12 +41,10 @@ class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
         self._dirty_lots: set[int] = set()
         self._dirty_lines: set[int] = set()
 
-    def preload(
-        self, prod_ids: Collection[int], lot_ids: Collection[int], line_ids: Collection[int]
-    ) -> None:
-        self._load_products(prod_ids)
-        self._load_lots(lot_ids)
-        self._load_lines(line_ids)
+    def preload(self, ids: KeyIds) -> None:
+        self._load_products(ids.get(PRODUCT, ()))
+        self._load_lots(ids.get(LOT, ()))
+        self._load_lines(ids.get(LINE, ()))
 
     def product_sku(self, prod_id: int) -> str | None:
         if prod_id not in self._products:

@@ -84,14 +84,6 @@ class AbstractOutbox(abc.ABC):
     def _add(self, row: dict[str, Any]) -> None: ...
 
 
-class InMemoryOutbox(AbstractOutbox):
-    def __init__(self) -> None:
-        self.rows: list[dict[str, Any]] = []
-
-    def _add(self, row: dict[str, Any]) -> None:
-        self.rows.append(row)
-
-
 class SqlAlchemyOutbox(AbstractOutbox):
     """Rows are inserted together just before the commit."""
 

@@ -11,7 +11,6 @@ how long ago that was.
 
 from __future__ import annotations
 
-import abc
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -40,26 +39,23 @@ class Progress:
         return None if as_of is None else max(0.0, (now - as_of).total_seconds())
 
 
-class AbstractProgress(abc.ABC):
-    @abc.abstractmethod
-    def observe(
-        self, source: str, *, commit_ms: int | None = None, heartbeat_ms: int | None = None
-    ) -> None:
-        """Note a legacy commit time and/or a heartbeat time (ms since the epoch) seen."""
+class AbstractProgress:
+    """How current the stream is, per source: the newest legacy commit time and heartbeat
+    time seen (ms since the epoch), kept in memory (``seen``) until an implementation
+    stores them."""
 
-
-class InMemoryProgress(AbstractProgress):
     def __init__(self) -> None:
         self.seen: dict[str, tuple[int | None, int | None]] = {}
 
     def observe(
         self, source: str, *, commit_ms: int | None = None, heartbeat_ms: int | None = None
     ) -> None:
+        """Note a legacy commit time and/or a heartbeat time seen (the newest wins)."""
         commit, heartbeat = self.seen.get(source, (None, None))
         self.seen[source] = (_newest(commit, commit_ms), _newest(heartbeat, heartbeat_ms))
 
 
-class SqlAlchemyProgress(InMemoryProgress):
+class SqlAlchemyProgress(AbstractProgress):
     """Observations are kept in memory and merged into the table before the commit."""
 
     def __init__(self, connection: Connection) -> None:

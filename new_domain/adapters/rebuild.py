@@ -15,8 +15,8 @@ from sqlalchemy.engine import Connection, Engine
 
 from new_domain.adapters import orm
 from new_domain.adapters.bulk import insert_rows
-from new_domain.adapters.change_positions import AWAITING
 from new_domain.adapters.chunks import chunked
+from new_domain.ingest.ports import AWAITING
 
 Progress = Callable[[int], None]
 """Called with how many more units of work are done."""

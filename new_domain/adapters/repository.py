@@ -73,23 +73,6 @@ class AbstractRepository(abc.ABC):
     def _get_by_batchref(self, batchref: str) -> Product | None: ...
 
 
-class InMemoryRepository(AbstractRepository):
-    """Products in a dict (for tests of the handlers)."""
-
-    def __init__(self, products: dict[str, Product] | None = None) -> None:
-        super().__init__()
-        self.products = products if products is not None else {}
-
-    def _add(self, product: Product) -> None:
-        self.products[product.sku] = product
-
-    def _get(self, sku: str) -> Product | None:
-        return self.products.get(sku)
-
-    def _get_by_batchref(self, batchref: str) -> Product | None:
-        return next((p for p in self.products.values() if p.batch(batchref) is not None), None)
-
-
 class SqlAlchemyRepository(AbstractRepository):
     """Aggregates in the new database, for one transaction.
 

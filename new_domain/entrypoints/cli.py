@@ -21,7 +21,6 @@ from new_domain.entrypoints.consumer import (
     DEFAULT_EXCHANGE,
     DEFAULT_MAX_ATTEMPTS,
     Consumer,
-    DatabaseUnavailable,
 )
 from new_domain.entrypoints.options import (
     broker_url_option,
@@ -33,6 +32,7 @@ from new_domain.entrypoints.options import (
     stop_on_signals,
 )
 from new_domain.entrypoints.outbox_relay import OutboxRelay
+from new_domain.ingest import DatabaseUnavailable
 
 __all__ = ["consume", "db"]
 
@@ -152,12 +152,7 @@ def consume(
     )
     try:
         if once:
-            try:
-                count = consumer.run_once()
-                published = relay.drain() if relay else 0
-            except (broker.BrokerError, DatabaseUnavailable) as error:
-                raise click.ClickException(first_line(error)) from error
-            click.echo(f"processed {count} messages from {queue}; published {published} events")
+            _consume_once(consumer, relay)
             return
         stop = threading.Event()
         with stop_on_signals(stop), _relaying(relay, stop):
@@ -170,6 +165,15 @@ def consume(
         if relay is not None:
             relay.close()
             relay.engine.dispose()
+
+
+def _consume_once(consumer: Consumer, relay: OutboxRelay | None) -> None:
+    try:
+        count = consumer.run_once()
+        published = relay.drain() if relay else 0
+    except (broker.BrokerError, DatabaseUnavailable) as error:
+        raise click.ClickException(first_line(error)) from error
+    click.echo(f"processed {count} messages from {consumer.queue}; published {published} events")
 
 
 @contextmanager

@@ -3,7 +3,7 @@
 :func:`peek` takes the dead letters without acknowledging them; closing the broker
 puts them back. :func:`replay` applies the chosen ones in stream order, each in its
 own transaction, with the replay rule of
-:mod:`new_domain.service_layer.legacy_changes`: a dead-lettered position is applied
+:mod:`new_domain.ingest.apply`: a dead-lettered position is applied
 although it is below the stored position, exactly once (its ``dead_letter`` row is
 resolved in the same transaction); anything else applied before is skipped. A
 replayed message is acknowledged only after its transaction committed; one that fails
@@ -17,11 +17,15 @@ from collections.abc import Collection
 from dataclasses import dataclass, field
 
 from broker import Broker, Delivery
-from new_domain import acl
-from new_domain.adapters.database import describe_error, is_transient
-from new_domain.adapters.dead_letters import FailedMessage
-from new_domain.entrypoints.consumer import publish_dead_letters
-from new_domain.service_layer.legacy_changes import ChangeFailed, apply_changes
+from new_domain.ingest import (
+    ChangeFailed,
+    FailedMessage,
+    FailurePolicy,
+    LegacyChange,
+    apply_changes,
+    describe_error,
+    parse_message,
+)
 from new_domain.service_layer.messagebus import MessageBus
 
 logger = logging.getLogger(__name__)
@@ -62,15 +66,15 @@ def replay(
     wanted = set(ids)
     chosen = [d for d in deliveries if not wanted or d.message.message_id in wanted]
     report.not_found = sorted(wanted - {d.message.message_id for d in chosen})
-    parsed: list[tuple[Delivery, acl.LegacyChange | Exception]] = []
+    parsed: list[tuple[Delivery, LegacyChange | Exception]] = []
     for delivery in chosen:
         message = delivery.message
         try:
-            item = acl.parse_message(message.body, message.message_id, message.type)
+            item = parse_message(message.body, message.message_id, message.type)
         except Exception as error:  # noqa: BLE001 - reported as failing again
             parsed.append((delivery, error))
             continue
-        if isinstance(item, acl.LegacyChange):
+        if isinstance(item, LegacyChange):
             parsed.append((delivery, item))
         else:
             broker.ack(delivery.delivery_tag)  # a heartbeat has nothing to replay
@@ -86,7 +90,7 @@ def replay(
             _failed_again(bus, broker, queue, delivery, entry, failed.error, report)
             continue
         except Exception as error:
-            if is_transient(error):
+            if bus.uow.is_transient(error):
                 raise
             _failed_again(bus, broker, queue, delivery, entry, error, report)
             continue
@@ -101,7 +105,7 @@ def _failed_again(
     broker: Broker,
     queue: str,
     delivery: Delivery,
-    change: acl.LegacyChange | None,
+    change: LegacyChange | None,
     error: BaseException,
     report: ReplayReport,
 ) -> None:
@@ -119,18 +123,22 @@ def _failed_again(
     with bus.uow as uow:
         uow.dead_letters.record_failure(failed, error, dead=True)
         uow.commit()
-    publish_dead_letters(bus.uow, broker, f"{queue}.dlx")
+    FailurePolicy(bus.uow, _failed, f"{queue}.dlx").publish_dead_letters(broker)
     broker.ack(delivery.delivery_tag)
     report.failed.append((failed.key, describe_error(error)))
     logger.warning("replaying %s failed again: %s", failed.key, describe_error(error))
+
+
+def _failed(item: object) -> FailedMessage:
+    raise TypeError("a replay only publishes dead letters")  # nothing is retried here
 
 
 def _is_reason(header: str) -> bool:
     return header in ("x-error", "x-error-type", "x-first-failed-at", "x-attempts")
 
 
-def _stream_order(entry: tuple[Delivery, acl.LegacyChange | Exception]) -> tuple[str, int, int]:
+def _stream_order(entry: tuple[Delivery, LegacyChange | Exception]) -> tuple[str, int, int]:
     delivery, item = entry
-    if isinstance(item, acl.LegacyChange):
+    if isinstance(item, LegacyChange):
         return (item.stream, item.position, delivery.delivery_tag)
     return ("\uffff", 0, delivery.delivery_tag)  # undecodable ones last

@@ -8,7 +8,6 @@ import click
 
 import broker
 from new_domain.bootstrap import bootstrap
-from new_domain.entrypoints.consumer import DatabaseUnavailable
 from new_domain.entrypoints.dead_letter_queue import peek, replay
 from new_domain.entrypoints.options import (
     broker_url_option,
@@ -18,6 +17,7 @@ from new_domain.entrypoints.options import (
     require_amqp,
     require_current_schema,
 )
+from new_domain.ingest import DatabaseUnavailable
 
 
 @click.group()

@@ -10,7 +10,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import broker
 from new_domain.adapters.anomalies import anomaly_counts, latest_anomalies
 from new_domain.adapters.database import create_engine, safe_url
-from new_domain.adapters.dead_letters import DEAD, SqlAlchemyDeadLetters
+from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
 from new_domain.adapters.outbox import backlog
 from new_domain.adapters.progress import read_progress
 from new_domain.entrypoints.options import (
@@ -21,6 +21,7 @@ from new_domain.entrypoints.options import (
     require_amqp,
     require_current_schema,
 )
+from new_domain.ingest.ports import DEAD
 
 
 @click.command()

@@ -24,41 +24,18 @@ from typing import Self
 
 from sqlalchemy.engine import Connection, Engine
 
-from new_domain.adapters.allocations_view import (
-    AbstractAllocationsView,
-    InMemoryAllocationsView,
-    SqlAlchemyAllocationsView,
-)
-from new_domain.adapters.anomalies import (
-    AbstractAnomalyLog,
-    InMemoryAnomalyLog,
-    SqlAlchemyAnomalyLog,
-)
+from new_domain.adapters.allocations_view import AbstractAllocationsView, SqlAlchemyAllocationsView
+from new_domain.adapters.anomalies import AbstractAnomalyLog, SqlAlchemyAnomalyLog
 from new_domain.adapters.bulk import pipelined
-from new_domain.adapters.change_positions import (
-    AbstractChangePositions,
-    InMemoryChangePositions,
-    SqlAlchemyChangePositions,
-)
-from new_domain.adapters.dead_letters import (
-    AbstractDeadLetters,
-    InMemoryDeadLetters,
-    SqlAlchemyDeadLetters,
-)
-from new_domain.adapters.legacy_keys import (
-    AbstractLegacyKeys,
-    InMemoryLegacyKeys,
-    SqlAlchemyLegacyKeys,
-)
-from new_domain.adapters.outbox import AbstractOutbox, InMemoryOutbox, SqlAlchemyOutbox
-from new_domain.adapters.progress import AbstractProgress, InMemoryProgress, SqlAlchemyProgress
-from new_domain.adapters.repository import (
-    AbstractRepository,
-    InMemoryRepository,
-    SqlAlchemyRepository,
-)
+from new_domain.adapters.change_positions import SqlAlchemyChangePositions
+from new_domain.adapters.database import is_transient
+from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
+from new_domain.adapters.legacy_keys import SqlAlchemyLegacyKeys
+from new_domain.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox
+from new_domain.adapters.progress import AbstractProgress, SqlAlchemyProgress
+from new_domain.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from new_domain.domain.events import Event
-from new_domain.domain.model import Product
+from new_domain.ingest.ports import AbstractChangePositions, AbstractDeadLetters, AbstractLegacyKeys
 
 logger = logging.getLogger(__name__)
 
@@ -140,6 +117,11 @@ class AbstractUnitOfWork(abc.ABC):
             while product.events:
                 yield product.events.pop(0)
 
+    def is_transient(self, error: BaseException) -> bool:
+        """Is ``error`` a failure of the database itself (a retry may cure it) rather than
+        of what was written? The rule is written once, in ``adapters.database``."""
+        return is_transient(error)
+
     @abc.abstractmethod
     def close(self) -> None:
         """Release what the unit of work holds (connection pools)."""
@@ -215,37 +197,3 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
     def close(self) -> None:
         if self._owns_engine:
             self.engine.dispose()
-
-
-class InMemoryUnitOfWork(AbstractUnitOfWork):
-    """Dict-backed repositories for specs of the handlers; not transactional.
-
-    ``commits`` counts real (outermost) commits.
-    """
-
-    def __init__(self) -> None:
-        self.stored_products: dict[str, Product] = {}
-        self.allocations_view = InMemoryAllocationsView()
-        self.legacy_keys = InMemoryLegacyKeys()
-        self.positions = InMemoryChangePositions()
-        self.anomalies = InMemoryAnomalyLog()
-        self.dead_letters = InMemoryDeadLetters()
-        self.outbox = InMemoryOutbox()
-        self.progress = InMemoryProgress()
-        self.products = InMemoryRepository(self.stored_products)
-        self.commits = 0
-
-    def _begin(self) -> None:
-        self.products = InMemoryRepository(self.stored_products)
-
-    def _commit(self) -> None:
-        self.commits += 1
-
-    def _rollback(self) -> None:
-        pass
-
-    def _end(self) -> None:
-        pass
-
-    def close(self) -> None:
-        pass

@@ -13,10 +13,10 @@ from sqlalchemy import create_engine, select
 
 import broker
 from broker import QueueSpec
-from new_domain import acl, bootstrap, upgrade_database
+from new_domain import bootstrap, ingest, upgrade_database
 from new_domain.adapters import orm
 from new_domain.entrypoints.commands import outbox
-from new_domain.service_layer.legacy_changes import apply_changes
+from new_domain.ingest import apply_changes
 from tests.integration.consumer_streams import LegacyShopStream
 from tests.services import unique_name
 
@@ -37,7 +37,7 @@ def test_the_relay_command_publishes_each_event_once_to_subscribers(
     stream = LegacyShopStream(seed=4)
     stream.busy_day(800, products=4, lots_per_product=2)
     bus = bootstrap(pg_url)
-    apply_changes(bus, [acl.parse_change(m.body, m.message_id) for m in stream.messages])
+    apply_changes(bus, [ingest.parse_change(m.body, m.message_id) for m in stream.messages])
     bus.uow.close()
 
     exchange, allocations, batches = (

@@ -10,20 +10,20 @@ from typing import Any
 
 import pytest
 
-from new_domain.acl import (
+from new_domain.bootstrap import bootstrap
+from new_domain.domain import commands, events
+from new_domain.ingest import (
+    LEGACY_SHOP,
     Heartbeat,
     LegacyChange,
     MalformedChange,
     UnknownLegacyRow,
+    apply_change,
     parse_change,
     parse_message,
-    translate,
 )
-from new_domain.adapters.legacy_keys import InMemoryLegacyKeys, LegacyLine, LegacyLot
-from new_domain.bootstrap import bootstrap
-from new_domain.domain import commands, events
-from new_domain.service_layer.legacy_changes import apply_change
-from new_domain.service_layer.unit_of_work import InMemoryUnitOfWork
+from new_domain.ingest.ports import LegacyLine, LegacyLot
+from tests.fakes import InMemoryLegacyKeys, InMemoryUnitOfWork
 
 INSTALL = "6f1c2a0e-3d4b-4c5d-8e9f-0a1b2c3d4e5f"
 
@@ -94,17 +94,17 @@ class TestProducts:
     def test_a_new_product_is_remembered_and_needs_no_command(self) -> None:
         keys = InMemoryLegacyKeys()
         row = {"prod_id": 3, "prod_code": "LAMP", "descr": "a lamp"}
-        assert translate(change("prod_catalog", "c", None, row), keys) == []
+        assert LEGACY_SHOP.translate(change("prod_catalog", "c", None, row), keys) == []
         assert keys.product_sku(3) == "LAMP"
 
     def test_a_description_change_is_ignored(self, keys: InMemoryLegacyKeys) -> None:
         before = {"prod_id": 3, "prod_code": "LAMP", "descr": None}
         after = {**before, "descr": "bright"}
-        assert translate(change("prod_catalog", "u", before, after), keys) == []
+        assert LEGACY_SHOP.translate(change("prod_catalog", "u", before, after), keys) == []
 
     def test_a_renamed_product_is_reported_not_mirrored(self, keys: InMemoryLegacyKeys) -> None:
         before = {"prod_id": 3, "prod_code": "LAMP", "descr": None}
-        [message] = translate(
+        [message] = LEGACY_SHOP.translate(
             change("prod_catalog", "u", before, {**before, "prod_code": "LAMP2"}), keys
         )
         assert isinstance(message, events.LegacyInvariantViolated)
@@ -113,108 +113,113 @@ class TestProducts:
 
     def test_a_deleted_product_is_reported(self, keys: InMemoryLegacyKeys) -> None:
         row = {"prod_id": 3, "prod_code": "LAMP", "descr": None}
-        [message] = translate(change("prod_catalog", "d", row, None), keys)
+        [message] = LEGACY_SHOP.translate(change("prod_catalog", "d", row, None), keys)
         assert isinstance(message, events.LegacyInvariantViolated)
         assert "deleted" in message.detail
 
 
 class TestLots:
     def test_postgresql_image_becomes_create_batch(self, keys: InMemoryLegacyKeys) -> None:
-        assert translate(change("stock_lot", "c", None, PG_LOT), keys) == [
+        assert LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys) == [
             commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1))
         ]
         assert keys.lot(7) == LegacyLot("batch-7", "LAMP")
 
     def test_sqlite_image_becomes_create_batch(self, keys: InMemoryLegacyKeys) -> None:
-        assert translate(change("stock_lot", "c", None, SQLITE_LOT), keys) == [
+        assert LEGACY_SHOP.translate(change("stock_lot", "c", None, SQLITE_LOT), keys) == [
             commands.CreateBatch("batch-7", "LAMP", 20, None)
         ]
 
     def test_quantity_update_becomes_change_batch_quantity(self, keys: InMemoryLegacyKeys) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
         after = {**PG_LOT, "qty_units": 5}
-        assert translate(change("stock_lot", "u", PG_LOT, after), keys) == [
+        assert LEGACY_SHOP.translate(change("stock_lot", "u", PG_LOT, after), keys) == [
             commands.ChangeBatchQuantity("batch-7", 5)
         ]
 
     def test_an_eta_change_is_reported_not_mirrored(self, keys: InMemoryLegacyKeys) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
         after = {**PG_LOT, "arrival_date": "2024-07-01"}
-        [message] = translate(change("stock_lot", "u", PG_LOT, after), keys)
+        [message] = LEGACY_SHOP.translate(change("stock_lot", "u", PG_LOT, after), keys)
         assert isinstance(message, events.LegacyInvariantViolated)
         assert "arrival_date" in message.detail
 
     def test_a_deleted_lot_is_reported(self, keys: InMemoryLegacyKeys) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
-        [message] = translate(change("stock_lot", "d", PG_LOT, None), keys)
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
+        [message] = LEGACY_SHOP.translate(change("stock_lot", "d", PG_LOT, None), keys)
         assert isinstance(message, events.LegacyInvariantViolated)
         assert message.sku == "LAMP"
 
     def test_a_lot_of_an_unknown_product_is_an_error(self) -> None:
         with pytest.raises(UnknownLegacyRow, match="prod_catalog 3"):
-            translate(change("stock_lot", "c", None, PG_LOT), InMemoryLegacyKeys())
+            LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), InMemoryLegacyKeys())
 
     def test_snapshot_read_of_a_known_lot_sets_its_quantity(self, keys: InMemoryLegacyKeys) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
-        assert translate(change("stock_lot", "r", None, PG_LOT), keys) == [
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
+        assert LEGACY_SHOP.translate(change("stock_lot", "r", None, PG_LOT), keys) == [
             commands.ChangeBatchQuantity("batch-7", 20)
         ]
 
 
 class TestOrderLinesAndAllocations:
     def test_order_lines_only_update_the_line_map(self, keys: InMemoryLegacyKeys) -> None:
-        assert translate(change("cust_order_line", "c", None, LINE), keys) == []
+        assert LEGACY_SHOP.translate(change("cust_order_line", "c", None, LINE), keys) == []
         assert keys.line(11) == LegacyLine("order-1", "LAMP", 4)
-        assert translate(change("cust_order_line", "u", LINE, {**LINE, "qty_units": 6}), keys) == []
+        assert (
+            LEGACY_SHOP.translate(
+                change("cust_order_line", "u", LINE, {**LINE, "qty_units": 6}), keys
+            )
+            == []
+        )
         assert keys.line(11) == LegacyLine("order-1", "LAMP", 6)
-        assert translate(change("cust_order_line", "d", LINE, None), keys) == []
+        assert LEGACY_SHOP.translate(change("cust_order_line", "d", LINE, None), keys) == []
         assert keys.line(11) is None
 
     def test_allocation_becomes_mirror_allocation(self, keys: InMemoryLegacyKeys) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
-        translate(change("cust_order_line", "c", None, LINE), keys)
-        assert translate(change("lot_allocation", "c", None, ALLOCATION), keys) == [
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
+        LEGACY_SHOP.translate(change("cust_order_line", "c", None, LINE), keys)
+        assert LEGACY_SHOP.translate(change("lot_allocation", "c", None, ALLOCATION), keys) == [
             commands.MirrorAllocation("order-1", "LAMP", 4, "batch-7")
         ]
 
     def test_deleted_allocation_becomes_mirror_deallocation(self, keys: InMemoryLegacyKeys) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
-        translate(change("cust_order_line", "c", None, LINE), keys)
-        assert translate(change("lot_allocation", "d", ALLOCATION, None), keys) == [
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
+        LEGACY_SHOP.translate(change("cust_order_line", "c", None, LINE), keys)
+        assert LEGACY_SHOP.translate(change("lot_allocation", "d", ALLOCATION, None), keys) == [
             commands.MirrorDeallocation("order-1", "LAMP", "batch-7")
         ]
 
     def test_allocation_moved_by_an_update_is_deallocated_then_allocated(
         self, keys: InMemoryLegacyKeys
     ) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
-        translate(
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
+        LEGACY_SHOP.translate(
             change("stock_lot", "c", None, {**PG_LOT, "lot_id": 8, "lot_ref": "batch-8"}), keys
         )
-        translate(change("cust_order_line", "c", None, LINE), keys)
+        LEGACY_SHOP.translate(change("cust_order_line", "c", None, LINE), keys)
         moved = {**ALLOCATION, "lot_id": 8}
-        assert translate(change("lot_allocation", "u", ALLOCATION, moved), keys) == [
+        assert LEGACY_SHOP.translate(change("lot_allocation", "u", ALLOCATION, moved), keys) == [
             commands.MirrorDeallocation("order-1", "LAMP", "batch-7"),
             commands.MirrorAllocation("order-1", "LAMP", 4, "batch-8"),
         ]
 
     def test_allocation_of_an_unseen_line_is_an_error(self, keys: InMemoryLegacyKeys) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
         with pytest.raises(UnknownLegacyRow, match="cust_order_line 11"):
-            translate(change("lot_allocation", "c", None, ALLOCATION), keys)
+            LEGACY_SHOP.translate(change("lot_allocation", "c", None, ALLOCATION), keys)
 
 
 def test_unknown_tables_are_ignored_with_a_debug_log(
     keys: InMemoryLegacyKeys, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.DEBUG, logger="new_domain.acl"):
-        assert translate(change("audit_log", "c", None, {"id": 1}), keys) == []
+    with caplog.at_level(logging.DEBUG, logger="new_domain.ingest.translators"):
+        assert LEGACY_SHOP.translate(change("audit_log", "c", None, {"id": 1}), keys) == []
     assert "audit_log" in caplog.text
 
 
 def test_sqlite_style_strings_and_debezium_dates_are_understood(keys: InMemoryLegacyKeys) -> None:
     row = {**SQLITE_LOT, "lot_id": "7", "qty_units": "20", "arrival_date": 19875}
-    [command] = translate(change("stock_lot", "c", None, row), keys)
+    [command] = LEGACY_SHOP.translate(change("stock_lot", "c", None, row), keys)
     assert command == commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1))
 
 
@@ -250,7 +255,7 @@ def test_the_position_must_be_a_non_negative_integer(seq: Any) -> None:
 def test_a_row_image_missing_a_column_is_malformed(keys: InMemoryLegacyKeys) -> None:
     row = {k: v for k, v in PG_LOT.items() if k != "qty_units"}
     with pytest.raises(MalformedChange, match="stock_lot.qty_units"):
-        translate(change("stock_lot", "c", None, row), keys)
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, row), keys)
 
 
 def test_positions_are_compared_within_one_capture_install() -> None:
@@ -315,15 +320,15 @@ class TestRound2Envelopes:
     def test_a_snapshot_read_of_an_allocation_becomes_sync_allocation(
         self, keys: InMemoryLegacyKeys
     ) -> None:
-        translate(change("stock_lot", "c", None, PG_LOT), keys)
-        translate(change("cust_order_line", "r", None, LINE), keys)
+        LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys)
+        LEGACY_SHOP.translate(change("cust_order_line", "r", None, LINE), keys)
         assert keys.line(11) == LegacyLine("order-1", "LAMP", 4)
-        assert translate(change("lot_allocation", "r", None, ALLOCATION), keys) == [
+        assert LEGACY_SHOP.translate(change("lot_allocation", "r", None, ALLOCATION), keys) == [
             commands.SyncAllocation("order-1", "LAMP", 4, "batch-7")
         ]
 
     def test_a_snapshot_read_of_a_new_lot_creates_the_batch(self, keys: InMemoryLegacyKeys) -> None:
-        assert translate(change("stock_lot", "r", None, PG_LOT), keys) == [
+        assert LEGACY_SHOP.translate(change("stock_lot", "r", None, PG_LOT), keys) == [
             commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1))
         ]
 

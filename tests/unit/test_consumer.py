@@ -19,7 +19,7 @@ from broker import Broker, BrokerError, Message
 from new_domain import Allocation, Consumer, bootstrap, open_read_model, upgrade_database
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
-from new_domain.entrypoints.consumer import DatabaseUnavailable
+from new_domain.ingest import DatabaseUnavailable
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 

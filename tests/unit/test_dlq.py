@@ -18,8 +18,8 @@ from new_domain import Consumer, bootstrap, open_read_model
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
 from new_domain.domain import commands
-from new_domain.entrypoints.consumer import Interrupted
 from new_domain.entrypoints.dead_letter_queue import peek, replay
+from new_domain.ingest import Interrupted
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite_url
@@ -184,9 +184,9 @@ def test_attempts_are_counted_across_redeliveries_and_restarts(
     stream = story()
     stop = threading.Event()
     first = make_consumer(max_attempts=4)
-    first._stop = stop  # as run(stop) does
+    first.failures.stop = stop  # as run(stop) does
     publisher.publish("legacy.cdc", stream.messages)
-    original = first._record_failure
+    original = first.failures._record_failure
 
     def record_then_stop(*args: Any) -> Any:
         row = original(*args)
@@ -194,7 +194,7 @@ def test_attempts_are_counted_across_redeliveries_and_restarts(
             stop.set()  # SIGTERM while the message is being retried
         return row
 
-    first._record_failure = record_then_stop  # type: ignore[method-assign]
+    first.failures._record_failure = record_then_stop  # type: ignore[method-assign]
     with pytest.raises(Interrupted):
         first.run_once()
     first.close()

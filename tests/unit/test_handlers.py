@@ -12,7 +12,7 @@ from new_domain.domain import commands, events
 from new_domain.domain.model import DuplicateBatch, OrderLine, Product, UnknownBatch
 from new_domain.service_layer.handlers import InvalidSku
 from new_domain.service_layer.messagebus import MessageBus
-from new_domain.service_layer.unit_of_work import InMemoryUnitOfWork
+from tests.fakes import InMemoryUnitOfWork
 
 
 class FakeUnitOfWork(InMemoryUnitOfWork):

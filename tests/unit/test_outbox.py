@@ -14,11 +14,11 @@ from sqlalchemy import select
 
 import broker
 from broker import Broker, BrokerError, Message, QueueSpec
-from new_domain import acl, bootstrap
+from new_domain import bootstrap, ingest
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
 from new_domain.entrypoints.outbox_relay import OutboxRelay
-from new_domain.service_layer.legacy_changes import apply_changes
+from new_domain.ingest import apply_changes
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite_url
@@ -44,8 +44,8 @@ def bus(new_db_url: str) -> Iterator[MessageBus]:
     uow.close()
 
 
-def changes(messages: list[Message]) -> list[acl.LegacyChange]:
-    return [acl.parse_change(m.body, m.message_id) for m in messages]
+def changes(messages: list[Message]) -> list[ingest.LegacyChange]:
+    return [ingest.parse_change(m.body, m.message_id) for m in messages]
 
 
 def outbox_rows(new_db_url: str) -> list[dict[str, Any]]:

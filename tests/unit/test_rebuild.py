@@ -11,11 +11,11 @@ from click.testing import CliRunner
 from sqlalchemy import delete, func, insert, select
 
 from broker import Message
-from new_domain import acl, bootstrap, open_read_model
+from new_domain import bootstrap, ingest, open_read_model
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
 from new_domain.entrypoints.commands import rebuild
-from new_domain.service_layer.legacy_changes import apply_change, apply_changes
+from new_domain.ingest import apply_change, apply_changes
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite_url
@@ -34,11 +34,7 @@ def bus(new_db_url: str) -> Iterator[MessageBus]:
 
 
 def apply(bus: MessageBus, messages: list[Message]) -> None:
-    changes, heartbeats = [], []
-    for m in messages:
-        parsed = acl.parse_message(m.body, m.message_id, m.type)
-        (heartbeats if isinstance(parsed, acl.Heartbeat) else changes).append(parsed)
-    apply_changes(bus, changes, heartbeats=heartbeats)  # type: ignore[arg-type]
+    apply_changes(bus, [ingest.parse_message(m.body, m.message_id, m.type) for m in messages])
 
 
 def read_model(new_db_url: str) -> dict[str, list[tuple[str, str]]]:
@@ -141,5 +137,5 @@ def test_after_loading_an_unknown_row_is_an_error_again(bus: MessageBus) -> None
         None,
         {"alloc_id": 9999, "lot_id": 1, "line_id": 9999, "allocated_at": "2024-05-01T10:00:01"},
     )
-    with pytest.raises(acl.UnknownLegacyRow, match="cust_order_line 9999"):
-        apply_change(bus, acl.parse_change(orphan.body, orphan.message_id))
+    with pytest.raises(ingest.UnknownLegacyRow, match="cust_order_line 9999"):
+        apply_change(bus, ingest.parse_change(orphan.body, orphan.message_id))

@@ -12,10 +12,10 @@ import pytest
 from click.testing import CliRunner
 
 from broker import Message
-from new_domain import acl, bootstrap, open_read_model
+from new_domain import bootstrap, ingest, open_read_model
 from new_domain.adapters.database import create_engine
 from new_domain.entrypoints.commands import status
-from new_domain.service_layer.legacy_changes import apply_changes
+from new_domain.ingest import apply_changes
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite_url
@@ -33,20 +33,20 @@ def bus(new_db_url: str) -> Iterator[MessageBus]:
     uow.close()
 
 
-def captured(message: Message, ago: float) -> acl.LegacyChange:
+def captured(message: Message, ago: float) -> ingest.LegacyChange:
     """``message``'s change, captured ``ago`` seconds ago."""
     body = json.loads(message.body)
     body["source"]["ts_ms"] = int((time.time() - ago) * 1000)
-    return acl.parse_change(body, message.message_id)
+    return ingest.parse_change(body, message.message_id)
 
 
-def heartbeat(stream: LegacyShopStream, sent_ago: float, newest_ago: float) -> acl.Heartbeat:
+def heartbeat(stream: LegacyShopStream, sent_ago: float, newest_ago: float) -> ingest.Heartbeat:
     now = time.time()
     message = stream.heartbeat(ts_ms=int((now - sent_ago) * 1000))
     body = json.loads(message.body)
     body["last_commit_ts_ms"] = int((now - newest_ago) * 1000)
-    parsed = acl.parse_message(json.dumps(body), message.message_id, message.type)
-    assert isinstance(parsed, acl.Heartbeat)
+    parsed = ingest.parse_message(json.dumps(body), message.message_id, message.type)
+    assert isinstance(parsed, ingest.Heartbeat)
     return parsed
 
 
@@ -65,10 +65,10 @@ def test_the_lag_is_how_long_ago_the_read_model_was_known_current(
         assert 19 < (read_model.lag_seconds() or 0) < 30
 
         # idle legacy: the bridge's heartbeat says nothing newer was captured
-        apply_changes(bus, [], heartbeats=[heartbeat(stream, sent_ago=0.5, newest_ago=20)])
+        apply_changes(bus, [heartbeat(stream, sent_ago=0.5, newest_ago=20)])
         assert 0.4 < (read_model.lag_seconds() or 0) < 5
 
-        apply_changes(bus, [], heartbeats=[heartbeat(stream, sent_ago=60, newest_ago=90)])
+        apply_changes(bus, [heartbeat(stream, sent_ago=60, newest_ago=90)])
         assert (read_model.lag_seconds() or 0) < 5  # an old heartbeat changes nothing
 
 

@@ -29,13 +29,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from new_domain import acl
-from new_domain.adapters.change_positions import AWAITING, LOADING
-from new_domain.adapters.database import is_transient
-from new_domain.adapters.dead_letters import DEAD, RETRYING
-from new_domain.service_layer.messagebus import Message, MessageBus
-from new_domain.service_layer.unit_of_work import AbstractUnitOfWork
+from new_domain.ingest.envelope import Heartbeat, LegacyChange
+from new_domain.ingest.ports import AWAITING, DEAD, LOADING, RETRYING
+from new_domain.ingest.translators import LEGACY_SHOP, Translators, UnknownLegacyRow
+
+if TYPE_CHECKING:
+    from new_domain.service_layer.messagebus import Message, MessageBus
+    from new_domain.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +45,7 @@ logger = logging.getLogger(__name__)
 class ChangeFailed(Exception):
     """The change at ``index`` of a batch could not be applied (its own fault)."""
 
-    def __init__(self, index: int, change: acl.LegacyChange, error: BaseException) -> None:
+    def __init__(self, index: int, change: LegacyChange, error: BaseException) -> None:
         super().__init__(f"change {change.message_id or index}: {error}")
         self.index = index
         self.change = change
@@ -58,49 +60,41 @@ class Applied:
     skipped: int
 
 
-def apply_change(bus: MessageBus, change: acl.LegacyChange) -> bool:
+def apply_change(
+    bus: MessageBus, change: LegacyChange, *, translators: Translators = LEGACY_SHOP
+) -> bool:
     """Apply one change in the bus's unit of work; False when it was applied before.
 
     Inside an enclosing ``with bus.uow:`` block it joins that transaction. The
     change's own error is raised as it is.
     """
     try:
-        return apply_changes(bus, [change]).applied == 1
+        return apply_changes(bus, [change], translators=translators).applied == 1
     except ChangeFailed as failed:
         raise failed.error from None
 
 
 def apply_changes(
     bus: MessageBus,
-    changes: Sequence[acl.LegacyChange],
+    items: Sequence[LegacyChange | Heartbeat],
     *,
     replay: bool = False,
-    heartbeats: Iterable[acl.Heartbeat] = (),
+    translators: Translators = LEGACY_SHOP,
 ) -> Applied:
-    """Apply ``changes`` in order in ONE transaction (see the module docstring).
-
-    With ``replay``, dead-lettered positions are applied too. ``heartbeats`` seen with
-    the batch are recorded for the lag in the same transaction.
+    """Apply the changes among ``items`` in order in ONE transaction (see the module
+    docstring); the heartbeats among them are recorded for the lag in the same
+    transaction. :class:`ChangeFailed` gives the index in ``items`` of a change that
+    failed. With ``replay``, dead-lettered positions are applied too.
     """
     uow = bus.uow
+    changes = [(i, item) for i, item in enumerate(items) if isinstance(item, LegacyChange)]
     with uow:
-        streams = {change.stream for change in changes}
         with uow.reading_ahead():  # one round trip
-            uow.positions.preload(streams)
-            uow.dead_letters.preload(streams)
-            _read_keys_ahead(uow, changes)
+            uow.positions.preload({change.stream for _, change in changes})
+            uow.dead_letters.preload({change.stream for _, change in changes})
+            uow.legacy_keys.preload(translators.referenced_keys(c for _, c in changes))
         chosen, reopened, loading = _choose(uow, changes, replay)
-        translated: list[tuple[int, acl.LegacyChange, list[Message]]] = []
-        for index, change in chosen:
-            try:
-                translated.append((index, change, acl.translate(change, uow.legacy_keys)))
-            except acl.UnknownLegacyRow as error:
-                if index not in loading:
-                    raise _failure(index, change, error) from error
-                # the row's snapshot read comes later in the stream, showing this change
-                logger.info("change %s skipped, snapshot loading: %s", change.message_id, error)
-            except Exception as error:
-                raise _failure(index, change, error) from error
+        translated = _translate(uow, translators, chosen, loading)
         _read_aggregates_ahead(uow, [m for _, _, messages in translated for m in messages])
         for index, change, messages in translated:
             uow.change_id = change.message_id
@@ -108,28 +102,52 @@ def apply_changes(
                 for message in messages:
                     bus.handle(message)
             except Exception as error:
-                raise _failure(index, change, error) from error
+                raise _failure(uow, index, change, error) from error
             if (change.stream, change.position) in reopened:
                 uow.dead_letters.resolve(change.stream, change.position)
         uow.change_id = None
-        for heartbeat in heartbeats:
-            uow.positions.snapshot_loaded(heartbeat.source)
-            if heartbeat.ts_ms is None and heartbeat.last_commit_ts_ms is None:
-                continue  # nothing said about time
-            uow.progress.observe(
-                heartbeat.source,
-                commit_ms=heartbeat.last_commit_ts_ms,
-                heartbeat_ms=heartbeat.ts_ms,
-            )
+        _record_heartbeats(uow, [item for item in items if isinstance(item, Heartbeat)])
         uow.commit()
     return Applied(len(chosen), len(changes) - len(chosen))
 
 
-Chosen = tuple[list[tuple[int, acl.LegacyChange]], set[tuple[str, int]], set[int]]
+def _translate(
+    uow: AbstractUnitOfWork,
+    translators: Translators,
+    chosen: Sequence[tuple[int, LegacyChange]],
+    loading: set[int],
+) -> list[tuple[int, LegacyChange, list[Message]]]:
+    translated: list[tuple[int, LegacyChange, list[Message]]] = []
+    for index, change in chosen:
+        try:
+            translated.append((index, change, translators.translate(change, uow.legacy_keys)))
+        except UnknownLegacyRow as error:
+            if index not in loading:
+                raise _failure(uow, index, change, error) from error
+            # the row's snapshot read comes later in the stream, showing this change
+            logger.info("change %s skipped, snapshot loading: %s", change.message_id, error)
+        except Exception as error:
+            raise _failure(uow, index, change, error) from error
+    return translated
+
+
+def _record_heartbeats(uow: AbstractUnitOfWork, heartbeats: Iterable[Heartbeat]) -> None:
+    for heartbeat in heartbeats:
+        uow.positions.snapshot_loaded(heartbeat.source)
+        if heartbeat.ts_ms is None and heartbeat.last_commit_ts_ms is None:
+            continue  # nothing said about time
+        uow.progress.observe(
+            heartbeat.source,
+            commit_ms=heartbeat.last_commit_ts_ms,
+            heartbeat_ms=heartbeat.ts_ms,
+        )
+
+
+Chosen = tuple[list[tuple[int, LegacyChange]], set[tuple[str, int]], set[int]]
 
 
 def _choose(
-    uow: AbstractUnitOfWork, changes: Sequence[acl.LegacyChange], replay: bool
+    uow: AbstractUnitOfWork, changes: Sequence[tuple[int, LegacyChange]], replay: bool
 ) -> Chosen:
     """The changes to apply (with their index), advancing positions and snapshot states
     in memory as it goes; the positions of failed messages applied after all; and the
@@ -138,10 +156,10 @@ def _choose(
     A failed message's row (retrying or dead) means its effect is not in the database:
     a retrying one is applied wherever its position is, a dead one only by a replay.
     """
-    chosen: list[tuple[int, acl.LegacyChange]] = []
+    chosen: list[tuple[int, LegacyChange]] = []
     reopened: set[tuple[str, int]] = set()
     loading: set[int] = set()
-    for index, change in enumerate(changes):
+    for index, change in changes:
         stream, position = change.stream, change.position
         if change.committed_at_ms is not None:
             uow.progress.observe(change.source, commit_ms=change.committed_at_ms)
@@ -173,18 +191,6 @@ def _choose(
     return chosen, reopened, loading
 
 
-def _read_keys_ahead(uow: AbstractUnitOfWork, changes: Iterable[acl.LegacyChange]) -> None:
-    prod_ids: set[int] = set()
-    lot_ids: set[int] = set()
-    line_ids: set[int] = set()
-    for change in changes:
-        products, lots, lines = acl.referenced_keys(change)
-        prod_ids |= products
-        lot_ids |= lots
-        line_ids |= lines
-    uow.legacy_keys.preload(prod_ids, lot_ids, line_ids)
-
-
 def _read_aggregates_ahead(uow: AbstractUnitOfWork, messages: Iterable[Message]) -> None:
     """Load every aggregate the messages name (by ``sku`` or batch ``ref``) and the
     lines of every order they name (``orderid``), in bulk."""
@@ -201,6 +207,8 @@ def _read_aggregates_ahead(uow: AbstractUnitOfWork, messages: Iterable[Message])
             uow.products.preload(skus, refs, orders)
 
 
-def _failure(index: int, change: acl.LegacyChange, error: Exception) -> Exception:
+def _failure(
+    uow: AbstractUnitOfWork, index: int, change: LegacyChange, error: Exception
+) -> Exception:
     """The change's fault, or the database's (raised as it is, to be retried)."""
-    return error if is_transient(error) else ChangeFailed(index, change, error)
+    return error if uow.is_transient(error) else ChangeFailed(index, change, error)

@@ -1,0 +1,60 @@
+"""Ingestion: legacy change events in, the new domain's state out, exactly once.
+
+Everything that applies one legacy change lives here, in one place:
+
+- :mod:`~new_domain.ingest.envelope`: the ``legacy.cdc`` envelope checked and parsed
+  (:func:`parse_message`, :class:`LegacyChange`, :class:`Heartbeat`);
+- :mod:`~new_domain.ingest.translators`: the anti-corruption layer, one
+  :class:`Translator` per captured legacy table (:data:`LEGACY_SHOP`);
+- :mod:`~new_domain.ingest.ports`: the bookkeeping it needs in the unit of work's
+  transaction (legacy keys, stream positions, dead letters) and their types;
+- :mod:`~new_domain.ingest.apply`: a batch applied in one transaction, positions stored
+  with the effects (:func:`apply_changes`);
+- :mod:`~new_domain.ingest.failures`: split, retry, give up and dead-letter, over any
+  ``apply(items)`` callable (:class:`FailurePolicy`).
+
+The consumer (``new_domain.entrypoints.consumer``) only connects, fills batches, and
+acknowledges or hands back.
+"""
+
+from new_domain.ingest.apply import Applied, ChangeFailed, apply_change, apply_changes
+from new_domain.ingest.envelope import (
+    Heartbeat,
+    LegacyChange,
+    MalformedChange,
+    parse_change,
+    parse_message,
+)
+from new_domain.ingest.failures import (
+    DatabaseUnavailable,
+    FailurePolicy,
+    Interrupted,
+    dead_letter_headers,
+    dead_letter_message,
+)
+from new_domain.ingest.ports import DeadLetter, FailedMessage, describe_error
+from new_domain.ingest.translators import LEGACY_SHOP, Translator, Translators, UnknownLegacyRow
+
+__all__ = [
+    "LEGACY_SHOP",
+    "Applied",
+    "ChangeFailed",
+    "DatabaseUnavailable",
+    "DeadLetter",
+    "FailedMessage",
+    "FailurePolicy",
+    "Heartbeat",
+    "Interrupted",
+    "LegacyChange",
+    "MalformedChange",
+    "Translator",
+    "Translators",
+    "UnknownLegacyRow",
+    "apply_change",
+    "apply_changes",
+    "dead_letter_headers",
+    "dead_letter_message",
+    "describe_error",
+    "parse_change",
+    "parse_message",
+]
