@@ -22,18 +22,12 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 
-from tenacity import (
-    RetryCallState,
-    Retrying,
-    retry_if_not_exception_type,
-    sleep_using_event,
-    stop_when_event_set,
-    wait_exponential,
-)
+from tenacity import RetryCallState
 
 from broker import Broker, BrokerError, QueueSpec
 from new_domain import metrics
 from new_domain.entrypoints.batches import Item, Pending
+from new_domain.entrypoints.retrying import failure_of, reconnecting
 from new_domain.ingest import (
     LEGACY_SHOP,
     DatabaseUnavailable,
@@ -112,14 +106,7 @@ class Consumer:
         broker or the database is unavailable, retry with back-off (``reconnect_delay``,
         doubling up to 30 s; back to ``reconnect_delay`` after a batch went through)."""
         self.failures.stop = stop
-        retrying = Retrying(
-            retry=retry_if_not_exception_type(Interrupted),
-            wait=wait_exponential(multiplier=self.reconnect_delay, max=30.0),
-            stop=stop_when_event_set(stop),
-            sleep=sleep_using_event(stop),
-            before_sleep=self._after_failure,
-            retry_error_callback=lambda state: None,  # asked to stop while waiting
-        )
+        retrying = reconnecting(stop, self.reconnect_delay, self._after_failure, unless=Interrupted)
         try:
             while not stop.is_set():
                 retrying(self.run_once)
@@ -160,8 +147,7 @@ class Consumer:
         self._disconnect()
 
     def _after_failure(self, state: RetryCallState) -> None:
-        error = state.outcome.exception() if state.outcome else None
-        delay = state.next_action.sleep if state.next_action else 0.0
+        error, delay = failure_of(state)
         if isinstance(error, DatabaseUnavailable):
             logger.warning("%s; retrying in %.1fs", error, delay)
             return

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from datetime import timedelta
 
 from sqlalchemy.engine import Engine
+from tenacity import RetryCallState
 
 from broker import Broker, BrokerError, Message
 from new_domain import metrics
@@ -26,6 +27,7 @@ from new_domain.adapters.outbox import (
     prune_published,
     unpublished,
 )
+from new_domain.entrypoints.retrying import failure_of, reconnecting
 
 logger = logging.getLogger(__name__)
 
@@ -57,35 +59,33 @@ class OutboxRelay:
         self.published = 0
 
     def run(self, stop: threading.Event) -> None:
-        """Publish until ``stop`` is set, polling when there is nothing to publish."""
-        delay = self.reconnect_delay
+        """Publish until ``stop`` is set, polling when there is nothing to publish; while
+        the broker or the database is unavailable, retry with the ``reconnecting``
+        policy (from ``reconnect_delay`` up to 30 s)."""
+        retrying = reconnecting(stop, self.reconnect_delay, self._after_failure)
         rounds = 0
         try:
             while not stop.is_set():
-                try:
-                    count = self.run_once()
-                    delay = self.reconnect_delay
-                except BrokerError as error:
-                    logger.warning("outbox relay: broker unavailable (%s)", error)
-                    self._disconnect()
-                except Exception as error:
-                    if is_transient(error):
-                        reason = describe_error(error)
-                        logger.warning("outbox relay: database unavailable (%s)", reason)
-                    else:
-                        logger.exception("outbox relay failed")
-                    self._disconnect()
-                else:
-                    rounds += 1
-                    if rounds % 600 == 0:
-                        self.prune()
-                    if count < self.batch_size:
-                        stop.wait(self.poll_interval)
-                    continue
-                stop.wait(delay)
-                delay = min(delay * 2, 30.0)
+                count = retrying(self.run_once)
+                if count is None:
+                    return  # stopped while waiting to retry
+                rounds += 1
+                if rounds % 600 == 0:
+                    self.prune()
+                if count < self.batch_size:
+                    stop.wait(self.poll_interval)
         finally:
             self._disconnect()
+
+    def _after_failure(self, state: RetryCallState) -> None:
+        error, delay = failure_of(state)
+        if isinstance(error, BrokerError):
+            logger.warning("outbox relay: broker unavailable (%s)", error)
+        elif error is not None and is_transient(error):
+            logger.warning("outbox relay: database unavailable (%s)", describe_error(error))
+        else:
+            logger.error("outbox relay failed; retrying in %.1fs", delay, exc_info=error)
+        self._disconnect()
 
     def run_once(self) -> int:
         """Publish one batch of unpublished events; how many were published."""
