@@ -108,11 +108,11 @@ def _key(image: Mapping[str, Any] | None, column: str) -> int | None:
 
 
 def _product_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]:
-    prod_id = _int(change, change.row, "prod_id")
+    prod_id = int_column(change, change.row, "prod_id")
     known = keys.product_sku(prod_id)
     if change.op == "d":
         return [_unsupported(known, f"product {known or prod_id} deleted in legacy; kept here")]
-    sku = _str(change, change.row, "prod_code")
+    sku = str_column(change, change.row, "prod_code")
     if known is None:
         keys.remember_product(prod_id, sku)
         return []
@@ -123,21 +123,21 @@ def _product_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Mess
 
 def _lot_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]:
     row = change.row
-    lot_id = _int(change, row, "lot_id")
+    lot_id = int_column(change, row, "lot_id")
     known = keys.lot(lot_id)
     if change.op == "d":
         name = known.batchref if known else f"lot {lot_id}"
         return [
             _unsupported(known.sku if known else None, f"batch {name} deleted in legacy; kept here")
         ]
-    qty = _int(change, row, "qty_units")
+    qty = int_column(change, row, "qty_units")
     if known is None:
         if change.op == "u":
             raise UnknownLegacyRow(f"stock_lot {lot_id} updated but its creation was never seen")
-        sku = _sku_of(change, keys, _int(change, row, "prod_id"))
-        ref = _str(change, row, "lot_ref")
+        sku = _sku_of(change, keys, int_column(change, row, "prod_id"))
+        ref = str_column(change, row, "lot_ref")
         keys.remember_lot(lot_id, LegacyLot(ref, sku))
-        return [commands.CreateBatch(ref, sku, qty, _date(change, row, "arrival_date"))]
+        return [commands.CreateBatch(ref, sku, qty, date_column(change, row, "arrival_date"))]
     messages: list[Message] = []
     before = change.before
     if before is not None and change.op == "u":
@@ -150,21 +150,22 @@ def _lot_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]
                         f"from {before.get(column)!r} to {row.get(column)!r}; not mirrored",
                     )
                 )
-        if "qty_units" in before and _int(change, before, "qty_units") == qty:
+        if "qty_units" in before and int_column(change, before, "qty_units") == qty:
             return messages
     messages.append(commands.ChangeBatchQuantity(known.batchref, qty))
     return messages
 
 
 def _line_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]:
-    line_id = _int(change, change.row, "line_id")
+    line_id = int_column(change, change.row, "line_id")
     if change.op == "d":
         keys.forget_line(line_id)
         return []
     row = change.row
-    sku = _sku_of(change, keys, _int(change, row, "prod_id"))
+    sku = _sku_of(change, keys, int_column(change, row, "prod_id"))
     keys.remember_line(
-        line_id, LegacyLine(_str(change, row, "order_no"), sku, _int(change, row, "qty_units"))
+        line_id,
+        LegacyLine(str_column(change, row, "order_no"), sku, int_column(change, row, "qty_units")),
     )
     return []
 
@@ -200,7 +201,7 @@ def _deallocation(
 
 
 def _line_of(change: LegacyChange, keys: AbstractLegacyKeys, row: Mapping[str, Any]) -> LegacyLine:
-    line_id = _int(change, row, "line_id")
+    line_id = int_column(change, row, "line_id")
     line = keys.line(line_id)
     if line is None:
         raise UnknownLegacyRow(f"{change.table} refers to cust_order_line {line_id}, never seen")
@@ -208,7 +209,7 @@ def _line_of(change: LegacyChange, keys: AbstractLegacyKeys, row: Mapping[str, A
 
 
 def _lot_of(change: LegacyChange, keys: AbstractLegacyKeys, row: Mapping[str, Any]) -> LegacyLot:
-    lot_id = _int(change, row, "lot_id")
+    lot_id = int_column(change, row, "lot_id")
     lot = keys.lot(lot_id)
     if lot is None:
         raise UnknownLegacyRow(f"{change.table} refers to stock_lot {lot_id}, never seen")
@@ -241,7 +242,7 @@ LEGACY_SHOP = Translators(
 _INT = re.compile(r"-?\d+")
 
 
-def _int(change: LegacyChange, row: Mapping[str, Any], column: str) -> int:
+def int_column(change: LegacyChange, row: Mapping[str, Any], column: str) -> int:
     value = row.get(column)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
@@ -250,14 +251,14 @@ def _int(change: LegacyChange, row: Mapping[str, Any], column: str) -> int:
     raise MalformedChange(f"{change.table}.{column} must be an integer, got {value!r}")
 
 
-def _str(change: LegacyChange, row: Mapping[str, Any], column: str) -> str:
+def str_column(change: LegacyChange, row: Mapping[str, Any], column: str) -> str:
     value = row.get(column)
     if not isinstance(value, str) or not value:
         raise MalformedChange(f"{change.table}.{column} must be a non-empty string, got {value!r}")
     return value
 
 
-def _date(change: LegacyChange, row: Mapping[str, Any], column: str) -> date | None:
+def date_column(change: LegacyChange, row: Mapping[str, Any], column: str) -> date | None:
     value = row.get(column)
     if value is None:
         return None
