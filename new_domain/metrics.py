@@ -37,3 +37,8 @@ EVENTS_PUBLISHED = Counter(
     "strangler_outbox_events_published",
     "Domain events published from the outbox (confirmed by the broker).",
 )
+OUT_OF_SEQUENCE = Counter(
+    "strangler_consumer_out_of_sequence",
+    "Changes dead-lettered because their position does not follow the stream's last one"
+    " (a gap or a jump: a forged or lost message); the stored position stays.",
+)

@@ -119,6 +119,7 @@ class ReadModel:
         While legacy is idle the bridge's heartbeats keep this below its heartbeat
         interval; a stopped consumer or bridge makes it grow.
         """
+
         def query() -> float | None:
             with self.engine.connect() as connection:
                 return lag_seconds(connection)

@@ -86,8 +86,8 @@ class SqlAlchemyDeadLetters(AbstractDeadLetters):
         now = datetime.now(UTC)
         values: dict[str, Any] = {
             "state": DEAD if dead else RETRYING,
-            "error": describe_error(error),
-            "error_type": type(error).__name__,
+            "error": _fit(describe_error(error)),
+            "error_type": _fit(type(error).__name__, 255),
             "last_failed_at": now,
             "dead_at": now if dead else None,
             "published_at": None,
@@ -105,12 +105,12 @@ class SqlAlchemyDeadLetters(AbstractDeadLetters):
             self.connection.execute(
                 insert(t).values(
                     message_key=message.key,
-                    message_id=message.message_id,
-                    stream=message.stream,
+                    message_id=_fit(message.message_id, 255),
+                    stream=_fit(message.stream),
                     position=message.position,
-                    routing_key=message.routing_key,
-                    message_type=message.message_type,
-                    content_type=message.content_type,
+                    routing_key=_fit(message.routing_key, 255) or "",
+                    message_type=_fit(message.message_type, 64),
+                    content_type=_fit(message.content_type, 128),
                     headers=_json(message.headers),
                     body=message.body,
                     attempts=1,
@@ -214,6 +214,15 @@ def _dead_letter(row: Any) -> DeadLetter:
         last_failed_at=_aware(row.last_failed_at),
         published=row.published_at is not None,
     )
+
+
+def _fit(text: str | None, limit: int | None = None) -> str | None:
+    """``text`` as the table can hold it, whatever a message carried: NUL and lone
+    surrogates escaped, cut to ``limit`` characters (the raw body is kept whole)."""
+    if text is None:
+        return None
+    text = text.encode("utf-8", "backslashreplace").decode("utf-8").replace("\x00", "\\x00")
+    return text if limit is None or len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _aware(moment: datetime) -> datetime:

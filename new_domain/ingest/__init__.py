@@ -17,7 +17,13 @@ The consumer (``new_domain.entrypoints.consumer``) only connects, fills batches,
 acknowledges or hands back.
 """
 
-from new_domain.ingest.apply import Applied, ChangeFailed, apply_change, apply_changes
+from new_domain.ingest.apply import (
+    Applied,
+    ChangeFailed,
+    OutOfSequence,
+    apply_change,
+    apply_changes,
+)
 from new_domain.ingest.envelope import (
     Heartbeat,
     LegacyChange,
@@ -47,6 +53,7 @@ __all__ = [
     "Interrupted",
     "LegacyChange",
     "MalformedChange",
+    "OutOfSequence",
     "Translator",
     "Translators",
     "UnknownLegacyRow",

@@ -8,6 +8,12 @@ translation state they taught the anti-corruption layer). A change at or below t
 stored position was applied already and is skipped: a redelivery can never apply
 twice, and a crash before commit leaves neither the effects nor the position.
 
+A stream whose positions are dense (the bridge's: every position is used, in order)
+must go on at the position after the last one applied: a change further ahead (a gap,
+or a jump such as a forged ``source.seq``) is refused with :class:`OutOfSequence`
+before anything is applied, so no message can move a position on its own word (a
+replay, the operator's decision, may).
+
 Exceptions to "at or below means applied", all recorded in the same transactions: a
 position the consumer gave up on (its row in ``dead_letter`` is *dead*) is applied by a
 replay, exactly once, which resolves the row; a stream reset to await a snapshot skips
@@ -50,6 +56,26 @@ class ChangeFailed(Exception):
         self.index = index
         self.change = change
         self.error = error
+
+
+class OutOfSequence(Exception):
+    """A change of a stream with dense positions does not come right after the last one
+    applied: a gap (a change lost) or a jump (a forged position). It is dead-lettered
+    at once and the stream's position stays where it is."""
+
+    def __init__(self, stream: str, last: int | None, position: int) -> None:
+        super().__init__(
+            f"position {position} does not follow the last applied position {last} of"
+            f" stream {stream} (expected {0 if last is None else last + 1}); the stored"
+            " position is kept"
+        )
+        self.stream = stream
+        self.last = last
+        self.position = position
+
+
+def _jumps(last: int | None, position: int) -> bool:
+    return last is not None and position > last + 1
 
 
 @dataclass(frozen=True)
@@ -169,6 +195,8 @@ def _choose(
         if snapshot == AWAITING and change.op != "r":
             logger.debug("skipping change %s: awaiting a snapshot", change.message_id)
             continue
+        if change.dense and not replay and snapshot != AWAITING and _jumps(last, position):
+            raise ChangeFailed(index, change, OutOfSequence(stream, last, position))
         if last is None or position > last or snapshot == AWAITING:
             state = LOADING if change.op == "r" else snapshot
             uow.positions.set(stream, max(position, last or 0), state)

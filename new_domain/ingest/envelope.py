@@ -15,6 +15,8 @@ from dataclasses import dataclass
 from typing import Any
 
 OPS = ("c", "u", "d", "r")
+MAX_POSITION = 2**63 - 1  # positions are stored as BIGINT
+MAX_ID_LENGTH = 255
 HEARTBEAT = "heartbeat"
 
 
@@ -28,7 +30,9 @@ class LegacyChange:
 
     ``source`` is ``<server name>/<database>``; ``committed_at_ms`` the capture time of
     the change in legacy; ``ends_transaction`` is False only for a change that the
-    ``transaction`` block marks as not the last one of its legacy transaction.
+    ``transaction`` block marks as not the last one of its legacy transaction;
+    ``dense`` is True when the stream's positions have no gaps (the bridge's), so a
+    change must come at the position after the last one applied.
     """
 
     op: str
@@ -41,6 +45,7 @@ class LegacyChange:
     source: str = "-/-"
     committed_at_ms: int | None = None
     ends_transaction: bool = True
+    dense: bool = False
 
     @property
     def row(self) -> Mapping[str, Any]:
@@ -101,25 +106,34 @@ def parse_change(
     if not isinstance(table, str) or not table:
         raise MalformedChange("source.table must be a non-empty string")
     seq = source.get("seq")
-    if not isinstance(seq, int) or isinstance(seq, bool) or seq < 0:
-        raise MalformedChange(f"source.seq must be a non-negative integer, got {seq!r}")
+    if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_POSITION:
+        raise MalformedChange(f"source.seq must be an integer from 0 to 2^63-1, got {seq!r}")
+    for name, value in (("source.name", source.get("name")), ("source.db", source.get("db"))):
+        if value is not None and not isinstance(value, str | int):
+            raise MalformedChange(f"{name} must be a string, got {type(value).__name__}")
+    if any("\x00" in str(part) for part in (table, source.get("name"), source.get("db"))):
+        raise MalformedChange("source.table, source.name and source.db must not hold NUL")
+    if message_id is not None and ("\x00" in message_id or len(message_id) > MAX_ID_LENGTH):
+        raise MalformedChange(f"message_id must be at most {MAX_ID_LENGTH} characters, no NUL")
     before = _image(envelope, "before")
     after = _image(envelope, "after")
     if op == "d" and before is None:
         raise MalformedChange("a delete needs a before image")
     if op != "d" and after is None:
         raise MalformedChange(f"op {op!r} needs an after image")
+    stream, dense = _stream(source, message_id, op)
     return LegacyChange(
         op,
         table,
         before,
         after,
-        _stream(source, message_id, op),
+        stream,
         seq,
         message_id,
         source=_source_key(source),
         committed_at_ms=_ms(source.get("ts_ms")),
         ends_transaction=_ends_transaction(envelope.get("transaction")),
+        dense=dense,
     )
 
 
@@ -141,17 +155,20 @@ def _source_key(source: Mapping[str, Any]) -> str:
     return f"{source.get('name') or '-'}/{source.get('db') or '-'}"
 
 
-def _stream(source: Mapping[str, Any], message_id: str | None, op: str) -> str:
+def _stream(source: Mapping[str, Any], message_id: str | None, op: str) -> tuple[str, bool]:
     """``<name>/<db>``, plus the capture install taken from the bridge's message id:
-    ``<install_id>:<change_id>`` for changes, ``<install_id>:...`` for snapshot reads."""
+    ``<install_id>:<change_id>`` for changes, ``<install_id>:...`` for snapshot reads;
+    and whether the stream's positions are dense (the bridge's are: 1, 2, 3, ...)."""
     stream = _source_key(source)
     if not message_id or ":" not in message_id:
-        return stream
+        return stream, False
     install = message_id.partition(":")[0]
     change_id = source.get("change_id")
     by_change = change_id is not None and message_id.rpartition(":")[2] == str(change_id)
     snapshot = op == "r" or source.get("snapshot") not in (None, False)
-    return f"{stream}/{install}" if install and (by_change or snapshot) else stream
+    if install and (by_change or snapshot):
+        return f"{stream}/{install}", True
+    return stream, False
 
 
 def _ends_transaction(block: Any) -> bool:

@@ -29,7 +29,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -46,7 +46,7 @@ from tenacity import (
 
 from broker import Broker, Message
 from new_domain import metrics
-from new_domain.ingest.apply import ChangeFailed
+from new_domain.ingest.apply import ChangeFailed, OutOfSequence
 from new_domain.ingest.ports import DeadLetter, FailedMessage, describe_error
 
 if TYPE_CHECKING:
@@ -120,8 +120,8 @@ class FailurePolicy(Generic[Item]):
             self._apply_in_order(items, apply, error)
 
     def record_undecodable(self, failed: Sequence[tuple[FailedMessage, Exception]]) -> None:
-        """Messages that are not changes at all: dead at once (decoding cannot succeed
-        later). A row dead before keeps its dead letter: only the ack was missing."""
+        """Messages that can never be applied (not changes at all, or out of sequence):
+        dead at once. A row dead before keeps its dead letter: only the ack was missing."""
 
         def record() -> list[DeadLetter]:
             with self.uow as uow:
@@ -157,7 +157,10 @@ class FailurePolicy(Generic[Item]):
                 index = failure.index
                 if index > 0:
                     self._apply_or_split(remaining[:index], apply)
-                self._retry_alone(remaining[index], apply, failure.error)
+                if isinstance(failure.error, OutOfSequence):
+                    self._refuse(remaining[index], failure.error)
+                else:
+                    self._retry_alone(remaining[index], apply, failure.error)
                 remaining = remaining[index + 1 :]
             elif len(remaining) == 1:
                 self._retry_alone(remaining[0], apply, failure)
@@ -207,6 +210,13 @@ class FailurePolicy(Generic[Item]):
             except Exception as other:
                 row = self._record_failure(message, other)
         self._give_up(message)
+
+    def _refuse(self, item: Item, error: OutOfSequence) -> None:
+        """Dead at once, without retries and without moving the stream's position (its
+        row carries no position, so the real change at that position stays apart)."""
+        metrics.OUT_OF_SEQUENCE.inc()
+        logger.warning("refusing change %s: %s", self.describe(item).key, error)
+        self.record_undecodable([(replace(self.describe(item), position=None), error)])
 
     def _record_failure(self, message: FailedMessage, error: BaseException) -> DeadLetter:
         metrics.FAILED_ATTEMPTS.inc()

@@ -146,8 +146,12 @@ class FailedMessage:
     @property
     def key(self) -> str:
         """Identity of the message: its id, or a digest of its body when it has none."""
-        if self.message_id:
-            return self.message_id[:255]
+        if self.message_id and len(self.message_id) <= 255 and "\x00" not in self.message_id:
+            return self.message_id
+        if self.message_id:  # too long to be a key: its digest (two ids never share one)
+            return (
+                "sha256:" + hashlib.sha256(self.message_id.encode("utf-8", "replace")).hexdigest()
+            )
         return "sha256:" + hashlib.sha256(self.body).hexdigest()
 
 
