@@ -22,7 +22,9 @@ import signal
 import subprocess
 import threading
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import psycopg
 from tenacity import retry, stop_after_delay, wait_fixed
@@ -65,7 +67,10 @@ class Supervised:
             log.write(f"--- start {self.starts + 1}\n".encode())
             log.flush()
             self.process = subprocess.Popen(
-                [STRANGLER, *self.args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+                [STRANGLER, *self.args],
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         self.starts += 1
@@ -153,34 +158,133 @@ def new_db_outage(admin_dsn: str, database: str, outage: float) -> None:
 _ENVELOPE_MISSING_SOURCE = {"before": None, "after": {"lot_id": 1}, "op": "c", "ts_ms": 1}
 
 
-def poison_messages(seed: int, first: int, count: int) -> list[Message]:
+def poison_messages(
+    seed: int, first: int, count: int, stream: tuple[str, str, str] | None = None
+) -> list[Message]:
     """``count`` messages the consumer cannot apply, ids ``poison-<seed>-<n>``: bodies
-    that are not JSON, not an object, or envelopes that break the change schema."""
-    bodies: list[tuple[str, bytes]] = [
-        ("stock_lot.c", b"{this is not json"),
-        ("lot_allocation.c", b"\xff\xfe\x00binary"),
-        ("cust_order_line.c", b"[1, 2, 3]"),
-        ("stock_lot.u", json.dumps(_ENVELOPE_MISSING_SOURCE).encode()),
-        ("lot_allocation.d", json.dumps({
-            "before": None, "after": None, "op": "d", "ts_ms": 1,
-            "source": {"name": "legacy", "db": "chaos", "table": "lot_allocation", "seq": 1},
-        }).encode()),
-        ("stock_lot.x", json.dumps({
-            "before": None, "after": {"lot_id": 1}, "op": "x", "ts_ms": 1,
-            "source": {"name": "legacy", "db": "chaos", "table": "stock_lot", "seq": 1},
-        }).encode()),
-        ("cust_order_line.c", json.dumps({
-            "before": None, "after": "not an object", "op": "c", "ts_ms": 1,
-            "source": {"name": "legacy", "db": "chaos", "table": "cust_order_line",
-                       "seq": "seven"},
-        }).encode()),
-    ]
+    that are not JSON, not an object, or envelopes that break the change schema;
+    attributes and fields the dead-letter table cannot hold as they are (an AMQP type
+    over 64 characters, a content type over 128, a position of 2^63, NUL in a table name
+    and in a header); and, given the run's ``stream`` (server name, database, install
+    id), a forged change with the real stream's identity and a far-off position."""
+    hostile = ([_forged] if stream is not None else []) + _hostile()
+    specs = [spec for pair in zip(hostile, _BODIES, strict=False) for spec in pair]
+    specs += hostile[len(_BODIES) :] + _BODIES[len(hostile) :]
     out = []
     for n in range(first, first + count):
-        routing_key, body = bodies[n % len(bodies)]
-        out.append(Message(routing_key, body, f"poison-{seed}-{n}",
-                           headers={"x-chaos": "poison"}))
+        make = specs[n % len(specs)]
+        out.append(make(seed, n, stream))
     return out
+
+
+Spec = Callable[[int, int, "tuple[str, str, str] | None"], Message]
+
+
+def _body(routing_key: str, body: bytes) -> Spec:
+    return lambda seed, n, _: Message(
+        routing_key, body, f"poison-{seed}-{n}", headers={"x-chaos": "poison"}
+    )
+
+
+_BODIES: list[Spec] = [
+    _body("stock_lot.c", b"{this is not json"),
+    _body("lot_allocation.c", b"\xff\xfe\x00binary"),
+    _body("cust_order_line.c", b"[1, 2, 3]"),
+    _body("stock_lot.u", json.dumps(_ENVELOPE_MISSING_SOURCE).encode()),
+    _body(
+        "lot_allocation.d",
+        json.dumps(
+            {
+                "before": None,
+                "after": None,
+                "op": "d",
+                "ts_ms": 1,
+                "source": {"name": "legacy", "db": "chaos", "table": "lot_allocation", "seq": 1},
+            }
+        ).encode(),
+    ),
+    _body(
+        "stock_lot.x",
+        json.dumps(
+            {
+                "before": None,
+                "after": {"lot_id": 1},
+                "op": "x",
+                "ts_ms": 1,
+                "source": {"name": "legacy", "db": "chaos", "table": "stock_lot", "seq": 1},
+            }
+        ).encode(),
+    ),
+    _body(
+        "cust_order_line.c",
+        json.dumps(
+            {
+                "before": None,
+                "after": "not an object",
+                "op": "c",
+                "ts_ms": 1,
+                "source": {
+                    "name": "legacy",
+                    "db": "chaos",
+                    "table": "cust_order_line",
+                    "seq": "seven",
+                },
+            }
+        ).encode(),
+    ),
+]
+
+
+def _unknown_allocation(n: int, **source: object) -> bytes:
+    """A well-formed allocation of rows never seen, at position ``n`` of its own stream."""
+    envelope = {
+        "before": None,
+        "after": {"alloc_id": n, "lot_id": -1, "line_id": -1},
+        "op": "c",
+        "ts_ms": 1,
+        "source": {
+            "name": "legacy",
+            "db": "chaos-poison",
+            "table": "lot_allocation",
+            "seq": n,
+            **source,
+        },
+    }
+    return json.dumps(envelope).encode()
+
+
+def _hostile() -> list[Spec]:
+    def message(**attributes: Any) -> Spec:
+        def make(seed: int, n: int, _: tuple[str, str, str] | None) -> Message:
+            fields: dict[str, Any] = {"headers": {"x-chaos": "poison"}, **attributes}
+            body = fields.pop("body", None) or _unknown_allocation(n)
+            return Message("lot_allocation.c", body, f"poison-{seed}-{n}", **fields)
+
+        return make
+
+    return [
+        message(type="t" * 100),
+        message(content_type="c" * 200),
+        message(body=_unknown_allocation(2**63)),
+        message(body=_unknown_allocation(1, table="lot\x00allocation")),
+        message(headers={"x-chaos": "poison", "x-note": "nul\x00here"}),
+    ]
+
+
+def _forged(seed: int, n: int, stream: tuple[str, str, str] | None) -> Message:
+    assert stream is not None
+    name, db, install = stream
+    seq = 10**12 + n
+    body = {
+        "before": None,
+        "after": {"id": n},
+        "op": "c",
+        "ts_ms": 1,
+        "source": {"name": name, "db": db, "table": "audit_log", "seq": seq, "change_id": seq},
+    }
+    return Message(
+        "audit_log.c", json.dumps(body).encode(), f"{install}:{seq}", headers={"x-chaos": "poison"}
+    )
 
 
 @retry(stop=stop_after_delay(180), wait=wait_fixed(1), reraise=True)
@@ -203,5 +307,3 @@ class FaultLog:
     def record(self, kind: str, at_changes: int, **detail: object) -> None:
         self.counts[kind] += 1
         self.events.append({"kind": kind, "at_changes": at_changes, **detail})
-
-

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pika
+import psycopg
 from sqlalchemy.engine import make_url
 
 import broker
@@ -68,11 +69,29 @@ class ChaosConfig:
 READY = {"bridge": "relaying captured changes", "consumer": "consuming "}
 """What a process logs once it works (after its start-up checks)."""
 
-BOUNDED = ChaosConfig(mode="bounded", seed=0, changes=3000, kill_bridge=2, kill_consumer=2,
-                      broker_restart=1, pg_terminate=1, new_db_outage=1, poison=2,
-                      step_timeout=120.0)
-LONG = ChaosConfig(mode="long", seed=0, changes=100_000, kill_bridge=12, kill_consumer=12,
-                   broker_restart=4, pg_terminate=6, new_db_outage=4, poison=6)
+BOUNDED = ChaosConfig(
+    mode="bounded",
+    seed=0,
+    changes=3000,
+    kill_bridge=2,
+    kill_consumer=2,
+    broker_restart=1,
+    pg_terminate=1,
+    new_db_outage=1,
+    poison=2,
+    step_timeout=120.0,
+)
+LONG = ChaosConfig(
+    mode="long",
+    seed=0,
+    changes=100_000,
+    kill_bridge=12,
+    kill_consumer=12,
+    broker_restart=4,
+    pg_terminate=6,
+    new_db_outage=4,
+    poison=6,
+)
 
 
 def run(config: ChaosConfig, workdir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
@@ -93,7 +112,11 @@ def run(config: ChaosConfig, workdir: Path, echo: Callable[[str], None] = print)
 
 class _Run:
     def __init__(
-        self, config: ChaosConfig, workdir: Path, legacy_url: str, new_url: str,
+        self,
+        config: ChaosConfig,
+        workdir: Path,
+        legacy_url: str,
+        new_url: str,
         echo: Callable[[str], None],
     ) -> None:
         self.config = config
@@ -117,21 +140,56 @@ class _Run:
         self.workload = Workload(self.legacy_http, config.seed, threads=config.threads)
         logs = workdir
         self.shop = Supervised(
-            "legacy", ["legacy", "serve", "--port", str(self.legacy_port),
-                       "--workers", "2", "--threads", "4"],
-            {"LEGACY_DB_URL": with_application_name(legacy_url, faults.SHOP_APP)}, logs,
+            "legacy",
+            [
+                "legacy",
+                "serve",
+                "--port",
+                str(self.legacy_port),
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+            ],
+            {"LEGACY_DB_URL": with_application_name(legacy_url, faults.SHOP_APP)},
+            logs,
         )
         self.bridge = Supervised(
-            "bridge", ["bridge", "run", "--exchange", self.exchange,
-                       "--heartbeat-interval", "1", "--retention", "100000000"],
-            {"LEGACY_DB_URL": with_application_name(legacy_url, faults.BRIDGE_APP),
-             "BROKER_URL": self.amqp_url}, logs,
+            "bridge",
+            [
+                "bridge",
+                "run",
+                "--exchange",
+                self.exchange,
+                "--heartbeat-interval",
+                "1",
+                "--retention",
+                "100000000",
+            ],
+            {
+                "LEGACY_DB_URL": with_application_name(legacy_url, faults.BRIDGE_APP),
+                "BROKER_URL": self.amqp_url,
+            },
+            logs,
         )
         self.consumer = Supervised(
-            "consumer", ["consume", "--queue", self.queue, "--exchange", self.exchange,
-                         "--events-exchange", self.events, "--max-attempts", "3"],
-            {"NEW_DB_URL": with_application_name(new_url, faults.CONSUMER_APP),
-             "BROKER_URL": self.amqp_url}, logs,
+            "consumer",
+            [
+                "consume",
+                "--queue",
+                self.queue,
+                "--exchange",
+                self.exchange,
+                "--events-exchange",
+                self.events,
+                "--max-attempts",
+                "3",
+            ],
+            {
+                "NEW_DB_URL": with_application_name(new_url, faults.CONSUMER_APP),
+                "BROKER_URL": self.amqp_url,
+            },
+            logs,
         )
         # progress marks: a process is killed only after it did something since its start
         self.mark = {"bridge": 0, "consumer": 0}
@@ -149,8 +207,9 @@ class _Run:
             admin = broker.connect(self.amqp_url)
             try:
                 admin.declare_exchange(self.exchange, alternate_exchange=self.unrouted)
-                admin.declare_queue(QueueSpec(self.audit, [(self.exchange, "#")],
-                                              single_active_consumer=False))
+                admin.declare_queue(
+                    QueueSpec(self.audit, [(self.exchange, "#")], single_active_consumer=False)
+                )
             finally:
                 admin.close()
             self.start(self.consumer)
@@ -206,8 +265,14 @@ class _Run:
         assert not self.workload.counts.errors, self.workload.counts.errors
 
     def _wait_for_changes(self, count: int, what: str) -> None:
-        self.poll(lambda: self.store.captured_count() >= count, what,
-                  self.shop, self.bridge, self.consumer, interval=0.25)
+        self.poll(
+            lambda: self.store.captured_count() >= count,
+            what,
+            self.shop,
+            self.bridge,
+            self.consumer,
+            interval=0.25,
+        )
 
     def _check_alive(self) -> None:
         for process in (self.shop, self.bridge, self.consumer):
@@ -215,8 +280,12 @@ class _Run:
         assert len(self.workload.counts.errors) == 0, self.workload.counts.errors
 
     def poll(
-        self, condition: Callable[[], Any], what: str, *alive: Supervised,
-        timeout: float | None = None, interval: float = 0.1,
+        self,
+        condition: Callable[[], Any],
+        what: str,
+        *alive: Supervised,
+        timeout: float | None = None,
+        interval: float = 0.1,
     ) -> Any:
         """Poll ``condition`` until it is truthy; fail at once when one of ``alive`` has
         exited or the workload saw an error, and after ``timeout`` (the step timeout)."""
@@ -238,8 +307,11 @@ class _Run:
         """Start ``process`` and wait until it says it is working (as a supervisor that
         restarts it would): faults are injected into a running pipeline."""
         process.start()
-        self.poll(lambda: READY[process.name] in process.current_log(),
-                  f"the {process.name} to start", process)
+        self.poll(
+            lambda: READY[process.name] in process.current_log(),
+            f"the {process.name} to start",
+            process,
+        )
 
     def _inject(self, kind: str) -> None:
         at = self.store.captured_count()
@@ -262,7 +334,8 @@ class _Run:
             self.faults.record(kind, at, outage_s=outage)
         elif kind == "pg_terminate":
             terminated = faults.pg_terminate(
-                self.admin_dsn, [self.legacy_db, self.new_db],
+                self.admin_dsn,
+                [self.legacy_db, self.new_db],
                 [faults.BRIDGE_APP, faults.CONSUMER_APP],
             )
             self.faults.record(kind, at, backends=terminated)
@@ -272,8 +345,9 @@ class _Run:
             self.faults.record(kind, at, outage_s=outage)
         elif kind == "poison":
             first = len(self.poison_ids)
-            messages = faults.poison_messages(self.config.seed, first,
-                                              self.config.poison_per_round)
+            messages = faults.poison_messages(
+                self.config.seed, first, self.config.poison_per_round, self._stream()
+            )
             faults.publish(self.amqp_url, self.exchange, messages)
             self.poison_ids.update(m.message_id for m in messages)
             self.faults.record(kind, at, messages=len(messages))
@@ -281,31 +355,49 @@ class _Run:
             raise ValueError(f"unknown fault {kind}")
         self.echo(f"  fault {kind} at {at} captured changes")
 
+    def _stream(self) -> tuple[str, str, str]:
+        """The bridge's stream identity (server name, database, install id), for a forger."""
+        dsn = f"host={PG_HOST} port={PG_PORT} user={PG_USER} dbname={self.legacy_db}"
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT server_name, install_id FROM strangler_relay_state"
+            ).fetchone()
+        assert row is not None, "the bridge is installed before any fault"
+        return str(row[0]), self.legacy_db, str(row[1])
+
     def _progressed(self, name: str, position: Callable[[], int]) -> None:
         """Wait until ``name`` has moved past its mark (it is working mid-stream)."""
         mark = self.mark[name]
         process = self.bridge if name == "bridge" else self.consumer
-        self.poll(lambda: position() > mark, f"the {name} to make progress past {mark}",
-                  process)
+        self.poll(lambda: position() > mark, f"the {name} to make progress past {mark}", process)
 
     # -- drain and oracle -----------------------------------------------------------------
 
     def drain_and_judge(self) -> Verdict:
         both = (self.bridge, self.consumer)
         last = self.poll(self.store.relay_done, "the relay to publish everything", *both)
-        self.poll(lambda: self.store.applied_position() >= last,
-                  f"the consumer to apply up to position {last}", *both)
+        self.poll(
+            lambda: self.store.applied_position() >= last,
+            f"the consumer to apply up to position {last}",
+            *both,
+        )
         self.poll(lambda: self.store.outbox_backlog() == 0, "the outbox relay", *both)
-        self.poll(lambda: self._depth(f"{self.queue}.dlq") >= len(self.poison_ids),
-                  "the poison to reach the dead-letter queue", *both)
+        self.poll(
+            lambda: self._depth(f"{self.queue}.dlq") >= len(self.poison_ids),
+            "the poison to reach the dead-letter queue",
+            *both,
+        )
         self._check_alive()
 
         verdict = Verdict()
         assert self.bridge.stop() == 0, self.bridge.log()  # no more heartbeats after this
         try:
-            self.poll(lambda: queue_counts(self.queue) == (0, 0),
-                      "the consumer's queue to hold nothing ready or unacknowledged",
-                      self.consumer, timeout=60)
+            self.poll(
+                lambda: queue_counts(self.queue) == (0, 0),
+                "the consumer's queue to hold nothing ready or unacknowledged",
+                self.consumer,
+                timeout=60,
+            )
         finally:
             verdict.queue_ready, verdict.queue_unacked = queue_counts(self.queue)
         assert self.consumer.stop() == 0, self.consumer.log()
@@ -316,7 +408,9 @@ class _Run:
         result = subprocess.run(
             [STRANGLER, "verify", "--legacy-url", self.legacy_http, "--show", "20"],
             env={**os.environ, "LEGACY_DB_URL": self.legacy_url, "NEW_DB_URL": self.new_url},
-            capture_output=True, text=True, timeout=1800,
+            capture_output=True,
+            text=True,
+            timeout=1800,
         )
         judge_verify(verdict, result)
         return verdict
@@ -346,27 +440,42 @@ def markdown(summary: dict[str, Any]) -> str:
         ("machine", summary["machine"]),
         ("mode / seed", f"{summary['mode']} / {summary['seed']}"),
         ("duration", f"{summary['duration_s']} s"),
-        ("HTTP requests to legacy", f"{w['requests']:,}: "
-         + ", ".join(f"{k} {n:,}" for k, n in w["by_kind"].items())),
+        (
+            "HTTP requests to legacy",
+            f"{w['requests']:,}: " + ", ".join(f"{k} {n:,}" for k, n in w["by_kind"].items()),
+        ),
         ("cuts that made legacy reallocate", f"{w['reallocating_cuts']:,}"),
-        ("changes captured", f"{v['captured']:,}: "
-         + ", ".join(f"{k} {n:,}" for k, n in v["captured_by_kind"].items())),
-        ("changes published (distinct / deliveries)",
-         f"{v['published']:,} / {v['deliveries_to_audit']:,}"),
+        (
+            "changes captured",
+            f"{v['captured']:,}: "
+            + ", ".join(f"{k} {n:,}" for k, n in v["captured_by_kind"].items()),
+        ),
+        (
+            "changes published (distinct / deliveries)",
+            f"{v['published']:,} / {v['deliveries_to_audit']:,}",
+        ),
         ("changes applied", f"{v['applied']:,}"),
-        ("domain events expected / recorded",
-         f"{v['effects_expected']:,} / {v['effects_recorded']:,}"),
+        (
+            "domain events expected / recorded",
+            f"{v['effects_expected']:,} / {v['effects_recorded']:,}",
+        ),
         ("faults", ", ".join(f"{k} {n}" for k, n in summary["faults"].items())),
         ("process kills", str(summary["process_kills"])),
-        ("poison injected / dead-lettered (of them again) / other dead letters",
-         f"{v['poison_injected']} / {v['dead_lettered']} ({v['dead_letter_duplicates']})"
-         f" / {v['dead_letters_unexpected']}"),
-        ("left in the consumer's queue (ready / unacked)",
-         f"{v['queue_ready']} / {v['queue_unacked']}"),
+        (
+            "poison injected / dead-lettered (of them again) / other dead letters",
+            f"{v['poison_injected']} / {v['dead_lettered']} ({v['dead_letter_duplicates']})"
+            f" / {v['dead_letters_unexpected']}",
+        ),
+        (
+            "left in the consumer's queue (ready / unacked)",
+            f"{v['queue_ready']} / {v['queue_unacked']}",
+        ),
         ("**lost**", f"**{v['lost']}**"),
         ("**double-applied**", f"**{v['double_applied']}**"),
-        ("**parity**", f"**{v['parity']}%** ({v['orders_matching']:,} of "
-         f"{v['orders_checked']:,} orders)"),
+        (
+            "**parity**",
+            f"**{v['parity']}%** ({v['orders_matching']:,} of {v['orders_checked']:,} orders)",
+        ),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {k} | {val} |" for k, val in rows]
     return "\n".join(lines)
@@ -386,7 +495,8 @@ def assert_clean(summary: dict[str, Any]) -> None:
         "captured = published = applied": v["applied"] == v["captured"] == v["published"],
         "one domain event per effect": v["effects_recorded"] == v["effects_expected"],
         "the poison, and only it, dead-lettered": v["poison_injected"] > 0
-        and v["dead_letters_unexpected"] == 0 and v["poison_missing"] == 0,
+        and v["dead_letters_unexpected"] == 0
+        and v["poison_missing"] == 0,
         "nothing left in the queues": (v["queue_ready"], v["queue_unacked"], v["unrouted"])
         == (0, 0, 0),
         "every planned fault injected": summary["faults"] == planned,
