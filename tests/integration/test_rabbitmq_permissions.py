@@ -8,6 +8,7 @@ consumer's queue.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import subprocess
@@ -124,9 +125,7 @@ def test_the_pipeline_runs_with_least_privilege_users_and_nothing_more_is_allowe
     finally:
         for closing in (relay.close, consumer.close, outbox.close, bridge_side.close):
             closing()
-        try:
+        with contextlib.suppress(BrokerError):
             consumer_side.close()
-        except BrokerError:
-            pass
         outbox.engine.dispose()
         bus.uow.close()
