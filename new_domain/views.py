@@ -18,7 +18,7 @@ from sqlalchemy.engine import Engine
 from new_domain.adapters import orm
 from new_domain.adapters.chunks import chunked
 from new_domain.adapters.database import create_engine, retry_on_disconnect
-from new_domain.adapters.progress import lag_seconds
+from new_domain.adapters.lag import lag_seconds
 
 T = TypeVar("T")
 _QUERY_CANCELED = "57014"  # PostgreSQL: statement_timeout (or a cancel request)

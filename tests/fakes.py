@@ -15,8 +15,8 @@ from typing import Any
 from new_domain.adapters.allocations_view import AbstractAllocationsView, Row
 from new_domain.adapters.anomalies import AbstractAnomalyLog, Anomaly
 from new_domain.adapters.database import describe_error
+from new_domain.adapters.lag import AbstractProgress
 from new_domain.adapters.outbox import AbstractOutbox
-from new_domain.adapters.progress import AbstractProgress
 from new_domain.adapters.repository import AbstractRepository
 from new_domain.domain.model import Product
 from new_domain.ingest.ports import (

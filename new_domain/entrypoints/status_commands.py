@@ -11,8 +11,8 @@ import broker
 from new_domain.adapters.anomalies import anomaly_counts, latest_anomalies
 from new_domain.adapters.database import create_engine, safe_url
 from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
+from new_domain.adapters.lag import read_progress
 from new_domain.adapters.outbox import backlog
-from new_domain.adapters.progress import read_progress
 from new_domain.entrypoints.options import (
     broker_url_option,
     first_line,

@@ -30,9 +30,9 @@ from new_domain.adapters.bulk import pipelined
 from new_domain.adapters.change_positions import SqlAlchemyChangePositions
 from new_domain.adapters.database import is_transient
 from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
+from new_domain.adapters.lag import AbstractProgress, SqlAlchemyProgress
 from new_domain.adapters.legacy_keys import SqlAlchemyLegacyKeys
 from new_domain.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox
-from new_domain.adapters.progress import AbstractProgress, SqlAlchemyProgress
 from new_domain.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from new_domain.domain.events import Event
 from new_domain.ingest.ports import AbstractChangePositions, AbstractDeadLetters, AbstractLegacyKeys

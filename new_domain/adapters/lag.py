@@ -1,4 +1,5 @@
-"""``consumer_progress``: how current the new domain is, per legacy source.
+"""The end-to-end lag: how current the new domain is, per legacy source (table
+``consumer_progress``).
 
 For each source (``<server name>/<database>``) the consumer stores, in the transaction
 of each batch, the newest legacy commit time it has seen (a change's ``source.ts_ms``,
