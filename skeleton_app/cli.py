@@ -15,7 +15,15 @@ import click
 from examples.legacy_shop.cli import legacy
 from legacy_bridge.cli import bridge
 from new_domain.entrypoints.cli import consume, db
-from new_domain.entrypoints.commands import anomalies, dlq, outbox, rebuild, status, verify
+from new_domain.entrypoints.commands import (
+    anomalies,
+    decisions,
+    dlq,
+    outbox,
+    rebuild,
+    status,
+    verify,
+)
 from skeleton_app.commands import demo, routes, serve
 
 
@@ -35,7 +43,7 @@ def cli(verbose: bool) -> None:
 
 for command in (
     legacy, bridge, db, consume, serve, routes, demo,
-    anomalies, dlq, outbox, rebuild, status, verify,
+    anomalies, decisions, dlq, outbox, rebuild, status, verify,
 ):
     cli.add_command(command)
 
