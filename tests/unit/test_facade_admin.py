@@ -149,7 +149,7 @@ def test_the_read_route_answers_as_documented_from_both_systems(
     app: Flask, client: FlaskClient, table: RouteTable, upstream: responses.RequestsMock
 ) -> None:
     legacy = client.get("/allocations/order-1")
-    table.set("GET", ROUTE, "new", by="ops", force=True)
+    table.set("GET", ROUTE, "new", by="ops", reason="test", force=True)
     new = client.get("/allocations/order-1")
     missing = client.get("/allocations/nobody")
 
@@ -201,7 +201,7 @@ def test_a_request_without_a_valid_token_gets_401_and_changes_nothing(
     client: FlaskClient, table: RouteTable, headers: dict[str, str], method: str, path: str,
     body: object,
 ) -> None:
-    table.set("GET", ROUTE, "canary 10", by="ops")
+    table.set("GET", ROUTE, "canary 10", by="ops", reason="test", force=True)
 
     response = client.open(path, method=method, json=body, headers=headers)
 
@@ -258,7 +258,7 @@ def test_set_a_route_through_the_api_is_audited(
 ) -> None:
     response = client.put("/_strangler/routes", headers=AUTH, json={
         "method": "get", "pattern": ROUTE, "mode": "canary", "percent": 25,
-        "reason": "first quarter", "by": "alice",
+        "reason": "first quarter", "by": "alice", "force": True,
         "options": {"canary_key": "header:X-Customer", "unordered_lists": True},
     })
 
@@ -267,7 +267,7 @@ def test_set_a_route_through_the_api_is_audited(
     assert body["route"]["options"]["canary_key"] == "header:X-Customer"
     audit = body["audit"]
     assert (audit["from_mode"], audit["to_mode"], audit["by"], audit["reason"],
-            audit["forced"]) == (None, "canary 25", "alice", "first quarter", False)
+            audit["forced"]) == (None, "canary 25", "alice", "first quarter", True)
     match = table.match("GET", "/allocations/o-1")
     assert match is not None and (match.mode, match.percent) == (Mode.CANARY, 25)
 
@@ -350,7 +350,7 @@ def test_bad_changes_are_400_and_change_nothing(
 
 
 def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
-    table.set("GET", ROUTE, "canary 50", by="alice", reason="half")
+    table.set("GET", ROUTE, "canary 50", by="alice", reason="half", force=True)
     table.set("POST", "/allocate", "aa", by="bob")
 
     rolled = client.post("/_strangler/routes/rollback", headers=AUTH,

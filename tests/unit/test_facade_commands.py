@@ -56,18 +56,19 @@ def test_routes_list_shows_movable_routes_never_set(runner: CliRunner) -> None:
 
 def test_routes_set_then_list_and_history(runner: CliRunner, new_db_url: str) -> None:
     result = runner.invoke(
-        commands.routes, ["set", "GET", ROUTE, "canary", "25", "--reason", "first quarter"]
+        commands.routes,
+        ["set", "GET", ROUTE, "canary", "25", "--reason", "first quarter", "--force"],
     )
 
     assert result.exit_code == 0, result.output
-    assert result.output == f"GET {ROUTE} -> canary 25\n"
+    assert result.output.splitlines()[0] == f"GET {ROUTE} -> canary 25"
     listing = runner.invoke(commands.routes, ["list"]).output.splitlines()
     assert listing[1].split()[:3] == ["GET", ROUTE, "canary:25"]
     assert listing[1].split()[8:] == ["tester", "first", "quarter"]
     history = runner.invoke(commands.routes, ["history", "GET", ROUTE]).output.splitlines()
     assert history[0].split() == ["AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "FORCED",
                                   "REASON"]
-    assert history[1].split()[1:] == ["GET", ROUTE, "-", "canary:25", "tester", "no", "first",
+    assert history[1].split()[1:] == ["GET", ROUTE, "-", "canary:25", "tester", "yes", "first",
                                       "quarter"]
     assert RouteTable(new_db_url).mode_for("GET", "/allocations/o-1") is Mode.CANARY
 
@@ -129,15 +130,15 @@ def test_routes_set_new_is_refused_by_the_gate_unless_forced(
 
 
 def test_the_gate_thresholds_are_options(runner: CliRunner, new_db_url: str) -> None:
-    _write_results(new_db_url, {"match": 9, "mismatch": 1})
+    _write_results(new_db_url, {"match": 19, "mismatch": 1})
 
-    result = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new", "--min-parity", "90",
+    result = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new", "--min-parity", "95",
                                              "--min-samples", "10"])
 
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[1] == (
-        "gate: shadow parity 90.00% over 10 samples in the last 24 h (newest 10000 samples); "
-        "needs >= 90% over >= 10 samples"
+        "gate: shadow parity 95.00% over 20 samples in the last 24 h (newest 10000 samples); "
+        "needs >= 95% over >= 10 samples"
     )
 
 
@@ -184,7 +185,8 @@ def test_routes_mismatches_shows_the_newest_diffs(runner: CliRunner, new_db_url:
 def test_routes_rollback_moves_everything_back_in_one_command(
     runner: CliRunner, new_db_url: str
 ) -> None:
-    runner.invoke(commands.routes, ["set", "GET", ROUTE, "canary", "10"])
+    runner.invoke(commands.routes, ["set", "GET", ROUTE, "canary", "10", "--force",
+                                    "--reason", "test"])
     runner.invoke(commands.routes, ["set", "POST", "/allocate", "aa"])
 
     result = runner.invoke(commands.routes, ["rollback", "--reason", "incident"])
