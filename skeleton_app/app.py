@@ -376,7 +376,7 @@ def _facade_endpoint(facade: Facade) -> Response:
     views = admin.ADMIN_ENDPOINTS.get(path)
     if views is None:
         raise NotFound(f"no facade endpoint at {path}")
-    if not facade.settings.admin_token:
+    if not admin.enabled(facade):
         return admin.admin_off()
     if not admin.authorized(facade):
         return admin.unauthorized()

@@ -25,10 +25,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from skeleton_app.errors import printable
 from skeleton_app.gate import CutoverGate, GateVerdict
 from skeleton_app.modes import LEGACY, Mode, RouteMode
 from skeleton_app.new_routes import NEW_HANDLERS
@@ -36,6 +37,7 @@ from skeleton_app.patterns import (
     PatternMatcher,
     RouteError,
     RouteKey,
+    has_control_characters,
     normalise_method,
     validate_pattern,
 )
@@ -100,6 +102,31 @@ class RouteMatch:
     args: Mapping[str, Any]
     percent: float | None = None
     options: RouteOptions = DEFAULT_OPTIONS
+
+
+MAX_BY = 128
+"""Longest ``by`` (who acted) kept in the audit."""
+
+MAX_REASON = 1000
+"""Longest ``reason`` kept in the audit."""
+
+
+def checked_text(name: str, value: str, limit: int) -> str:
+    """``value`` if it fits the audit (at most ``limit`` characters, no control characters:
+    a CR, LF or escape code would forge lines where it is printed), else RouteError."""
+    if len(value) > limit:
+        raise RouteError(f"{name} is longer than {limit} characters")
+    if has_control_characters(value):
+        raise RouteError(f"{name} must not hold control characters (NUL, CR, LF, ESC ...)")
+    return value
+
+
+DELETED = "deleted"
+"""``to_mode`` of the audit entry of a deleted route."""
+
+
+class RouteNotFound(RouteError):
+    """No such route is stored."""
 
 
 class CutoverRefused(RouteError):
@@ -247,6 +274,8 @@ class RouteTable:
         if method is not None:
             query = query.where(facade_route_audit.c.method == normalise_method(method))
         if pattern is not None:
+            if len(pattern) > 255 or has_control_characters(pattern):
+                raise RouteError(f"invalid route pattern {printable(pattern[:40])!r}")
             query = query.where(facade_route_audit.c.pattern == pattern)
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
@@ -308,7 +337,8 @@ class RouteTable:
         method = normalise_method(method)
         pattern = validate_pattern(pattern)
         target = RouteMode.parse(mode, percent)
-        by = by.strip()
+        by = checked_text("by", by.strip(), MAX_BY)
+        reason = checked_text("reason", reason, MAX_REASON)
         if not by:
             raise RouteError("who changes the route must be given (--by)")
         if target.mode.needs_new_system and (method, pattern) not in self._movable:
@@ -325,6 +355,38 @@ class RouteTable:
             route = self._write(method, pattern, target, by, reason, options or {}, force)
         self._reload(self._snapshot, self._clock(), next(self._tickets))
         return route
+
+    def delete(self, method: str, pattern: str, by: str, reason: str = "") -> AuditEntry:
+        """Remove a stored route (it is then served like any unknown path: from legacy, or
+        as a never-set movable route), with an audit entry (``to_mode`` ``deleted``), in
+        one transaction. ``pattern`` is not validated: a route stored before a rule
+        tightened can still be deleted. Raises RouteError when no such route is stored."""
+        method = normalise_method(method)
+        by = checked_text("by", by.strip(), MAX_BY)
+        reason = checked_text("reason", reason, MAX_REASON)
+        if not by:
+            raise RouteError("who deletes the route must be given (--by)")
+        if len(pattern) > 255 or has_control_characters(pattern):
+            raise RouteNotFound(f"no stored route {method} {printable(pattern)}")
+        at = self._now()
+        key = (facade_route.c.method == method) & (facade_route.c.pattern == pattern)
+        with self._engine.begin() as conn:
+            previous = conn.execute(
+                select(facade_route.c.mode, facade_route.c.options).where(key).with_for_update()
+            ).first()
+            if previous is None:
+                raise RouteNotFound(f"no stored route {method} {pattern}")
+            conn.execute(delete(facade_route).where(key))
+            entry_id = conn.execute(
+                insert(facade_route_audit).values(
+                    at=at, method=method, pattern=pattern, from_mode=previous.mode,
+                    to_mode=DELETED, by=by, reason=reason, options=previous.options,
+                    forced=False, gate=None,
+                ).returning(facade_route_audit.c.id)
+            ).scalar_one()
+        self._reload(self._snapshot, self._clock(), next(self._tickets))
+        return AuditEntry(entry_id, at, method, pattern, previous.mode, DELETED, by, reason,
+                          _options_or_default(previous.options))
 
     def rollback(
         self, by: str, reason: str = "", routes: Iterable[RouteKey] | None = None
@@ -497,6 +559,12 @@ class RouteTable:
             return self._keep(_Snapshot(previous.states if previous else {}, now, ticket))
         states: dict[RouteKey, _State] = {key: _LEGACY_STATE for key in self._movable}
         for method, pattern, stored, options in rows:
+            try:
+                validate_pattern(pattern)
+            except RouteError as exc:
+                log.warning("route %s %s is skipped (served from legacy): %s", printable(method),
+                            printable(pattern), printable(str(exc)))
+                continue
             states[(method, pattern)] = self._stored_state(stored, options, method, pattern)
         return self._keep(_Snapshot(states, now, ticket))
 

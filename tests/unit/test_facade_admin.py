@@ -267,13 +267,14 @@ def test_set_a_route_through_the_api_is_audited(
     assert body["route"]["options"]["canary_key"] == "header:X-Customer"
     audit = body["audit"]
     assert (audit["from_mode"], audit["to_mode"], audit["by"], audit["reason"],
-            audit["forced"]) == (None, "canary 25", "alice", "first quarter", True)
+            audit["forced"]) == (None, "canary 25", "shared token, claimed: alice",
+                                 "first quarter", True)
     match = table.match("GET", "/allocations/o-1")
     assert match is not None and (match.mode, match.percent) == (Mode.CANARY, 25)
 
     default_by = client.put("/_strangler/routes", headers=AUTH,
                             json={"method": "GET", "pattern": ROUTE, "mode": "shadow"})
-    assert default_by.get_json()["audit"]["by"] == "admin-api"
+    assert default_by.get_json()["audit"]["by"] == "shared token"
 
 
 def test_the_gate_refuses_new_with_409_unless_forced(
@@ -362,7 +363,8 @@ def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
         rolled, "/_strangler/routes/rollback", "POST")["rolled_back"]) == ["/allocate", ROUTE]
     entries = documented(history, "/_strangler/routes/history", "GET")["entries"]
     assert [(e["from_mode"], e["to_mode"], e["by"], e["reason"]) for e in entries] == [
-        (None, "canary 50", "alice", "half"), ("canary 50", "legacy", "oncall", "incident"),
+        (None, "canary 50", "alice", "half"),
+        ("canary 50", "legacy", "shared token, claimed: oncall", "incident"),
     ]
     one = client.post("/_strangler/routes/rollback", headers=AUTH,
                       json={"method": "GET", "pattern": ROUTE})
@@ -400,10 +402,10 @@ def test_status_shows_lag_guard_shadow_queue_and_gate(client: FlaskClient) -> No
 
 
 def test_admin_methods_are_checked_after_the_token(client: FlaskClient) -> None:
-    response = client.delete("/_strangler/routes", headers=AUTH)
+    response = client.patch("/_strangler/routes", headers=AUTH)
 
     assert response.status_code == 405
-    assert response.headers["Allow"] == "GET, PUT"
+    assert response.headers["Allow"] == "DELETE, GET, PUT"
 
 
 @pytest.mark.parametrize(("method", "path"),
