@@ -10,7 +10,10 @@ found the snapshot stale waits for it at most ``refresh_wait`` seconds (every ot
 meanwhile answers from the snapshot it has). A new database that hangs, or a lock on
 ``facade_route`` (a migration takes one), therefore costs requests nothing but fresh routes.
 On PostgreSQL the table's engine bounds connecting, statements, lock waits and unanswered
-TCP data (see ``route_table_engine``), so a stuck reload gives up and is retried.
+TCP data (see ``route_table_engine``), so a reload against a server that is gone, slow or
+locked gives up and is retried. A server whose host still acknowledges the bytes but never
+answers on an open connection holds that one reload until it answers; the last known
+table serves meanwhile.
 """
 
 from __future__ import annotations
@@ -500,8 +503,9 @@ class RouteTable:
             )
         if not reason.strip():
             raise RouteError("a forced move needs a reason (--reason)")
-        return True, f"forced past the gate: {problem}; {verdict.summary}" if gate.below_floor \
-            else f"forced past the gate: {verdict.summary}"
+        if gate.below_floor:
+            return True, f"forced past the gate: {problem}; {verdict.summary}"
+        return True, f"forced past the gate: {verdict.summary}"
 
     def _current_snapshot(self) -> _Snapshot | None:
         snapshot = self._snapshot
