@@ -31,6 +31,7 @@ SKUS = ["RED-CHAIR", "BLUE-TABLE", "GREEN-LAMP"]
 ORDERS = [f"order-{n:02d}" for n in range(30)]
 TOKEN = "e2e-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ALICE_TOKEN = "e2e-alice-token"
 
 
 def _seed(facade: str) -> None:
@@ -90,6 +91,7 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
     env = {
         "LEGACY_DB_URL": legacy_db, "NEW_DB_URL": new_db, "BROKER_URL": amqp_url,
         "LEGACY_URL": legacy, "ADMIN_TOKEN": TOKEN, "USER": "e2e",
+        "ADMIN_TOKENS": f"alice:{ALICE_TOKEN}",
     }
     broker = connect(amqp_url)
     read_model = open_read_model(new_db)
@@ -164,7 +166,8 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             unauthorized = requests.put(f"{facade}/_strangler/routes", timeout=10, json={
                 "method": "GET", "pattern": ROUTE, "mode": "new", "force": True})
             assert unauthorized.status_code == 401
-            canary = requests.put(f"{facade}/_strangler/routes", headers=AUTH, timeout=10,
+            canary = requests.put(f"{facade}/_strangler/routes", timeout=10,
+                                  headers={"Authorization": f"Bearer {ALICE_TOKEN}"},
                                   json={"method": "GET", "pattern": ROUTE, "mode": "canary",
                                         "percent": 50, "reason": "half", "by": "alice"})
             assert canary.status_code == 200, canary.text
