@@ -15,6 +15,7 @@ Public API:
   topic exchange with publisher confirms (``run_once``, ``run``), with heartbeats,
   retention and trigger refresh after column changes.
 - :class:`BridgeError`, :class:`BridgeNotInstalled`, :class:`UnknownTable`.
+- :data:`bridge_cli`: the ``bridge`` command group (``strangler bridge ...``).
 
 Supported legacy databases: PostgreSQL 13+, SQLite, MariaDB 10.3+. The event envelope is
 described by ``docs/schemas/legacy-cdc-change.schema.json``, heartbeats by
@@ -22,6 +23,7 @@ described by ``docs/schemas/legacy-cdc-change.schema.json``, heartbeats by
 """
 
 from legacy_bridge.capture import CapturedTable
+from legacy_bridge.cli import bridge as bridge_cli
 from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
 from legacy_bridge.installer import (
     DEFAULT_TABLES,
@@ -48,6 +50,7 @@ __all__ = [
     "TableSnapshot",
     "UninstallResult",
     "UnknownTable",
+    "bridge_cli",
     "bridge_status",
     "install",
     "snapshot",

@@ -1,7 +1,7 @@
 """The facade's commands: ``strangler serve`` and ``strangler routes ...``
 (``list``, ``set``, ``history``, ``mismatches``, ``rollback``).
 
-``demo`` (defined in ``skeleton_app.demo``) is re-exported with them for the root CLI.
+The root command (:mod:`skeleton_app.composition.cli`) adds them.
 """
 
 from __future__ import annotations
@@ -24,7 +24,6 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from skeleton_app.admin import audit_json, result_json, route_json
 from skeleton_app.app import create_app
-from skeleton_app.demo import demo
 from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
 from skeleton_app.patterns import RouteError
@@ -34,7 +33,7 @@ from skeleton_app.server import FacadeServer, gunicorn_options
 from skeleton_app.settings import FacadeSettings
 from skeleton_app.shadow_results import AA, SHADOW, Parity, ShadowResults, Window
 
-__all__ = ["demo", "routes", "serve"]
+__all__ = ["routes", "serve"]
 
 
 def _check_db_url(ctx: click.Context, param: click.Parameter, value: str) -> str:

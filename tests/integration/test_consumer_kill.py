@@ -193,7 +193,7 @@ def test_a_consumer_killed_20_times_ends_up_matching_legacy_and_publishes_every_
                 [
                     sys.executable,
                     "-c",
-                    "from skeleton_app.cli import main; main()",
+                    "from skeleton_app.composition.cli import main; main()",
                     "verify",
                     "--legacy-url",
                     legacy_http,

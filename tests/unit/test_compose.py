@@ -11,7 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from skeleton_app.cli import cli
+from skeleton_app.composition.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT_SERVICES = {"legacy-shop", "bridge-install", "bridge", "db-upgrade", "consumer", "facade"}

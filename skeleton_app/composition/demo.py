@@ -27,8 +27,7 @@ import broker
 import legacy_bridge
 import new_domain
 from examples import legacy_shop
-from skeleton_app.app import create_app
-from skeleton_app.routes_table import RouteTable
+from skeleton_app import RouteTable, create_app
 
 READ_ROUTE = ("GET", "/allocations/<orderid>")
 BATCHES = [
@@ -159,8 +158,12 @@ def run_demo(folder: Path, echo: Callable[[str], None] = click.echo, timeout: fl
 
 
 @click.command()
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the databases in this folder instead of a temporary one.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the databases in this folder instead of a temporary one.",
+)
 def demo(keep: Path | None) -> None:
     """Run the whole pipeline in one process on SQLite and the in-process broker."""
     if keep is not None:
