@@ -10,7 +10,6 @@ Public API:
 - :func:`snapshot`: queue the existing rows of captured tables as op ``r`` events,
   in resumable primary-key chunks.
 - :func:`bridge_status`: pending changes, checkpoint, throughput (:class:`BridgeStatus`).
-- :data:`DEFAULT_TABLES`: the tables captured when none are named.
 - :class:`Relay`: publishes captured changes in commit order to the ``legacy.cdc``
   topic exchange with publisher confirms (``run_once``, ``run``), with heartbeats,
   retention and trigger refresh after column changes.
@@ -26,7 +25,6 @@ from legacy_bridge.capture import CapturedTable
 from legacy_bridge.cli import bridge as bridge_cli
 from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
 from legacy_bridge.installer import (
-    DEFAULT_TABLES,
     InstallResult,
     StopResult,
     UninstallResult,
@@ -39,7 +37,6 @@ from legacy_bridge.snapshot import TableSnapshot, snapshot
 from legacy_bridge.status import BridgeStatus, bridge_status
 
 __all__ = [
-    "DEFAULT_TABLES",
     "BridgeError",
     "BridgeNotInstalled",
     "BridgeStatus",

@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from broker import Broker, BrokerError, connect, is_in_process
 from legacy_bridge.errors import BridgeError
-from legacy_bridge.installer import DEFAULT_TABLES, install, stop_capture, uninstall
+from legacy_bridge.installer import install, stop_capture, uninstall
 from legacy_bridge.relay import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXCHANGE,
@@ -77,11 +77,12 @@ def bridge() -> None:
 @bridge.command("install")
 @click.option(
     "--tables",
+    envvar="BRIDGE_TABLES",
     default=None,
     metavar="T1,T2",
     help=(
-        "Comma-separated tables to capture [default: the tables captured already; on a "
-        f"first install {','.join(DEFAULT_TABLES)}]."
+        "Comma-separated tables to capture [env BRIDGE_TABLES; default: the tables "
+        "captured already; a first install needs them]."
     ),
 )
 @click.option(

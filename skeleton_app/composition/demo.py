@@ -102,7 +102,7 @@ def run_demo(folder: Path, echo: Callable[[str], None] = click.echo, timeout: fl
     with ExitStack() as stack:
         legacy_url = stack.enter_context(_serve(legacy_shop.create_app(legacy_db)))
         echo(f"legacy shop     {legacy_url}  ({legacy_db})")
-        installed = legacy_bridge.install(legacy_db)
+        installed = legacy_bridge.install(legacy_db, legacy_shop.TABLES)
         echo(f"bridge          capturing {', '.join(t.name for t in installed.tables)}")
         new_domain.upgrade_database(new_db)
 

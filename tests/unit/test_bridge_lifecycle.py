@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from broker import Broker, BrokerError, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import (
     BridgeError,
     BridgeNotInstalled,
@@ -59,7 +60,7 @@ def broker(memory_broker_url: str) -> Iterator[Broker]:
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
     create_legacy_schema(engine)
-    install(engine)
+    install(engine, TABLES)
     yield engine
     engine.dispose()
 

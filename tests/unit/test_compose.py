@@ -11,6 +11,7 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
+from examples.legacy_shop import TABLES
 from skeleton_app.composition.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -52,6 +53,15 @@ def test_every_kit_service_is_configured_and_runs_a_real_command(compose: dict) 
         command = service["command"]
         result = runner.invoke(cli, [*command, "--help"])
         assert result.exit_code == 0, f"{name}: strangler {' '.join(command)}: {result.output}"
+
+
+def test_the_bridge_captures_the_shop_tables() -> None:
+    """Read without docker-compose: the bridge knows no table names of its own."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    install = services["bridge-install"]
+    assert install["command"] == ["bridge", "install"]
+    assert install["environment"]["BRIDGE_TABLES"] == ",".join(TABLES)
+    assert install["environment"]["LEGACY_DB_URL"]  # the shared settings are kept
 
 
 def test_services_start_in_dependency_order(compose: dict) -> None:
