@@ -36,6 +36,7 @@ def _configure(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        compare_server_default=True,
         include_object=include_object,
         render_as_batch=connection.dialect.name == "sqlite",
     )
@@ -48,6 +49,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         compare_type=True,
+        compare_server_default=True,
         include_object=include_object,
     )
     with context.begin_transaction():
