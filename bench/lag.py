@@ -155,9 +155,7 @@ def _windows(measurement: _Run, width: float) -> list[float]:
 class _Run:
     """The writer and poller threads of one measurement, and what they recorded."""
 
-    def __init__(
-        self, legacy_dsn: str, new_dsn: str, orders_per_tick: int, tick: float
-    ) -> None:
+    def __init__(self, legacy_dsn: str, new_dsn: str, orders_per_tick: int, tick: float) -> None:
         self.legacy_dsn = legacy_dsn
         self.new_dsn = new_dsn
         self.orders_per_tick = orders_per_tick

@@ -123,9 +123,7 @@ def install_command(
     A running relay picks up a changed --notify when restarted.
     """
     names = _table_names(tables)
-    result = _guarded(
-        lambda: install(legacy_db_url, names, server_name=server_name, notify=notify)
-    )
+    result = _guarded(lambda: install(legacy_db_url, names, server_name=server_name, notify=notify))
     verb = "installed" if result.created else "refreshed"
     click.echo(
         f"{verb} change capture in {result.connector} database {result.database!r} "
@@ -164,9 +162,7 @@ def snapshot_command(
     _snapshot(legacy_db_url, _table_names(tables), chunk_size, restart)
 
 
-def _snapshot(
-    legacy_db_url: str, names: list[str] | None, chunk_size: int, restart: bool
-) -> None:
+def _snapshot(legacy_db_url: str, names: list[str] | None, chunk_size: int, restart: bool) -> None:
     def bar(table: str, estimate: int | None, done: int) -> Progress:
         from tqdm import tqdm
 
@@ -177,9 +173,7 @@ def _snapshot(
         return shown
 
     results: list[TableSnapshot] = _guarded(
-        lambda: snapshot(
-            legacy_db_url, names, chunk_size=chunk_size, restart=restart, progress=bar
-        )
+        lambda: snapshot(legacy_db_url, names, chunk_size=chunk_size, restart=restart, progress=bar)
     )
     for result in results:
         if result.already_done:
@@ -220,8 +214,7 @@ def status_command(as_json: bool, legacy_db_url: str) -> None:
     confirmed_at = facts["last_confirmed_at"] or "never"
     click.echo(f"  last confirmed position: {status.last_confirmed_pos} (at {confirmed_at})")
     click.echo(
-        f"  published last minute:  {status.published_recently} "
-        f"({facts['throughput_per_s']}/s)"
+        f"  published last minute:  {status.published_recently} ({facts['throughput_per_s']}/s)"
     )
     for state in status.snapshots:
         progress = "done" if state.done else "in progress"
@@ -234,9 +227,7 @@ def status_command(as_json: bool, legacy_db_url: str) -> None:
     metavar="T1,T2",
     help="Only stop capturing these tables; the others, the relay and its state stay.",
 )
-@click.option(
-    "--force", is_flag=True, help="Also when captured changes are not published yet."
-)
+@click.option("--force", is_flag=True, help="Also when captured changes are not published yet.")
 @_LEGACY_DB_URL
 def uninstall_command(tables: str | None, force: bool, legacy_db_url: str) -> None:
     """Remove change capture (stop the relay first), or stop capturing some tables.

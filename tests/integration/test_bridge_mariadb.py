@@ -88,9 +88,7 @@ def test_triggers_tell_transactions_apart(engine: Engine, mariadb_url: str) -> N
         conn.commit()
         conn.autocommit(True)  # each statement its own transaction
         cursor.execute(insert, (6, "f"))
-        cursor.execute(
-            "INSERT INTO prod_catalog (prod_id, prod_code) VALUES (7, 'g'), (8, 'h')"
-        )
+        cursor.execute("INSERT INTO prod_catalog (prod_id, prod_code) VALUES (7, 'g'), (8, 'h')")
     finally:
         conn.close()
 

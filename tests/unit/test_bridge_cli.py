@@ -287,9 +287,7 @@ def test_uninstall_tables_stops_capturing_those_only(legacy_url: str) -> None:
 
     stopped = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "lot_allocation")
     unknown = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "lot_allocation")
-    forced = invoke(
-        "uninstall", "--legacy-db-url", legacy_url, "--tables", "stock_lot", "--force"
-    )
+    forced = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "stock_lot", "--force")
     status = invoke("status", "--legacy-db-url", legacy_url)
 
     assert stopped.exit_code == 0, stopped.output
@@ -300,8 +298,7 @@ def test_uninstall_tables_stops_capturing_those_only(legacy_url: str) -> None:
     assert "  dropped trigger strangler_lot_allocation_insert" in stopped.output.splitlines()
     assert unknown.exit_code == 1
     assert error_lines(unknown) == [
-        "Error: not captured: lot_allocation "
-        "(captured: prod_catalog, stock_lot, cust_order_line)"
+        "Error: not captured: lot_allocation (captured: prod_catalog, stock_lot, cust_order_line)"
     ]
     assert forced.exit_code == 2 and "--force applies to a full uninstall" in forced.output
     assert "prod_catalog, stock_lot, cust_order_line" in status.output

@@ -173,7 +173,9 @@ def check_stop_capture_of_one_table(engine: Engine, broker: Broker, queue: str) 
         drain_relay(relay)
     published = [(e["source"]["table"], e["op"]) for e in bodies(take_all(broker, queue))]
     assert published == [
-        ("prod_catalog", "c"), ("stock_lot", "c"), ("prod_catalog", "c"),
+        ("prod_catalog", "c"),
+        ("stock_lot", "c"),
+        ("prod_catalog", "c"),
     ]
     install(engine)  # a later install (e.g. to refresh) does not bring it back unasked
     assert "stock_lot" not in bridge_status(engine).tables

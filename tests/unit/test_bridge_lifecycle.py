@@ -102,9 +102,7 @@ def test_a_column_added_to_a_captured_table_is_captured_after_the_refresh(
     }
 
 
-def test_the_running_relay_notices_column_changes_by_itself(
-    engine: Engine, broker: Broker
-) -> None:
+def test_the_running_relay_notices_column_changes_by_itself(engine: Engine, broker: Broker) -> None:
     stop = threading.Event()
     with Relay(engine, broker, maintenance_interval=0.02) as relay:
         worker = run_in_thread(relay, stop)

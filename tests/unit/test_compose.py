@@ -27,7 +27,9 @@ def compose() -> dict:
         pytest.skip("docker-compose is not installed")
     result = subprocess.run(
         [tool, "-f", str(ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)

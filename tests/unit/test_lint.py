@@ -1,5 +1,5 @@
-"""ruff, mypy and the import contracts are part of the test command: a lint error, a type
-error or a broken layering rule fails the suite."""
+"""ruff (lint and format), mypy and the import contracts are part of the test command: a
+lint, format or type error or a broken layering rule fails the suite."""
 
 from __future__ import annotations
 
@@ -14,7 +14,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
-CONFIG = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+CONFIG = PYPROJECT["tool"]["importlinter"]
+NOT_YET_FORMATTED = PYPROJECT["tool"]["ruff"]["format"]["exclude"]
 CONTRACTS = [contract["name"] for contract in CONFIG["contracts"]]
 
 
@@ -27,6 +29,19 @@ def _run(*args: str) -> subprocess.CompletedProcess[str]:
 def test_ruff_finds_nothing() -> None:
     result = _run("ruff", "check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_ruff_format_finds_nothing() -> None:
+    result = _run("ruff", "format", "--check", ".")
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_only_unformatted_files_are_left_out_of_the_format_check() -> None:
+    """A formatted file leaves ``[tool.ruff.format] exclude``, so the check covers it."""
+    result = _run("ruff", "format", "--check", "--output-format", "concise", *NOT_YET_FORMATTED)
+    unformatted = {line.split(":", 1)[0] for line in result.stdout.splitlines() if ":" in line}
+    formatted = sorted(set(NOT_YET_FORMATTED) - unformatted)
+    assert formatted == [], f"formatted now, remove from [tool.ruff.format] exclude: {formatted}"
 
 
 def test_mypy_finds_nothing() -> None:
