@@ -5,7 +5,7 @@ No command prints a credential: URLs in errors have their password masked, and t
 from the database (reasons, names, paths, diffs) is printed escaped, so stored CR/LF or
 terminal escape codes cannot forge lines.
 
-``demo`` (defined in ``skeleton_app.demo``) is re-exported with them for the root CLI.
+The root command (:mod:`skeleton_app.composition.cli`) adds them.
 """
 
 from __future__ import annotations
@@ -29,7 +29,6 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from skeleton_app.admin import audit_json, result_json, route_json
 from skeleton_app.app import create_app
-from skeleton_app.demo import demo
 from skeleton_app.errors import printable
 from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
@@ -40,7 +39,7 @@ from skeleton_app.server import FacadeServer, gunicorn_options
 from skeleton_app.settings import FacadeSettings
 from skeleton_app.shadow_results import AA, SHADOW, Parity, ShadowResults, Window
 
-__all__ = ["demo", "routes", "serve"]
+__all__ = ["routes", "serve"]
 
 
 def mask_url(url: str) -> str:

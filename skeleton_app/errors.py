@@ -18,6 +18,5 @@ def json_error(status: int, error: str, detail: str) -> Response:
 def printable(text: str, limit: int = 300) -> str:
     """``text`` safe to write on one line of a log or a terminal: control characters (CR,
     LF, escape codes, NUL), line separators and backslashes escaped, cut at ``limit``."""
-    escaped = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"),
-                               text)
+    escaped = _UNPRINTABLE.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
     return escaped if len(escaped) <= limit else escaped[:limit] + "..."

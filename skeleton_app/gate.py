@@ -39,8 +39,10 @@ class CutoverGate:
         return self.min_samples < MIN_SAMPLES_FLOOR or self.min_parity < MIN_PARITY_FLOOR
 
     def describe_floor(self) -> str:
-        return (f"thresholds {self.min_parity:g}% over {self.min_samples} samples are below "
-                f"the floor ({MIN_PARITY_FLOOR:g}% over {MIN_SAMPLES_FLOOR} samples)")
+        return (
+            f"thresholds {self.min_parity:g}% over {self.min_samples} samples are below "
+            f"the floor ({MIN_PARITY_FLOOR:g}% over {MIN_SAMPLES_FLOOR} samples)"
+        )
 
     def judge(self, parity: Parity) -> GateVerdict:
         percent = parity.percent

@@ -61,8 +61,10 @@ def write_json_error(sock: Any, status_int: int, reason: str, mesg: str) -> None
     detail = mesg or "the request could not be handled"
     body = json.dumps({"error": reason.lower(), "detail": detail}, separators=(",", ":"))
     payload = body.encode() + b"\n"
-    head = (f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
-            f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n")
+    head = (
+        f"HTTP/1.1 {status_int} {reason}\r\nConnection: close\r\n"
+        f"Content-Type: application/json\r\nContent-Length: {len(payload)}\r\n\r\n"
+    )
     gunicorn.util.write_nonblock(sock, head.encode("latin-1") + payload)
 
 

@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from broker import connect
+from examples.legacy_shop import TABLES
 from new_domain import open_read_model
 from tests.e2e.processes import STRANGLER, free_port, port_open, processes, run_cli, wait_for
 from tests.services import unique_name
@@ -99,7 +100,7 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
         with processes(tmp_path, env) as procs:
             procs.start("legacy", "legacy", "serve", "--port", str(legacy_port))
             wait_for(lambda: port_open(legacy_port), 30, "the legacy shop")
-            run_cli("bridge", "install", env=env)
+            run_cli("bridge", "install", "--tables", ",".join(TABLES), env=env)
             run_cli("db", "upgrade", env=env)
             procs.start("consumer", "consume", "--queue", queue, "--exchange", exchange)
             wait_for(lambda: broker.queue_depth(queue) >= 0, 30, "the consumer's queue")

@@ -199,14 +199,30 @@ def serve(
     environment = {**os.environ, "LEGACY_URL": legacy_url, "NEW_DB_URL": new_db_url, **env}
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from skeleton_app.commands import serve; serve()",
-         "--port", str(port), "--workers", "2", "--threads", "4", *args],
-        env=environment, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-c",
+            "from skeleton_app.commands import serve; serve()",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            *args,
+        ],
+        env=environment,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        wait_for(lambda: requests.get(f"{url}/_strangler/health", timeout=2).ok, 30,
-                 "the facade to start")
+        wait_for(
+            lambda: requests.get(f"{url}/_strangler/health", timeout=2).ok,
+            30,
+            "the facade to start",
+        )
         yield Facade(url, port, log_path, proc)
     finally:
         if proc.poll() is None:

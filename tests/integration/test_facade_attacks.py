@@ -94,8 +94,9 @@ def test_legacy_routes_are_served_while_the_new_database_accepts_and_never_answe
     hole = Blackhole()
     url = f"postgresql+psycopg://postgres@127.0.0.1:{hole.port}/hung"
     try:
-        with serve(legacy.url, url, tmp_path, "--upstream-timeout", "3",
-                   "--refresh-interval", "0.2") as facade:
+        with serve(
+            legacy.url, url, tmp_path, "--upstream-timeout", "3", "--refresh-interval", "0.2"
+        ) as facade:
             deadline = time.monotonic() + 4
             while time.monotonic() < deadline:
                 started = time.monotonic()
@@ -173,8 +174,11 @@ def test_a_nul_in_a_shadowed_path_drops_no_other_results(
                 answer = requests.get(f"{facade.url}/allocations/o{n}", timeout=5)
                 assert answer.status_code == 200
                 sent += 1
-            wait_for(lambda: results.parity("GET", ROUTE).samples >= sent, 15,
-                     "every good request's shadow result")
+            wait_for(
+                lambda: results.parity("GET", ROUTE).samples >= sent,
+                15,
+                "every good request's shadow result",
+            )
             assert results.parity("GET", ROUTE).samples == sent
             log = facade.log_text()
         assert "\x00" not in log and "Traceback" not in log
@@ -189,8 +193,11 @@ def test_a_nul_in_a_path_on_a_new_route_is_a_json_error_and_one_escaped_log_line
     table.set("GET", ROUTE, Mode.NEW, by="test")
     try:
         with serve(legacy.url, new_db, tmp_path, "--refresh-interval", "0.2") as facade:
-            for path in ("/allocations/o1%00", "/allocations/o1%0d%0aforged%20line",
-                         "/allocations/%ff%fe"):
+            for path in (
+                "/allocations/o1%00",
+                "/allocations/o1%0d%0aforged%20line",
+                "/allocations/%ff%fe",
+            ):
                 answer = requests.get(f"{facade.url}{path}", timeout=5)
                 assert answer.status_code in (400, 404), path
                 body = answer.json()
@@ -199,9 +206,11 @@ def test_a_nul_in_a_path_on_a_new_route_is_a_json_error_and_one_escaped_log_line
             assert good.status_code == 404 and good.headers["X-Served-By"] == "new"
             metrics = requests.get(f"{facade.url}/metrics", timeout=5).text
             log = facade.log_text()
-        assert not [line for line in metrics.splitlines()
-                    if line.startswith("strangler_facade_fallbacks_total{")
-                    and not line.endswith(" 0.0")]
+        assert not [
+            line
+            for line in metrics.splitlines()
+            if line.startswith("strangler_facade_fallbacks_total{") and not line.endswith(" 0.0")
+        ]
         assert "\x00" not in log and "Traceback" not in log
         assert "\nforged line" not in log
     finally:
@@ -224,8 +233,10 @@ def test_errors_of_the_http_server_itself_are_json(
     legacy: RecordingLegacy, new_db: str, tmp_path: Path
 ) -> None:
     with serve(legacy.url, new_db, tmp_path) as facade:
-        bad_chunk = (b"POST /things HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
-                     b"3;a\x01b\r\nabc\r\n0\r\n\r\n")
+        bad_chunk = (
+            b"POST /things HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n"
+            b"3;a\x01b\r\nabc\r\n0\r\n\r\n"
+        )
         status, body = _json_answer(raw_exchange(facade.port, bad_chunk))
         assert status == 400 and set(body) == {"error", "detail"}
         bad_line = b"GET /x HTTP/1.1 extra\r\nHost: x\r\n\r\n"
