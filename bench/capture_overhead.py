@@ -26,6 +26,7 @@ from bench.context import Context
 from bench.processes import BenchmarkFailed
 from bench.report import Figure, Result, Target
 from bench.seed import Shape, create_legacy_schema, seed_legacy
+from examples.legacy_shop import TABLES
 from legacy_bridge import install
 
 NAME = "capture_overhead"
@@ -61,7 +62,7 @@ def run(ctx: Context, size: int) -> Result:
         for database in (plain, captured):
             create_legacy_schema(database.url)
             seed_legacy(database.dsn, SEED)
-        install(captured.url)
+        install(captured.url, TABLES)
         details: dict[str, Any] = {}
         for clients in CLIENT_COUNTS:
             seconds = {"plain": 0.0, "captured": 0.0}

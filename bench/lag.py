@@ -28,6 +28,7 @@ from bench.raw_amqp import round_trip_latencies
 from bench.report import Figure, Result, Target
 from bench.seed import Shape, create_legacy_schema, seed_legacy
 from bench.stats import percentile
+from examples.legacy_shop import TABLES
 from legacy_bridge import install
 from new_domain import upgrade_database
 
@@ -70,7 +71,7 @@ def run(ctx: Context, size: int) -> Result:
         services.amqp_names("bench_lag") as names,
     ):
         create_legacy_schema(legacy.url)
-        install(legacy.url)
+        install(legacy.url, TABLES)
         seed_legacy(legacy.dsn, Shape(products=PRODUCTS, lots_per_product=2, lines=0))
         upgrade_database(new.url)
 
@@ -154,9 +155,7 @@ def _windows(measurement: _Run, width: float) -> list[float]:
 class _Run:
     """The writer and poller threads of one measurement, and what they recorded."""
 
-    def __init__(
-        self, legacy_dsn: str, new_dsn: str, orders_per_tick: int, tick: float
-    ) -> None:
+    def __init__(self, legacy_dsn: str, new_dsn: str, orders_per_tick: int, tick: float) -> None:
         self.legacy_dsn = legacy_dsn
         self.new_dsn = new_dsn
         self.orders_per_tick = orders_per_tick

@@ -25,6 +25,7 @@ from bench.processes import BenchmarkFailed, Processes, processes
 from bench.raw_amqp import declare_queue, delete_queue, publish_stream
 from bench.report import Figure, Result, Target
 from bench.seed import Shape, create_legacy_schema, seed_legacy
+from examples.legacy_shop import TABLES
 from legacy_bridge import install
 from new_domain import upgrade_database
 
@@ -49,7 +50,7 @@ def run(ctx: Context, size: int) -> Result:
         services.amqp_names("bench_pipe") as names,
     ):
         create_legacy_schema(legacy.url)
-        install(legacy.url)
+        install(legacy.url, TABLES)
         seed_legacy(legacy.dsn, shape, chunk=500)
         upgrade_database(new.url)
         with psycopg.connect(legacy.dsn) as conn:

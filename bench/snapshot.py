@@ -29,7 +29,8 @@ from bench.processes import (
 from bench.raw_amqp import declare_queue
 from bench.report import Figure, Result, Target
 from bench.seed import Shape, create_legacy_schema, seed_legacy, vacuum_analyze
-from legacy_bridge import DEFAULT_TABLES, install
+from examples.legacy_shop import TABLES
+from legacy_bridge import install
 
 NAME = "snapshot"
 MISSING = "not available: strangler bridge snapshot missing"
@@ -59,7 +60,7 @@ def run(ctx: Context, size: int) -> Result:
     ):
         create_legacy_schema(legacy.url)
         seed_legacy(legacy.dsn, shape)
-        install(legacy.url)
+        install(legacy.url, TABLES)
         vacuum_analyze(legacy.dsn)
         floor_seconds = _floor(legacy.dsn)
 
@@ -98,7 +99,7 @@ def run(ctx: Context, size: int) -> Result:
     ]  # fmt: skip
     result.details |= {
         "rows": shape.rows,
-        "tables": list(DEFAULT_TABLES),
+        "tables": list(TABLES),
         "snapshot_seconds": round(snapshot_seconds, 3),
         "floor_seconds": round(floor_seconds, 3),
         "relay_seconds": round(relay_seconds, 3),
@@ -115,7 +116,7 @@ def _floor(dsn: str) -> float:
             "captured_at timestamptz NOT NULL)"
         )
         started = time.perf_counter()
-        for table in DEFAULT_TABLES:
+        for table in TABLES:
             conn.execute(
                 f"INSERT INTO {_FLOOR_TABLE} (table_name, op, after, captured_at) "
                 f"SELECT '{table}', 'r', to_jsonb(t), clock_timestamp() FROM {table} t"

@@ -10,11 +10,11 @@ Public API:
 - :func:`snapshot`: queue the existing rows of captured tables as op ``r`` events,
   in resumable primary-key chunks.
 - :func:`bridge_status`: pending changes, checkpoint, throughput (:class:`BridgeStatus`).
-- :data:`DEFAULT_TABLES`: the tables captured when none are named.
 - :class:`Relay`: publishes captured changes in commit order to the ``legacy.cdc``
   topic exchange with publisher confirms (``run_once``, ``run``), with heartbeats,
   retention and trigger refresh after column changes.
 - :class:`BridgeError`, :class:`BridgeNotInstalled`, :class:`UnknownTable`.
+- :data:`bridge_cli`: the ``bridge`` command group (``strangler bridge ...``).
 
 Supported legacy databases: PostgreSQL 13+, SQLite, MariaDB 10.3+. The event envelope is
 described by ``docs/schemas/legacy-cdc-change.schema.json``, heartbeats by
@@ -22,9 +22,9 @@ described by ``docs/schemas/legacy-cdc-change.schema.json``, heartbeats by
 """
 
 from legacy_bridge.capture import CapturedTable
+from legacy_bridge.cli import bridge as bridge_cli
 from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
 from legacy_bridge.installer import (
-    DEFAULT_TABLES,
     InstallResult,
     StopResult,
     UninstallResult,
@@ -37,7 +37,6 @@ from legacy_bridge.snapshot import TableSnapshot, snapshot
 from legacy_bridge.status import BridgeStatus, bridge_status
 
 __all__ = [
-    "DEFAULT_TABLES",
     "BridgeError",
     "BridgeNotInstalled",
     "BridgeStatus",
@@ -48,6 +47,7 @@ __all__ = [
     "TableSnapshot",
     "UninstallResult",
     "UnknownTable",
+    "bridge_cli",
     "bridge_status",
     "install",
     "snapshot",

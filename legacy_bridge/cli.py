@@ -16,7 +16,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from broker import Broker, BrokerError, connect, is_in_process
 from legacy_bridge.errors import BridgeError
-from legacy_bridge.installer import DEFAULT_TABLES, install, stop_capture, uninstall
+from legacy_bridge.installer import install, stop_capture, uninstall
 from legacy_bridge.relay import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXCHANGE,
@@ -77,11 +77,12 @@ def bridge() -> None:
 @bridge.command("install")
 @click.option(
     "--tables",
+    envvar="BRIDGE_TABLES",
     default=None,
     metavar="T1,T2",
     help=(
-        "Comma-separated tables to capture [default: the tables captured already; on a "
-        f"first install {','.join(DEFAULT_TABLES)}]."
+        "Comma-separated tables to capture [env BRIDGE_TABLES; default: the tables "
+        "captured already; a first install needs them]."
     ),
 )
 @click.option(
@@ -122,9 +123,7 @@ def install_command(
     A running relay picks up a changed --notify when restarted.
     """
     names = _table_names(tables)
-    result = _guarded(
-        lambda: install(legacy_db_url, names, server_name=server_name, notify=notify)
-    )
+    result = _guarded(lambda: install(legacy_db_url, names, server_name=server_name, notify=notify))
     verb = "installed" if result.created else "refreshed"
     click.echo(
         f"{verb} change capture in {result.connector} database {result.database!r} "
@@ -163,9 +162,7 @@ def snapshot_command(
     _snapshot(legacy_db_url, _table_names(tables), chunk_size, restart)
 
 
-def _snapshot(
-    legacy_db_url: str, names: list[str] | None, chunk_size: int, restart: bool
-) -> None:
+def _snapshot(legacy_db_url: str, names: list[str] | None, chunk_size: int, restart: bool) -> None:
     def bar(table: str, estimate: int | None, done: int) -> Progress:
         from tqdm import tqdm
 
@@ -176,9 +173,7 @@ def _snapshot(
         return shown
 
     results: list[TableSnapshot] = _guarded(
-        lambda: snapshot(
-            legacy_db_url, names, chunk_size=chunk_size, restart=restart, progress=bar
-        )
+        lambda: snapshot(legacy_db_url, names, chunk_size=chunk_size, restart=restart, progress=bar)
     )
     for result in results:
         if result.already_done:
@@ -219,8 +214,7 @@ def status_command(as_json: bool, legacy_db_url: str) -> None:
     confirmed_at = facts["last_confirmed_at"] or "never"
     click.echo(f"  last confirmed position: {status.last_confirmed_pos} (at {confirmed_at})")
     click.echo(
-        f"  published last minute:  {status.published_recently} "
-        f"({facts['throughput_per_s']}/s)"
+        f"  published last minute:  {status.published_recently} ({facts['throughput_per_s']}/s)"
     )
     for state in status.snapshots:
         progress = "done" if state.done else "in progress"
@@ -233,9 +227,7 @@ def status_command(as_json: bool, legacy_db_url: str) -> None:
     metavar="T1,T2",
     help="Only stop capturing these tables; the others, the relay and its state stay.",
 )
-@click.option(
-    "--force", is_flag=True, help="Also when captured changes are not published yet."
-)
+@click.option("--force", is_flag=True, help="Also when captured changes are not published yet.")
 @_LEGACY_DB_URL
 def uninstall_command(tables: str | None, force: bool, legacy_db_url: str) -> None:
     """Remove change capture (stop the relay first), or stop capturing some tables.

@@ -25,9 +25,6 @@ from legacy_bridge.tables import (
     relay_state,
 )
 
-DEFAULT_TABLES: tuple[str, ...] = ("prod_catalog", "stock_lot", "cust_order_line", "lot_allocation")
-"""The legacy shop's tables, in dependency order."""
-
 
 @dataclass(frozen=True)
 class InstallResult:
@@ -64,8 +61,9 @@ def install(
 ) -> InstallResult:
     """Install (or refresh, or upgrade) change capture for ``tables``.
 
-    Without ``tables``: the tables captured already (a refresh), or on a first install
-    :data:`DEFAULT_TABLES`; a table whose capture was stopped comes back only when named.
+    Without ``tables``: the tables captured already (a refresh); a table whose capture was
+    stopped comes back only when named. Raises :class:`BridgeError` without ``tables`` when
+    nothing is captured yet: the bridge knows no table names of its own.
     Creates the bridge's tables if missing (adding columns an older install lacks), then
     replaces the row triggers of each table and records its columns. A re-install keeps
     the install id, the checkpoint and every captured change; it updates the server name
@@ -91,7 +89,7 @@ def install(
                     f"--notify needs PostgreSQL; on {dialect.connector} the relay polls"
                 )
             schema = dialect.schema_name(conn)
-            names = tuple(tables) if tables is not None else _captured_or_default(conn, schema)
+            names = tuple(tables) if tables is not None else _captured(conn, schema)
             captured = [reflect(conn, name, schema) for name in dict.fromkeys(names)]
             for table in BRIDGE_TABLES:
                 table.create(conn, checkfirst=True)
@@ -218,12 +216,15 @@ def stop_capture(legacy_db_url: str | Engine, tables: Sequence[str]) -> StopResu
             engine.dispose()
 
 
-def _captured_or_default(conn: Connection, schema: str | None) -> tuple[str, ...]:
+def _captured(conn: Connection, schema: str | None) -> tuple[str, ...]:
     if inspect(conn).has_table(CAPTURE_TABLE, schema=schema):
         names = tuple(entry.table.name for entry in registered(conn, schema))
         if names:
             return names
-    return DEFAULT_TABLES
+    raise BridgeError(
+        "no tables to capture: nothing is captured yet, name them with --tables T1,T2 "
+        "or BRIDGE_TABLES"
+    )
 
 
 def _add_missing_columns(

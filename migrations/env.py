@@ -2,8 +2,10 @@
 
 The URL comes from the ``sqlalchemy.url`` main option (set by
 ``new_domain.upgrade_database``), or a connection passed in
-``config.attributes["connection"]``. Autogenerate compares against the new domain's
-own metadata only, and ignores tables it does not own.
+``config.attributes["connection"]``. Autogenerate compares against every table the
+revisions create: the new domain's (``new_domain.metadata``) and the facade's
+(``skeleton_app.metadata``), each taken from its package's public API; it ignores tables
+of other owners.
 """
 
 from __future__ import annotations
@@ -15,16 +17,17 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from new_domain.adapters.orm import metadata
+import new_domain
+import skeleton_app
 
 config = context.config
-target_metadata = metadata
+target_metadata = [new_domain.metadata, skeleton_app.metadata]
 
 
 def include_object(
     obj: Any, name: str | None, type_: str, reflected: bool, compare_to: Any
 ) -> bool:
-    """Leave tables of other owners (e.g. the facade's) out of autogenerate."""
+    """Leave tables of other owners out of autogenerate."""
     return not (type_ == "table" and reflected and compare_to is None)
 
 
@@ -33,6 +36,7 @@ def _configure(connection: Connection) -> None:
         connection=connection,
         target_metadata=target_metadata,
         compare_type=True,
+        compare_server_default=True,
         include_object=include_object,
         render_as_batch=connection.dialect.name == "sqlite",
     )
@@ -45,6 +49,7 @@ def run_migrations_offline() -> None:
         literal_binds=True,
         dialect_opts={"paramstyle": "named"},
         compare_type=True,
+        compare_server_default=True,
         include_object=include_object,
     )
     with context.begin_transaction():

@@ -13,16 +13,22 @@ Public API:
   batches, with dead letters; its domain events leave through the outbox.
 - :func:`apply_change` / :func:`parse_change`: apply one change envelope in-process
   (the embedded demo); :class:`MalformedChange` when it is not one.
+- :data:`metadata`: the new domain's tables (SQLAlchemy), the migrations' target.
+- :data:`CLI_COMMANDS`: its ``click`` commands (``db``, ``consume``, ``status`` ...),
+  which the root ``strangler`` command adds.
 """
 
+from new_domain.adapters.orm import metadata
 from new_domain.adapters.schema import upgrade_database
 from new_domain.bootstrap import bootstrap
+from new_domain.entrypoints.commands import CLI_COMMANDS
 from new_domain.entrypoints.consumer import Consumer
 from new_domain.ingest import MalformedChange, apply_change, parse_change
 from new_domain.ingest.ports import DecisionCount
 from new_domain.views import Allocation, ReadModel, ReadTimeout, open_read_model
 
 __all__ = [
+    "CLI_COMMANDS",
     "Allocation",
     "Consumer",
     "DecisionCount",
@@ -31,6 +37,7 @@ __all__ = [
     "ReadTimeout",
     "apply_change",
     "bootstrap",
+    "metadata",
     "open_read_model",
     "parse_change",
     "upgrade_database",

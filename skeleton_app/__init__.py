@@ -10,6 +10,7 @@ Public API::
     Mode, RouteMode, RouteOptions                      # how a route is served and compared
     ShadowResults, Parity, Window                      # comparison results and parity
     NEW_HANDLERS, NewRequest                           # routes the new system can serve
+    metadata                                           # its tables (the migrations' target)
 """
 
 from skeleton_app.app import close_app, create_app
@@ -26,6 +27,7 @@ from skeleton_app.routes_table import (
     RouteMatch,
     RouteTable,
 )
+from skeleton_app.schema import metadata
 from skeleton_app.settings import FacadeSettings
 from skeleton_app.shadow_results import Parity, ShadowResults, Window
 
@@ -50,4 +52,5 @@ __all__ = [
     "close_app",
     "create_app",
     "facade_of",
+    "metadata",
 ]

@@ -1,9 +1,17 @@
 """The admin API under ``/_strangler/``: routes, their parity and audit, rollback, status.
 
-Every admin endpoint needs ``Authorization: Bearer <ADMIN_TOKEN>`` (compared in constant
-time); a request without a valid token gets 401 and changes nothing. Without a configured
-token the admin API is off: its paths answer 404. The document of these endpoints is
-``skeleton_app.openapi.DOCUMENT`` (served at ``/_strangler/openapi.json``).
+Every admin endpoint needs ``Authorization: Bearer <token>`` (compared in constant time)
+with the shared ``ADMIN_TOKEN`` or one operator's named token (``ADMIN_TOKENS``,
+``name:token,...``); a request without a valid token gets 401 and changes nothing.
+Without a configured token the admin API is off: its paths answer 404. The document of
+these endpoints is ``skeleton_app.openapi.DOCUMENT`` (served at
+``/_strangler/openapi.json``).
+
+Who acted comes from the credential: a named token's name is recorded as ``by`` (a
+claimed ``by`` is ignored); with the shared token the audit says so and shows the claimed
+``by`` as claimed (``shared token, claimed: alice``). Every field is checked and bounded
+(``by`` at most 128 characters, ``reason`` 1,000, no control characters, JSON nested at
+most 32 deep): anything else is a 400.
 """
 
 from __future__ import annotations
@@ -17,8 +25,15 @@ from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
 
 from skeleton_app.errors import json_error
 from skeleton_app.facade import Facade
-from skeleton_app.patterns import RESERVED_PREFIX, RouteError
-from skeleton_app.routes_table import AuditEntry, CutoverRefused, Route
+from skeleton_app.patterns import RESERVED_PREFIX, RouteError, has_control_characters
+from skeleton_app.routes_table import (
+    MAX_BY,
+    MAX_REASON,
+    AuditEntry,
+    CutoverRefused,
+    Route,
+    RouteNotFound,
+)
 from skeleton_app.shadow_results import AA, SHADOW, Parity, StoredResult
 
 View = Callable[[Facade], Response]
@@ -36,14 +51,48 @@ _OPTION_TYPES: Mapping[str, tuple[type, ...]] = {
 }
 
 
-def authorized(facade: Facade) -> bool:
-    token = facade.settings.admin_token
-    if not token:
-        return False
+SHARED = "shared token"
+"""The credential name of the shared ``ADMIN_TOKEN``."""
+
+MAX_DEPTH = 32
+"""Deepest nesting of a JSON body the admin API parses."""
+
+
+def enabled(facade: Facade) -> bool:
+    return bool(facade.settings.admin_token or facade.settings.admin_tokens)
+
+
+def credential(facade: Facade) -> str | None:
+    """The name of the credential the request carries (``SHARED`` for ``ADMIN_TOKEN``), or
+    None. Every configured token is compared, in constant time each."""
     scheme, _, given = request.headers.get("Authorization", "").partition(" ")
-    return scheme.lower() == "bearer" and hmac.compare_digest(
-        given.strip().encode(), token.encode()
-    )
+    if scheme.lower() != "bearer":
+        return None
+    offered = given.strip().encode()
+    found = None
+    candidates = list(facade.settings.admin_tokens)
+    if facade.settings.admin_token:
+        candidates.append((SHARED, facade.settings.admin_token))
+    for name, token in candidates:
+        if hmac.compare_digest(offered, token.encode()) and found is None:
+            found = name
+    return found
+
+
+def authorized(facade: Facade) -> bool:
+    return credential(facade) is not None
+
+
+def acting(facade: Facade, claimed: str | None) -> str:
+    """What the audit records as ``by``: the named token's name, or for the shared token
+    ``shared token, claimed: <by>`` (cut to fit 128 characters)."""
+    name = credential(facade) or "unknown"
+    if name != SHARED:
+        return name
+    if not claimed:
+        return SHARED
+    shown = f"{SHARED}, claimed: {claimed}"
+    return shown if len(shown) <= MAX_BY else shown[: MAX_BY - 3] + "..."
 
 
 def unauthorized() -> Response:
@@ -130,12 +179,12 @@ def set_route(facade: Facade) -> Response:
     unknown = sorted(set(body) - _SET_FIELDS)
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
-    method = _field(body, "method", str, required=True)
-    pattern = _field(body, "pattern", str, required=True)
-    mode = _field(body, "mode", str, required=True)
+    method = _required(body, "method", 16)
+    pattern = _required(body, "pattern", 255)
+    mode = _required(body, "mode", 32)
     percent = _field(body, "percent", (int, float, type(None)))
-    reason = _field(body, "reason", str) or ""
-    by = _field(body, "by", str) or "admin-api"
+    reason = _text(body, "reason", MAX_REASON) or ""
+    by = acting(facade, _text(body, "by", MAX_BY))
     force = bool(_field(body, "force", bool))
     options = _options(body.get("options"))
     try:
@@ -154,9 +203,28 @@ def set_route(facade: Facade) -> Response:
     return jsonify({"route": route_json(route, shadow, noise), "audit": audit_json(audit)})
 
 
+def delete_route(facade: Facade) -> Response:
+    body = _json_object()
+    unknown = sorted(set(body) - {"method", "pattern", "reason", "by"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    method = _required(body, "method", 16)
+    pattern = _required(body, "pattern", 255)
+    reason = _text(body, "reason", MAX_REASON) or ""
+    by = acting(facade, _text(body, "by", MAX_BY))
+    try:
+        entry = facade.table.delete(method, pattern, by=by, reason=reason)
+    except RouteNotFound as exc:
+        return json_error(404, "not found", str(exc))
+    except RouteError as exc:
+        raise BadRequest(str(exc)) from None
+    return jsonify({"deleted": {"method": entry.method, "pattern": entry.pattern},
+                    "audit": audit_json(entry)})
+
+
 def history(facade: Facade) -> Response:
-    method = request.args.get("method") or None
-    pattern = request.args.get("pattern") or None
+    method = _query(request.args.get("method"), "method", 16) or None
+    pattern = _query(request.args.get("pattern"), "pattern", 255) or None
     try:
         entries = facade.table.history(method, pattern)
     except RouteError as exc:
@@ -165,8 +233,8 @@ def history(facade: Facade) -> Response:
 
 
 def mismatches(facade: Facade) -> Response:
-    method = (request.args.get("method") or "").upper()
-    pattern = request.args.get("pattern") or ""
+    method = (_query(request.args.get("method"), "method", 16) or "").upper()
+    pattern = _query(request.args.get("pattern"), "pattern", 255) or ""
     if not method or not pattern:
         raise BadRequest("query parameters method and pattern are required")
     kind = request.args.get("kind", SHADOW)
@@ -186,13 +254,13 @@ def rollback(facade: Facade) -> Response:
     unknown = sorted(set(body) - {"method", "pattern", "reason", "by"})
     if unknown:
         raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
-    method = _field(body, "method", str)
-    pattern = _field(body, "pattern", str)
+    method = _text(body, "method", 16)
+    pattern = _text(body, "pattern", 255)
     if (method is None) != (pattern is None):
         raise BadRequest("give both method and pattern, or neither (every route)")
-    reason = _field(body, "reason", str) or ""
-    by = _field(body, "by", str) or "admin-api"
-    routes = None if method is None else [(method, pattern)]
+    reason = _text(body, "reason", MAX_REASON) or ""
+    by = acting(facade, _text(body, "by", MAX_BY))
+    routes = None if method is None or pattern is None else [(method, pattern)]
     try:
         changed = facade.table.rollback(by=by, reason=reason, routes=routes)
     except RouteError as exc:
@@ -221,7 +289,7 @@ def status(facade: Facade) -> Response:
 
 
 ADMIN_ENDPOINTS: Mapping[str, Mapping[str, View]] = {
-    f"{RESERVED_PREFIX}routes": {"GET": list_routes, "PUT": set_route},
+    f"{RESERVED_PREFIX}routes": {"GET": list_routes, "PUT": set_route, "DELETE": delete_route},
     f"{RESERVED_PREFIX}routes/history": {"GET": history},
     f"{RESERVED_PREFIX}routes/mismatches": {"GET": mismatches},
     f"{RESERVED_PREFIX}routes/rollback": {"POST": rollback},
@@ -243,10 +311,65 @@ def _json_object() -> dict[str, Any]:
     request.max_content_length = MAX_BODY_BYTES + 1
     if len(request.get_data(cache=True)) > MAX_BODY_BYTES:
         raise too_large
-    body = request.get_json(silent=True)
+    if _nesting(request.get_data(cache=True)) > MAX_DEPTH:
+        raise BadRequest(f"the body is nested deeper than {MAX_DEPTH} levels")
+    try:
+        body = request.get_json(silent=True)
+    except RecursionError:
+        body = None
     if not isinstance(body, dict):
         raise BadRequest("the body must be a JSON object")
     return body
+
+
+def _nesting(data: bytes) -> int:
+    """How deep ``data``'s JSON arrays and objects nest (strings skipped), without parsing
+    it: Python's JSON parser recurses, and would fail (500) on a deep body."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for byte in data:
+        if in_string:
+            if escaped:
+                escaped = False
+            elif byte == 0x5C:  # backslash
+                escaped = True
+            elif byte == 0x22:  # quote
+                in_string = False
+        elif byte == 0x22:
+            in_string = True
+        elif byte in (0x5B, 0x7B):  # [ {
+            depth += 1
+            deepest = max(deepest, depth)
+        elif byte in (0x5D, 0x7D):  # ] }
+            depth -= 1
+    return deepest
+
+
+def _text(body: Mapping[str, Any], name: str, limit: int,
+          required: bool = False) -> str | None:
+    """A string field: at most ``limit`` characters, no control characters."""
+    value: str | None = _field(body, name, str, required=required)
+    if value is None:
+        return None
+    return _checked(value, f"field {name!r}", limit)
+
+
+def _required(body: Mapping[str, Any], name: str, limit: int) -> str:
+    value = _text(body, name, limit, required=True)
+    assert value is not None  # required: _field raised otherwise
+    return value
+
+
+def _query(value: str | None, name: str, limit: int) -> str | None:
+    return None if value is None else _checked(value, f"query parameter {name!r}", limit)
+
+
+def _checked(value: str, what: str, limit: int) -> str:
+    if len(value) > limit:
+        raise BadRequest(f"{what} is longer than {limit} characters")
+    if has_control_characters(value):
+        raise BadRequest(f"{what} must not hold control characters (NUL, CR, LF, ESC ...)")
+    return value
 
 
 def _field(body: Mapping[str, Any], name: str, types: type | tuple[type, ...],

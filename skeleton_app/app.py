@@ -25,12 +25,13 @@ from typing import Literal, cast
 
 from flask import Flask, Response, g, jsonify, request
 from flask.json.provider import DefaultJSONProvider
+from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Rule
 
 from skeleton_app import admin, canary, direct
 from skeleton_app.compare import Answer
-from skeleton_app.errors import json_error
+from skeleton_app.errors import json_error, printable
 from skeleton_app.facade import EXTENSION, Facade, facade_of
 from skeleton_app.lag_guard import LagGuard, LagStatus
 from skeleton_app.metrics import FacadeMetrics
@@ -39,7 +40,7 @@ from skeleton_app.new_routes import DIRECT_HANDLERS, NEW_HANDLERS, NewHandler, N
 from skeleton_app.new_system import NewSystem, NewSystemTimeout
 from skeleton_app.openapi import document
 from skeleton_app.patterns import RESERVED_PREFIX, RouteKey, is_reserved
-from skeleton_app.proxy import LegacyProxy, has_dot_segments
+from skeleton_app.proxy import LegacyProxy, has_dot_segments, path_problem
 from skeleton_app.read_model import (
     LagProvider,
     LazyReadModel,
@@ -148,6 +149,11 @@ def create_app(
             return _facade_endpoint(facade)
         if has_dot_segments(request.path):
             raise BadRequest("paths with '.' or '..' segments are not forwarded")
+        problem = path_problem(request.environ.get("PATH_INFO") or "/")
+        if problem is not None:
+            log.warning("refused %s %s: %s", printable(request.method),
+                        printable(request.path), problem)
+            raise BadRequest(f"{problem}; it is not forwarded")
         found = table.match(request.method, request.path)
         if found is None:
             _label("other", Mode.LEGACY.value)
@@ -183,7 +189,12 @@ def create_app(
 
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
-        log.exception("facade failure: %s %s", request.method, request.path)
+        if isinstance(exc, ParseException):  # the request's body broke off or is malformed
+            log.warning("bad request body: %s %s: %s", printable(request.method),
+                        printable(request.path), printable(str(exc)))
+            return json_error(400, "bad request", f"malformed request body: {exc}"[:300])
+        log.exception("facade failure: %s %s", printable(request.method),
+                      printable(request.path))
         detail = f"unexpected {type(exc).__name__}; see the facade's log"
         return json_error(500, "internal server error", detail)
 
@@ -245,17 +256,18 @@ def _serve_new_or_legacy(facade: Facade, found: RouteMatch, route: str) -> Respo
         if request.method not in _SAFE_TO_RETRY:
             # The new system may have applied it: sending it to legacy too could apply twice.
             log.warning("new system %s on %s %s; not retried on legacy",
-                        "timed out" if timed_out else "failed", request.method, request.path,
-                        exc_info=not timed_out)
+                        "timed out" if timed_out else "failed", request.method,
+                        printable(request.path), exc_info=not timed_out)
             g.served_by = "new"
             if timed_out:
                 return json_error(504, "gateway timeout", str(exc))
             return json_error(502, "bad gateway",
-                              f"the new system failed to answer {request.method} {request.path}")
+                              f"the new system failed to answer {request.method} "
+                              f"{printable(request.path)}")
         facade.metrics.fallbacks.labels(route, "timeout" if timed_out else "error").inc()
         log.warning("new system %s on %s %s: legacy answers",
-                    "timed out" if timed_out else "failed", request.method, request.path,
-                    exc_info=not timed_out)
+                    "timed out" if timed_out else "failed", request.method,
+                    printable(request.path), exc_info=not timed_out)
         return _forward(facade, route)
     facade.metrics.latency.labels("new", route).observe(time.perf_counter() - started)
     g.served_by = "new"
@@ -364,7 +376,7 @@ def _facade_endpoint(facade: Facade) -> Response:
     views = admin.ADMIN_ENDPOINTS.get(path)
     if views is None:
         raise NotFound(f"no facade endpoint at {path}")
-    if not facade.settings.admin_token:
+    if not admin.enabled(facade):
         return admin.admin_off()
     if not admin.authorized(facade):
         return admin.unauthorized()

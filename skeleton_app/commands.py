@@ -1,7 +1,11 @@
 """The facade's commands: ``strangler serve`` and ``strangler routes ...``
-(``list``, ``set``, ``history``, ``mismatches``, ``rollback``).
+(``list``, ``set``, ``delete``, ``history``, ``mismatches``, ``rollback``).
 
-``demo`` (defined in ``skeleton_app.demo``) is re-exported with them for the root CLI.
+No command prints a credential: URLs in errors have their password masked, and text read
+from the database (reasons, names, paths, diffs) is printed escaped, so stored CR/LF or
+terminal escape codes cannot forge lines.
+
+The root command (:mod:`skeleton_app.composition.cli`) adds them.
 """
 
 from __future__ import annotations
@@ -9,6 +13,7 @@ from __future__ import annotations
 import getpass
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
@@ -20,11 +25,11 @@ from typing import Any
 import click
 from flask import Flask
 from sqlalchemy.engine import make_url
-from sqlalchemy.exc import ArgumentError, SQLAlchemyError
+from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from skeleton_app.admin import audit_json, result_json, route_json
 from skeleton_app.app import create_app
-from skeleton_app.demo import demo
+from skeleton_app.errors import printable
 from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
 from skeleton_app.patterns import RouteError
@@ -34,23 +39,61 @@ from skeleton_app.server import FacadeServer, gunicorn_options
 from skeleton_app.settings import FacadeSettings
 from skeleton_app.shadow_results import AA, SHADOW, Parity, ShadowResults, Window
 
-__all__ = ["demo", "routes", "serve"]
+__all__ = ["routes", "serve"]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with the password (``scheme://user:password@host``) replaced by ``***``."""
+    return _PASSWORD.sub(r"\1***@", url)
+
+
+_PASSWORD = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://[^/?#@\s:]*:)[^/?#\s]*@")
 
 
 def _check_db_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
-        make_url(value)
+        make_url(value).get_dialect()
     except ArgumentError:
-        raise click.BadParameter(f"not a database URL: {value!r}") from None
+        raise click.BadParameter(f"not a database URL: {printable(mask_url(value))!r}") from None
+    except NoSuchModuleError:
+        raise click.BadParameter(
+            f"no database driver for {printable(mask_url(value))!r}"
+        ) from None
     return value
 
 
 def _check_legacy_url(ctx: click.Context, param: click.Parameter, value: str) -> str:
     try:
         validate_base_url(value)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc)) from None
+    except ValueError:
+        raise click.BadParameter(
+            f"legacy URL must be http(s)://host[:port][/path] (no user, password, query or "
+            f"fragment), got {printable(mask_url(value))!r}"
+        ) from None
     return value
+
+
+def _admin_tokens(
+    ctx: click.Context, param: click.Parameter, value: str | None
+) -> tuple[tuple[str, str], ...]:
+    """``name:token,name:token`` -> pairs; an error never repeats a token."""
+    pairs: list[tuple[str, str]] = []
+    for number, item in enumerate((value or "").split(","), start=1):
+        if not item.strip():
+            continue
+        name, separator, token = item.strip().partition(":")
+        if not separator or not _TOKEN_NAME.fullmatch(name) or not token:
+            raise click.BadParameter(
+                f"entry {number} is not name:token (name: letters, digits, . _ @ -, "
+                "at most 64)"
+            )
+        if name in dict(pairs):
+            raise click.BadParameter(f"the name {name!r} is given twice")
+        pairs.append((name, token))
+    return tuple(pairs)
+
+
+_TOKEN_NAME = re.compile(r"[A-Za-z0-9._@-]{1,64}")
 
 
 new_db_url_option = click.option(
@@ -114,8 +157,13 @@ def _gate(min_parity: float, min_samples: int, parity_window: float,
               show_default=True, help="Bytes of body kept for a comparison; larger ones are "
               "not compared.")
 @click.option("--admin-token", envvar="ADMIN_TOKEN", default=None,
-              help="Bearer token of the admin API under /_strangler/ (env ADMIN_TOKEN); "
-              "without one the admin API is off.")
+              help="Shared bearer token of the admin API under /_strangler/ (env "
+              "ADMIN_TOKEN); the audit records it as 'shared token'. Without any token the "
+              "admin API is off.")
+@click.option("--admin-tokens", envvar="ADMIN_TOKENS", default=None, callback=_admin_tokens,
+              metavar="NAME:TOKEN,...",
+              help="Named bearer tokens, one per operator (env ADMIN_TOKENS); the audit "
+              "records the name.")
 @gate_options
 def serve(
     port: int,
@@ -133,6 +181,7 @@ def serve(
     shadow_sample_rate: float,
     shadow_max_body: int,
     admin_token: str | None,
+    admin_tokens: tuple[tuple[str, str], ...],
     min_parity: float,
     min_samples: int,
     parity_window: float,
@@ -151,6 +200,7 @@ def serve(
         shadow_sample_rate=shadow_sample_rate,
         shadow_max_body=shadow_max_body,
         admin_token=admin_token or None,
+        admin_tokens=admin_tokens,
         gate=_gate(min_parity, min_samples, parity_window, parity_samples),
         new_workers=threads,
     )
@@ -230,7 +280,9 @@ def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
 @click.option("--by", "by", default=lambda: _current_user(), show_default="$USER",
               help="Who makes the change.")
 @click.option("--force", is_flag=True,
-              help="Move to new even though the cutover gate refuses (audited).")
+              help="Let new answer clients (canary N, new) even though the cutover gate "
+              "refuses, or with thresholds below its floor; needs --reason, audited as "
+              "forced.")
 @click.option("--allow-mutating-shadow/--no-allow-mutating-shadow", default=None,
               help="Shadow POST/PUT/PATCH/DELETE too (their side effects happen twice).")
 @click.option("--ignore-field", "ignore_fields", multiple=True, metavar="NAME",
@@ -295,6 +347,22 @@ def _percent_arg(value: str | None) -> float | None:
         raise click.BadParameter(f"not a percentage: {value!r}", param_hint="PERCENT") from None
 
 
+@routes.command("delete", short_help="Delete a stored route (audited).")
+@click.argument("method")
+@click.argument("pattern")
+@click.option("--reason", required=True, help="Why (kept in the audit trail).")
+@click.option("--by", "by", default=lambda: _current_user(), show_default="$USER",
+              help="Who makes the change.")
+@new_db_url_option
+def delete_route(method: str, pattern: str, reason: str, by: str, new_db_url: str) -> None:
+    """Delete the stored route METHOD PATTERN: its paths are then served like any other
+    (from legacy). Also removes a route whose pattern is no longer accepted."""
+    with _route_table(new_db_url) as (table, _):
+        entry = table.delete(method, pattern, by=by, reason=reason)
+    click.echo(f"{entry.method} {printable(entry.pattern)} deleted "
+               f"(was {printable(entry.from_mode or '-')})")
+
+
 @routes.command("history", short_help="Show the audit trail of route changes.")
 @click.argument("method", required=False)
 @click.argument("pattern", required=False)
@@ -337,14 +405,16 @@ def route_mismatches(method: str, pattern: str, aa: bool, limit: int, new_db_url
                                "parity": parity.to_dict(),
                                "mismatches": [result_json(r) for r in found]}, indent=2))
         return
-    click.echo(f"{method} {pattern} {kind}: {parity.describe()} "
+    click.echo(f"{method} {printable(pattern)} {kind}: {parity.describe()} "
                f"({parity.mismatches} mismatches, {parity.errors} errors)")
     for r in found:
         new = "-" if r.new_status is None else f"{r.new_status} in {r.new_ms:.1f} ms"
-        click.echo(f"\n#{r.id} {_when(r.at)} {r.outcome} {r.path}: legacy {r.legacy_status} "
-                   f"in {r.legacy_ms:.1f} ms, {'legacy again' if aa else 'new'} {new}")
-        for line in (r.diff or "").splitlines():
-            click.echo(f"    {line}")
+        click.echo(f"\n#{r.id} {_when(r.at)} {r.outcome} {printable(r.path)}: legacy "
+                   f"{r.legacy_status} in {r.legacy_ms:.1f} ms, "
+                   f"{'legacy again' if aa else 'new'} {new}")
+        for line in (r.diff or "").split("\n"):
+            if line:
+                click.echo(f"    {printable(line, limit=10_000)}")
 
 
 @routes.command("rollback", short_help="Serve a route, or every route, from legacy again.")
@@ -380,6 +450,7 @@ def _route_table(
     except SQLAlchemyError as exc:
         shown = make_url(new_db_url).render_as_string(hide_password=True)
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        first_line = printable(mask_url(first_line))
         raise click.ClickException(
             f"cannot use the route table in {shown} (is it migrated? "
             f"run 'strangler db upgrade'): {first_line}"
@@ -404,6 +475,7 @@ def _when(value: datetime | None) -> str:
 
 
 def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    rows = [[printable(str(cell), limit=10_000) for cell in row] for row in rows]
     widths = [max(len(str(row[i])) for row in [header, *rows]) for i in range(len(header))]
     for row in [header, *rows]:
         cells = (str(cell).ljust(width) for cell, width in zip(row, widths, strict=True))

@@ -27,10 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from werkzeug.http import HTTP_STATUS_CODES
 
+from skeleton_app.errors import printable
 from skeleton_app.modes import Mode
 from skeleton_app.new_routes import JSON, DirectHandler
 from skeleton_app.patterns import RouteKey
-from skeleton_app.proxy import has_dot_segments
+from skeleton_app.proxy import has_dot_segments, path_problem
 from skeleton_app.read_model import ReadModel
 
 if TYPE_CHECKING:
@@ -68,7 +69,10 @@ class DirectPath:
         if not self._handlers or environ.get("REQUEST_METHOD") != "GET":
             return self._app(environ, start_response)
         # WSGI carries the path's bytes as latin-1; decoded as UTF-8, as Flask's request.path
-        path = (environ.get("PATH_INFO") or "/").encode("latin-1").decode("utf-8", "replace")
+        raw_path = environ.get("PATH_INFO") or "/"
+        if path_problem(raw_path) is not None:  # the Flask app refuses it
+            return self._app(environ, start_response)
+        path = raw_path.encode("latin-1").decode("utf-8", "replace")
         facade = self._facade
         found = facade.table.match("GET", path)
         if found is None or found.mode is not Mode.NEW or has_dot_segments(path):
@@ -83,7 +87,8 @@ class DirectPath:
         except Exception as exc:
             timed_out = isinstance(exc, TimeoutError)
             log.warning("new system %s on GET %s: legacy answers",
-                        "timed out" if timed_out else "failed", path, exc_info=not timed_out)
+                        "timed out" if timed_out else "failed", printable(path),
+                        exc_info=not timed_out)
             environ[FALLBACK] = "timeout" if timed_out else "error"
             return self._app(environ, start_response)
         metrics = facade.metrics

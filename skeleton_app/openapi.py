@@ -125,16 +125,24 @@ _SET_REQUEST = {
     "required": ["method", "pattern", "mode"],
     "additionalProperties": False,
     "properties": {
-        "method": {"type": "string", "examples": ["GET"]},
-        "pattern": {"type": "string", "examples": ["/allocations/<orderid>"]},
-        "mode": {"type": "string", "examples": ["shadow", "canary 10"],
+        "method": {"type": "string", "maxLength": 16, "examples": ["GET"]},
+        "pattern": {"type": "string", "maxLength": 255, "examples": ["/allocations/<orderid>"],
+                    "description": "at most one variable per segment, a <path:...> variable "
+                                   "only as the last segment (linear-time matching)"},
+        "mode": {"type": "string", "maxLength": 32, "examples": ["shadow", "canary 10"],
                  "description": "legacy, aa, shadow, canary (with percent, or 'canary N') "
                                 "or new"},
         "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-        "reason": {"type": "string"},
-        "by": {"type": "string", "description": "who; default admin-api"},
+        "reason": {"type": "string", "maxLength": 1000,
+                   "description": "required with force; no control characters"},
+        "by": {"type": "string", "maxLength": 128,
+               "description": "who, as claimed: with the shared token the audit records "
+                              "'shared token, claimed: <by>'; a named token's name "
+                              "replaces it"},
         "force": {"type": "boolean",
-                  "description": "move to new although the cutover gate refuses"},
+                  "description": "let new answer clients (canary above 0, new) although "
+                                 "the cutover gate refuses or its thresholds are below "
+                                 "the floor; needs a reason; audited as forced"},
         "options": {"$ref": "#/components/schemas/RouteOptions",
                     "description": "options to change; the others are kept"},
     },
@@ -150,8 +158,10 @@ _DOCUMENT: dict[str, Any] = {
         "description": (
             "The facade's own endpoints under /_strangler/ and the read route it can serve "
             "from the new system. Every other path is proxied to the legacy system unchanged. "
-            "Admin endpoints need 'Authorization: Bearer <ADMIN_TOKEN>'; without a configured "
-            "token they answer 404. Prometheus metrics are at /metrics (text format)."
+            "Admin endpoints need 'Authorization: Bearer <token>', the shared ADMIN_TOKEN or "
+            "an operator's named token (ADMIN_TOKENS); without a configured token they "
+            "answer 404. Every error is JSON {\"error\", \"detail\"}. Prometheus metrics "
+            "are at /metrics (text format)."
         ),
     },
     "paths": {
@@ -226,7 +236,8 @@ _DOCUMENT: dict[str, Any] = {
                                         "audit": {"$ref": "#/components/schemas/AuditEntry"}}},
                         "The route as set and its audit entry",
                     ),
-                    "400": _error("Invalid change (unknown mode, route, option ...)"),
+                    "400": _error("Invalid change (unknown mode, route, option, a field "
+                                  "too long or with control characters ...)"),
                     "409": _json(
                         {"allOf": [_ERROR, {"type": "object", "required": ["parity"],
                                             "properties": {"parity": {
@@ -234,6 +245,37 @@ _DOCUMENT: dict[str, Any] = {
                         "The cutover gate refused the move to new",
                     ),
                     **_ADMIN_ERRORS,
+                },
+            },
+            "delete": {
+                "summary": "Delete a stored route (audited)",
+                "description": "Its paths are then served like any other (from legacy). "
+                               "A route whose pattern is no longer accepted can be deleted.",
+                "operationId": "deleteRoute",
+                "security": _ADMIN,
+                "requestBody": {
+                    "required": True,
+                    "content": {"application/json": {"schema": {
+                        "type": "object", "required": ["method", "pattern"],
+                        "additionalProperties": False,
+                        "properties": {"method": {"type": "string", "maxLength": 16},
+                                       "pattern": {"type": "string", "maxLength": 255},
+                                       "reason": {"type": "string", "maxLength": 1000},
+                                       "by": {"type": "string", "maxLength": 128}}}}},
+                },
+                "responses": {
+                    "200": _json(
+                        {"type": "object", "required": ["deleted", "audit"],
+                         "properties": {
+                             "deleted": {"type": "object", "required": ["method", "pattern"],
+                                         "properties": {"method": {"type": "string"},
+                                                        "pattern": {"type": "string"}}},
+                             "audit": {"$ref": "#/components/schemas/AuditEntry"}}},
+                        "The deleted route and its audit entry (to_mode: deleted)",
+                    ),
+                    "400": _error("Invalid request"),
+                    "401": {"$ref": "#/components/responses/Unauthorized"},
+                    "404": _error("No such route is stored, or the admin API is off"),
                 },
             },
         },
@@ -253,6 +295,7 @@ _DOCUMENT: dict[str, Any] = {
                              "$ref": "#/components/schemas/AuditEntry"}}}},
                         "Audit entries",
                     ),
+                    "400": _error("Invalid parameters (too long, control characters ...)"),
                     **_ADMIN_ERRORS,
                 },
             }

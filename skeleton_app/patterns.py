@@ -1,6 +1,13 @@
 """Route patterns: ``METHOD /flask/style/<pattern>``, validated and matched like Flask does.
 
 A ``GET`` pattern also matches ``HEAD`` requests, as in Flask.
+
+Every pattern matches in time linear in the path's length: a segment holds at most one
+variable, and a ``<path:...>`` variable (which spans segments) only the last segment.
+Several variables in one segment, or several spanning variables, make the regular
+expressions the matcher builds backtrack polynomially (a 100-segment path against
+``/<path:a>/<path:b>/<path:c>`` kept a worker busy for 22 s), so such patterns are
+refused, and a stored one is skipped (served from legacy).
 """
 
 from __future__ import annotations
@@ -46,11 +53,35 @@ def validate_pattern(pattern: str) -> str:
         raise RouteError(f"invalid route pattern {pattern!r}: {RESERVED_PREFIX} is the facade's")
     if len(pattern) > 255:
         raise RouteError(f"invalid route pattern {pattern[:40]!r}...: longer than 255 characters")
+    if has_control_characters(pattern):
+        raise RouteError(f"invalid route pattern {pattern!r}: it holds control characters")
     try:
         Map([Rule(pattern, endpoint=pattern)])
     except (ValueError, LookupError) as exc:
         raise RouteError(f"invalid route pattern {pattern!r}: {exc}") from exc
+    segments = pattern.split("/")
+    for position, segment in enumerate(segments):
+        variables = _VARIABLE.findall(segment)
+        if len(variables) > 1:
+            raise RouteError(
+                f"invalid route pattern {pattern!r}: at most one variable per segment "
+                f"(so that matching takes linear time), got {segment!r}"
+            )
+        if variables and variables[0] == "path" and position != len(segments) - 1:
+            raise RouteError(
+                f"invalid route pattern {pattern!r}: a <path:...> variable may only be "
+                "the last segment (so that matching takes linear time)"
+            )
     return pattern
+
+
+_VARIABLE = re.compile(r"<(?:([a-zA-Z_][a-zA-Z0-9_]*)(?:\([^)]*\))?:)?[a-zA-Z_][a-zA-Z0-9_]*>")
+"""A variable in a pattern; the group is its converter's name (empty: the default)."""
+
+
+def has_control_characters(text: str) -> bool:
+    """Whether ``text`` holds C0/C1 control characters (NUL, CR, LF, ESC ...) or DEL."""
+    return any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in text)
 
 
 @dataclass(frozen=True)

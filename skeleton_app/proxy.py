@@ -312,12 +312,36 @@ def _chunked(stream: IO[bytes]) -> Iterator[bytes]:
 
 def _request_body(request: Request) -> _SizedStream | Iterator[bytes] | None:
     """The request body as a stream: sized when the client said how long it is, chunked
-    when its server ended it (``wsgi.input_terminated``), None when there is none."""
+    when the client sent it chunked (and its server ends it: ``wsgi.input_terminated``),
+    None when there is none. A request the client sent without a body (a plain GET or
+    HEAD) goes to legacy without one and without framing headers: an empty chunked body
+    on a GET is read by some servers as the start of the next request."""
     length = request.content_length
     if length:
         return _SizedStream(request.stream, length)
-    if length is None and request.environ.get("wsgi.input_terminated"):
+    if length is None and sent_chunked(request) and request.environ.get("wsgi.input_terminated"):
         return _chunked(request.stream)
+    return None
+
+
+def sent_chunked(request: Request) -> bool:
+    """Whether the client framed its request body with ``Transfer-Encoding: chunked``."""
+    return "chunked" in request.headers.get("Transfer-Encoding", "").lower()
+
+
+def path_problem(raw_path: str) -> str | None:
+    """Why a request path (WSGI ``PATH_INFO``: its bytes as latin-1) is refused, or None.
+
+    A path that is not UTF-8, or holds control characters once decoded (NUL, CR, LF ...),
+    names nothing a route or the legacy system can serve; passing it on only lets it break
+    what stores or logs it.
+    """
+    try:
+        path = raw_path.encode("latin-1").decode("utf-8")
+    except UnicodeError:
+        return "the path is not UTF-8"
+    if any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in path):
+        return "the path holds control characters"
     return None
 
 

@@ -4,11 +4,22 @@ Every facade worker reads the table through its own cached snapshot, reloaded at
 ``refresh_interval`` seconds, so a change made by ``strangler routes set`` (from any process)
 takes effect in every worker within that interval, without a restart. A worker that cannot
 read the table keeps its last snapshot; one that never could serves everything from legacy.
+
+Reloads never hold up requests: a reload runs on a thread of its own, and the request that
+found the snapshot stale waits for it at most ``refresh_wait`` seconds (every other request
+meanwhile answers from the snapshot it has). A new database that hangs, or a lock on
+``facade_route`` (a migration takes one), therefore costs requests nothing but fresh routes.
+On PostgreSQL the table's engine bounds connecting, statements, lock waits and unanswered
+TCP data (see ``route_table_engine``), so a reload against a server that is gone, slow or
+locked gives up and is retried. A server whose host still acknowledges the bytes but never
+answers on an open connection holds that one reload until it answers; the last known
+table serves meanwhile.
 """
 
 from __future__ import annotations
 
 import builtins
+import itertools
 import logging
 import threading
 import time
@@ -17,9 +28,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, create_engine, insert, select, update
+from sqlalchemy import Engine, create_engine, delete, insert, select, update
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
+from skeleton_app.errors import printable
 from skeleton_app.gate import CutoverGate, GateVerdict
 from skeleton_app.modes import LEGACY, Mode, RouteMode
 from skeleton_app.new_routes import NEW_HANDLERS
@@ -27,6 +40,7 @@ from skeleton_app.patterns import (
     PatternMatcher,
     RouteError,
     RouteKey,
+    has_control_characters,
     normalise_method,
     validate_pattern,
 )
@@ -93,6 +107,31 @@ class RouteMatch:
     options: RouteOptions = DEFAULT_OPTIONS
 
 
+MAX_BY = 128
+"""Longest ``by`` (who acted) kept in the audit."""
+
+MAX_REASON = 1000
+"""Longest ``reason`` kept in the audit."""
+
+
+def checked_text(name: str, value: str, limit: int) -> str:
+    """``value`` if it fits the audit (at most ``limit`` characters, no control characters:
+    a CR, LF or escape code would forge lines where it is printed), else RouteError."""
+    if len(value) > limit:
+        raise RouteError(f"{name} is longer than {limit} characters")
+    if has_control_characters(value):
+        raise RouteError(f"{name} must not hold control characters (NUL, CR, LF, ESC ...)")
+    return value
+
+
+DELETED = "deleted"
+"""``to_mode`` of the audit entry of a deleted route."""
+
+
+class RouteNotFound(RouteError):
+    """No such route is stored."""
+
+
 class CutoverRefused(RouteError):
     """The cutover gate refused a move to ``new``."""
 
@@ -108,14 +147,48 @@ class _State:
 
 
 class _Snapshot:
-    def __init__(self, states: Mapping[RouteKey, _State], loaded_at: float) -> None:
+    def __init__(self, states: Mapping[RouteKey, _State], loaded_at: float,
+                 ticket: int = 0) -> None:
         self.states = states
         self.loaded_at = loaded_at
+        self.ticket = ticket
         self.matcher = PatternMatcher(states)
 
 
 def utc_now() -> datetime:
     return datetime.now(UTC)
+
+
+STATEMENT_TIMEOUT_S = 5.0
+"""Seconds a statement on the route table's engine may run (PostgreSQL) before it fails."""
+
+
+def route_table_engine(url: str) -> Engine:
+    """An engine for the route table (and the shadow results next to it).
+
+    On PostgreSQL every wait is bounded: connecting (2 s, libpq's minimum), statements
+    (``statement_timeout``), lock waits (``lock_timeout``, so a migration's ``LOCK TABLE``
+    fails a reload instead of queueing it), a pooled connection (``pool_timeout``) and
+    data the server does not acknowledge (``tcp_user_timeout`` and keepalives, so a
+    server that vanished fails the query instead of hanging it).
+    """
+    if make_url(url).get_backend_name() != "postgresql":
+        return create_engine(url, pool_pre_ping=True)
+    ms = round(STATEMENT_TIMEOUT_S * 1000)
+    return create_engine(
+        url,
+        pool_pre_ping=True,
+        pool_timeout=STATEMENT_TIMEOUT_S,
+        connect_args={
+            "connect_timeout": 2,
+            "options": f"-c statement_timeout={ms} -c lock_timeout={ms // 2}",
+            "tcp_user_timeout": ms,
+            "keepalives": 1,
+            "keepalives_idle": 5,
+            "keepalives_interval": 2,
+            "keepalives_count": 2,
+        },
+    )
 
 
 class RouteTable:
@@ -138,10 +211,14 @@ class RouteTable:
         gate: CutoverGate | None = None,
         clock: Callable[[], float] = time.monotonic,
         now: Callable[[], datetime] = utc_now,
+        refresh_wait: float = 0.2,
     ) -> None:
         self._owns_engine = isinstance(db, str)
-        self._engine = create_engine(db, pool_pre_ping=True) if isinstance(db, str) else db
+        self._engine = route_table_engine(db) if isinstance(db, str) else db
         self._refresh_interval = refresh_interval
+        self._refresh_wait = refresh_wait
+        self._tickets = itertools.count(1)
+        self._refreshing: threading.Event | None = None
         self._movable = frozenset(NEW_HANDLERS if movable is None else movable)
         self._gate = gate
         self._clock = clock
@@ -200,6 +277,8 @@ class RouteTable:
         if method is not None:
             query = query.where(facade_route_audit.c.method == normalise_method(method))
         if pattern is not None:
+            if len(pattern) > 255 or has_control_characters(pattern):
+                raise RouteError(f"invalid route pattern {printable(pattern[:40])!r}")
             query = query.where(facade_route_audit.c.pattern == pattern)
         with self._engine.connect() as conn:
             rows = conn.execute(query).mappings().all()
@@ -261,7 +340,8 @@ class RouteTable:
         method = normalise_method(method)
         pattern = validate_pattern(pattern)
         target = RouteMode.parse(mode, percent)
-        by = by.strip()
+        by = checked_text("by", by.strip(), MAX_BY)
+        reason = checked_text("reason", reason, MAX_REASON)
         if not by:
             raise RouteError("who changes the route must be given (--by)")
         if target.mode.needs_new_system and (method, pattern) not in self._movable:
@@ -276,8 +356,40 @@ class RouteTable:
             route = self._write(method, pattern, target, by, reason, options or {}, force)
         except IntegrityError:
             route = self._write(method, pattern, target, by, reason, options or {}, force)
-        self._snapshot = None
+        self._reload(self._snapshot, self._clock(), next(self._tickets))
         return route
+
+    def delete(self, method: str, pattern: str, by: str, reason: str = "") -> AuditEntry:
+        """Remove a stored route (it is then served like any unknown path: from legacy, or
+        as a never-set movable route), with an audit entry (``to_mode`` ``deleted``), in
+        one transaction. ``pattern`` is not validated: a route stored before a rule
+        tightened can still be deleted. Raises RouteError when no such route is stored."""
+        method = normalise_method(method)
+        by = checked_text("by", by.strip(), MAX_BY)
+        reason = checked_text("reason", reason, MAX_REASON)
+        if not by:
+            raise RouteError("who deletes the route must be given (--by)")
+        if len(pattern) > 255 or has_control_characters(pattern):
+            raise RouteNotFound(f"no stored route {method} {printable(pattern)}")
+        at = self._now()
+        key = (facade_route.c.method == method) & (facade_route.c.pattern == pattern)
+        with self._engine.begin() as conn:
+            previous = conn.execute(
+                select(facade_route.c.mode, facade_route.c.options).where(key).with_for_update()
+            ).first()
+            if previous is None:
+                raise RouteNotFound(f"no stored route {method} {pattern}")
+            conn.execute(delete(facade_route).where(key))
+            entry_id = conn.execute(
+                insert(facade_route_audit).values(
+                    at=at, method=method, pattern=pattern, from_mode=previous.mode,
+                    to_mode=DELETED, by=by, reason=reason, options=previous.options,
+                    forced=False, gate=None,
+                ).returning(facade_route_audit.c.id)
+            ).scalar_one()
+        self._reload(self._snapshot, self._clock(), next(self._tickets))
+        return AuditEntry(entry_id, at, method, pattern, previous.mode, DELETED, by, reason,
+                          _options_or_default(previous.options))
 
     def rollback(
         self, by: str, reason: str = "", routes: Iterable[RouteKey] | None = None
@@ -322,7 +434,7 @@ class RouteTable:
             )
             options = current.changed(option_changes) if option_changes else current
             forced, gate_summary = self._judge(method, pattern, target, previous_mode, force,
-                                               at)
+                                               reason, at)
             values = {
                 "mode": str(target),
                 "updated_at": at,
@@ -357,21 +469,42 @@ class RouteTable:
         target: RouteMode,
         previous_mode: str | None,
         force: bool,
+        reason: str,
         now: datetime,
     ) -> tuple[bool, str | None]:
-        """(forced, evidence) for a move to new; raises CutoverRefused when refused."""
-        if target.mode is not Mode.NEW or previous_mode == Mode.NEW.value or self._gate is None:
+        """(forced, evidence) for a move that lets new answer clients; raises
+        CutoverRefused when refused.
+
+        Judged when new starts answering clients (from legacy, aa, shadow or canary 0 to
+        canary above 0 or new) and when a route goes to new from any other mode. Growing a
+        canary is not judged again: the route passed (or was forced past) the gate when
+        the canary started.
+        """
+        if not _serves_clients_from_new(target) or self._gate is None:
             return False, None
-        results = ShadowResults(self._engine, self._gate.window)
-        verdict = self._gate.judge(results.parity(method, pattern, now=now))
-        if verdict.passed:
+        previous = None if previous_mode is None else _parse_stored(previous_mode)
+        if previous is not None and _serves_clients_from_new(previous) and (
+            target.mode is Mode.CANARY or previous.mode is Mode.NEW
+        ):
+            return False, None
+        gate = self._gate
+        results = ShadowResults(self._engine, gate.window)
+        verdict = gate.judge(results.parity(method, pattern, now=now))
+        if verdict.passed and not gate.below_floor:
             return False, verdict.summary
+        problem = gate.describe_floor() if gate.below_floor else verdict.summary
         if not force:
+            hint = ("(raise --min-samples/--min-parity, or use --force)"
+                    if gate.below_floor else "(shadow it longer, or use --force)")
+            share = "" if target.mode is Mode.NEW else f" ({target})"
             raise CutoverRefused(
-                f"refusing to serve {method} {pattern} from new: {verdict.summary} "
-                "(shadow it longer, or use --force)",
+                f"refusing to serve {method} {pattern} from new{share}: {problem} {hint}",
                 verdict,
             )
+        if not reason.strip():
+            raise RouteError("a forced move needs a reason (--reason)")
+        if gate.below_floor:
+            return True, f"forced past the gate: {problem}; {verdict.summary}"
         return True, f"forced past the gate: {verdict.summary}"
 
     def _current_snapshot(self) -> _Snapshot | None:
@@ -379,18 +512,41 @@ class RouteTable:
         now = self._clock()
         if snapshot is not None and now - snapshot.loaded_at < self._refresh_interval:
             return snapshot
-        # One thread reloads; the others keep answering from the snapshot they have.
-        if not self._refresh_lock.acquire(blocking=snapshot is None):
-            return snapshot
-        try:
-            current = self._snapshot
-            if current is not None and current is not snapshot:
-                return current
-            return self._reload(snapshot, now)
-        finally:
-            self._refresh_lock.release()
+        # One reload at a time, on its own thread; the request that started it waits for
+        # it briefly, the others answer from the snapshot they have (none: legacy).
+        with self._refresh_lock:
+            running = self._refreshing
+            if running is None:
+                running = self._refreshing = threading.Event()
+                ticket = next(self._tickets)
+                threading.Thread(target=self._refresh, args=(running, snapshot, now, ticket),
+                                 name="route-table-refresh", daemon=True).start()
+            elif snapshot is not None:
+                return snapshot
+        running.wait(self._refresh_wait)
+        return self._snapshot or snapshot
 
-    def _reload(self, previous: _Snapshot | None, now: float) -> _Snapshot | None:
+    def _refresh(self, done: threading.Event, previous: _Snapshot | None, now: float,
+                 ticket: int) -> None:
+        try:
+            self._reload(previous, now, ticket)
+        except Exception:
+            log.exception("route table reload failed")
+        finally:
+            with self._refresh_lock:
+                self._refreshing = None
+            done.set()
+
+    def _keep(self, snapshot: _Snapshot) -> _Snapshot:
+        """Store ``snapshot`` unless a reload that started later already stored one."""
+        with self._refresh_lock:
+            current = self._snapshot
+            if current is None or current.ticket <= snapshot.ticket:
+                self._snapshot = snapshot
+                return snapshot
+            return current
+
+    def _reload(self, previous: _Snapshot | None, now: float, ticket: int) -> _Snapshot:
         try:
             with self._engine.connect() as conn:
                 rows = conn.execute(
@@ -401,18 +557,20 @@ class RouteTable:
             log.warning(
                 "route table unreadable, %s: %s",
                 "keeping the last snapshot" if previous else "serving everything from legacy",
-                str(exc).splitlines()[0],
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
             )
             # Retry after another interval, not on every request.
-            stale = _Snapshot(previous.states if previous else {}, now)
-            self._snapshot = stale
-            return stale
+            return self._keep(_Snapshot(previous.states if previous else {}, now, ticket))
         states: dict[RouteKey, _State] = {key: _LEGACY_STATE for key in self._movable}
         for method, pattern, stored, options in rows:
+            try:
+                validate_pattern(pattern)
+            except RouteError as exc:
+                log.warning("route %s %s is skipped (served from legacy): %s", printable(method),
+                            printable(pattern), printable(str(exc)))
+                continue
             states[(method, pattern)] = self._stored_state(stored, options, method, pattern)
-        snapshot = _Snapshot(states, now)
-        self._snapshot = snapshot
-        return snapshot
+        return self._keep(_Snapshot(states, now, ticket))
 
     def _stored_state(self, stored: str, options: str | None, method: str,
                       pattern: str) -> _State:
@@ -431,6 +589,18 @@ class RouteTable:
 
 
 _LEGACY_STATE = _State(LEGACY, DEFAULT_OPTIONS)
+
+
+def _serves_clients_from_new(mode: RouteMode) -> bool:
+    """Whether in ``mode`` the new system answers real clients (canary above 0, new)."""
+    return mode.mode is Mode.NEW or (mode.mode is Mode.CANARY and (mode.percent or 0) > 0)
+
+
+def _parse_stored(stored: str) -> RouteMode:
+    try:
+        return RouteMode.parse(stored)
+    except RouteError:
+        return LEGACY
 
 
 def _options_or_default(text: str | None, where: str = "") -> RouteOptions:

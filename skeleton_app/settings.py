@@ -20,7 +20,9 @@ class FacadeSettings:
     the bound must stay well above the heartbeat interval or the guard would flap.
     ``shadow_*``: the shadow queue's size, the default share of requests compared, the
     biggest body (request or answer) kept for a comparison, and how results are written.
-    ``admin_token``: bearer token of the admin API (None: the admin API is off).
+    ``admin_token``: the shared bearer token of the admin API; ``admin_tokens``: named
+    tokens, ``(name, token)`` pairs, one per operator, whose name the audit records (with
+    neither, the admin API is off).
     ``gate``: the cutover gate and the window parity is measured over.
     """
 
@@ -34,7 +36,8 @@ class FacadeSettings:
     shadow_batch_size: int = 100
     shadow_flush_interval: float = 0.5
     shadow_prune_interval: float = 60.0
-    admin_token: str | None = None
+    admin_token: str | None = field(default=None, repr=False)
+    admin_tokens: tuple[tuple[str, str], ...] = field(default=(), repr=False)
     gate: CutoverGate = field(default_factory=CutoverGate)
     metrics_path: str = "/metrics"
     new_workers: int = 8

@@ -116,12 +116,12 @@ class ShadowResults:
                 "pattern": r.pattern,
                 "kind": r.kind,
                 "outcome": r.outcome,
-                "path": r.path,
+                "path": _storable(r.path),
                 "legacy_status": r.legacy_status,
                 "new_status": r.new_status,
                 "legacy_ms": r.legacy_ms,
                 "new_ms": r.new_ms,
-                "diff": r.diff,
+                "diff": None if r.diff is None else _storable(r.diff),
             }
             for r in results
         ]
@@ -230,3 +230,8 @@ class ShadowResults:
 
 def _aware(value: datetime) -> datetime:
     return value if value.tzinfo is not None else value.replace(tzinfo=UTC)
+
+
+def _storable(text: str) -> str:
+    """Text every database takes: PostgreSQL refuses NUL in text (and the whole batch)."""
+    return text.replace("\x00", "\\x00")

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
+from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
@@ -11,13 +11,15 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine
 from sqlalchemy.pool import NullPool
 
-import migrations
+MIGRATIONS_PACKAGE = "migrations"
+"""The Alembic environment, found by its package name: it imports this package's metadata
+(``new_domain.metadata``), so this package does not import it."""
 
 
 def alembic_config(new_db_url: str) -> Config:
     """An Alembic configuration for ``new_db_url`` (no ini file needed, works installed)."""
     config = Config()
-    config.set_main_option("script_location", str(Path(next(iter(migrations.__path__)))))
+    config.set_main_option("script_location", str(files(MIGRATIONS_PACKAGE)))
     config.set_main_option("sqlalchemy.url", new_db_url.replace("%", "%%"))
     return config
 

@@ -25,6 +25,7 @@ from sqlalchemy.engine import make_url
 
 import broker
 from broker import QueueSpec
+from examples.legacy_shop import TABLES
 from tests.chaos import faults
 from tests.chaos.faults import FaultLog, Supervised, with_application_name
 from tests.chaos.oracle import (
@@ -202,7 +203,7 @@ class _Run:
             self.shop.start()
             self.poll(lambda: port_open(self.legacy_port), "the legacy shop", self.shop)
             env = {"LEGACY_DB_URL": self.legacy_url, "NEW_DB_URL": self.new_url}
-            run_cli("bridge", "install", env=env)
+            run_cli("bridge", "install", "--tables", ",".join(TABLES), env=env)
             run_cli("db", "upgrade", env=env)
             admin = broker.connect(self.amqp_url)
             try:

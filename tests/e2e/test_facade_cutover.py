@@ -20,6 +20,7 @@ import pytest
 import requests
 
 from broker import connect
+from examples.legacy_shop import TABLES
 from new_domain import open_read_model
 from tests.e2e.processes import STRANGLER, free_port, port_open, processes, run_cli, wait_for
 from tests.services import unique_name
@@ -31,6 +32,7 @@ SKUS = ["RED-CHAIR", "BLUE-TABLE", "GREEN-LAMP"]
 ORDERS = [f"order-{n:02d}" for n in range(30)]
 TOKEN = "e2e-admin-token"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
+ALICE_TOKEN = "e2e-alice-token"
 
 
 def _seed(facade: str) -> None:
@@ -90,6 +92,7 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
     env = {
         "LEGACY_DB_URL": legacy_db, "NEW_DB_URL": new_db, "BROKER_URL": amqp_url,
         "LEGACY_URL": legacy, "ADMIN_TOKEN": TOKEN, "USER": "e2e",
+        "ADMIN_TOKENS": f"alice:{ALICE_TOKEN}",
     }
     broker = connect(amqp_url)
     read_model = open_read_model(new_db)
@@ -97,7 +100,7 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
         with processes(tmp_path, env) as procs:
             procs.start("legacy", "legacy", "serve", "--port", str(legacy_port))
             wait_for(lambda: port_open(legacy_port), 30, "the legacy shop")
-            run_cli("bridge", "install", env=env)
+            run_cli("bridge", "install", "--tables", ",".join(TABLES), env=env)
             run_cli("db", "upgrade", env=env)
             procs.start("consumer", "consume", "--queue", queue, "--exchange", exchange)
             wait_for(lambda: broker.queue_depth(queue) >= 0, 30, "the consumer's queue")
@@ -164,7 +167,8 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             unauthorized = requests.put(f"{facade}/_strangler/routes", timeout=10, json={
                 "method": "GET", "pattern": ROUTE, "mode": "new", "force": True})
             assert unauthorized.status_code == 401
-            canary = requests.put(f"{facade}/_strangler/routes", headers=AUTH, timeout=10,
+            canary = requests.put(f"{facade}/_strangler/routes", timeout=10,
+                                  headers={"Authorization": f"Bearer {ALICE_TOKEN}"},
                                   json={"method": "GET", "pattern": ROUTE, "mode": "canary",
                                         "percent": 50, "reason": "half", "by": "alice"})
             assert canary.status_code == 200, canary.text

@@ -307,7 +307,7 @@ def _readme_strangler_commands() -> list[list[str]]:
 
 
 def test_readme_tour_uses_only_existing_commands_and_options() -> None:
-    from skeleton_app.cli import cli
+    from skeleton_app.composition.cli import cli
 
     commands = _readme_strangler_commands()
     assert len(commands) >= 8

@@ -14,6 +14,7 @@ import pytest
 import requests
 
 from broker import connect
+from examples.legacy_shop import TABLES
 from tests.e2e.processes import free_port, port_open, processes, run_cli, wait_for
 from tests.services import unique_name
 
@@ -77,7 +78,7 @@ def test_read_route_served_by_new_system_matches_legacy_for_every_order(
         with processes(tmp_path, env) as procs:
             procs.start("legacy", "legacy", "serve", "--port", str(legacy_port))
             wait_for(lambda: port_open(legacy_port), 30, "the legacy shop")
-            run_cli("bridge", "install", env=env)
+            run_cli("bridge", "install", "--tables", ",".join(TABLES), env=env)
             run_cli("db", "upgrade", env=env)
 
             procs.start("consumer", "consume", "--queue", queue)

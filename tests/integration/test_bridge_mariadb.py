@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine, make_url
 
 from broker import Broker, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import Relay, bridge_status, install, uninstall
 from legacy_bridge.database import make_engine
 from tests.unit.test_bridge_contract import (
@@ -87,9 +88,7 @@ def test_triggers_tell_transactions_apart(engine: Engine, mariadb_url: str) -> N
         conn.commit()
         conn.autocommit(True)  # each statement its own transaction
         cursor.execute(insert, (6, "f"))
-        cursor.execute(
-            "INSERT INTO prod_catalog (prod_id, prod_code) VALUES (7, 'g'), (8, 'h')"
-        )
+        cursor.execute("INSERT INTO prod_catalog (prod_id, prod_code) VALUES (7, 'g'), (8, 'h')")
     finally:
         conn.close()
 
@@ -191,7 +190,7 @@ def test_values_are_rendered_as_json_iso_dates_and_hex(engine: Engine, broker: B
 
 
 def test_the_relay_reads_committed_data(engine: Engine) -> None:
-    install(engine)
+    install(engine, TABLES)
     relay_engine, _ = make_engine(engine)
     with relay_engine.connect() as conn:
         isolation = conn.execute(text("SELECT @@tx_isolation")).scalar_one()
@@ -219,7 +218,7 @@ def test_column_changes_are_followed_after_the_refresh(engine: Engine, broker: B
 
 
 def test_uninstall_removes_triggers_sequence_and_tables(engine: Engine, broker: Broker) -> None:
-    install(engine)
+    install(engine, TABLES)
     add_product(engine, 1, "SKU-1")
     with Relay(engine, broker) as relay:
         drain_relay(relay)

@@ -15,6 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from broker import Broker, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import Relay, bridge_status, install, uninstall
 from legacy_bridge.retention import prune
 from tests.services import unique_name
@@ -54,7 +55,7 @@ class TestPostgresCapture(CaptureContract):
 def engine(pg_url: str) -> Iterator[Engine]:
     engine = create_engine(pg_url)
     create_legacy_schema(engine)
-    install(engine)
+    install(engine, TABLES)
     yield engine
     engine.dispose()
 

@@ -21,6 +21,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from broker import Broker, Message, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import Relay, install
 from tests.services import unique_name
 from tests.unit.test_bridge_contract import (
@@ -43,7 +44,7 @@ ROOT = Path(__file__).resolve().parents[2]
 def engine(pg_url: str) -> Iterator[Engine]:
     engine = create_engine(pg_url)
     create_legacy_schema(engine)
-    install(engine, server_name="shop")
+    install(engine, TABLES, server_name="shop")
     yield engine
     engine.dispose()
 

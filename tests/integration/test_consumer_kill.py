@@ -28,6 +28,7 @@ from werkzeug.serving import WSGIRequestHandler, make_server
 import broker
 import legacy_bridge
 from broker import Broker, QueueSpec
+from examples.legacy_shop import TABLES
 from new_domain import upgrade_database
 from new_domain.adapters import orm
 from tests.integration.consumer_streams import LegacyWorkload
@@ -153,7 +154,7 @@ def test_a_consumer_killed_20_times_ends_up_matching_legacy_and_publishes_every_
     exchange, queue = unique_name("kill_cdc"), unique_name("kill_q")
     events, subscriber = unique_name("kill_events"), unique_name("kill_sub")
     workload = LegacyWorkload(legacy_url)
-    legacy_bridge.install(legacy_url)
+    legacy_bridge.install(legacy_url, TABLES)
     workload.stock()
     upgrade_database(new_url)
     legacy_db, new_db = create_engine(legacy_url), create_engine(new_url)
@@ -193,7 +194,7 @@ def test_a_consumer_killed_20_times_ends_up_matching_legacy_and_publishes_every_
                 [
                     sys.executable,
                     "-c",
-                    "from skeleton_app.cli import main; main()",
+                    "from skeleton_app.composition.cli import main; main()",
                     "verify",
                     "--legacy-url",
                     legacy_http,

@@ -12,10 +12,12 @@ import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
+from examples.legacy_shop import TABLES
 from legacy_bridge.cli import _stop_on_signals, bridge
 from tests.unit.test_bridge_contract import create_legacy_schema, wait_until
 
 UNUSED_BROKER = "amqp://guest:guest@127.0.0.1:1/%2F"  # never reached by these tests
+SHOP_TABLES = ",".join(TABLES)
 
 
 @pytest.fixture
@@ -29,7 +31,7 @@ def legacy_url(tmp_path: Path) -> str:
 
 @pytest.fixture(autouse=True)
 def no_environment(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("LEGACY_DB_URL", "BROKER_URL"):
+    for name in ("LEGACY_DB_URL", "BROKER_URL", "BRIDGE_TABLES"):
         monkeypatch.delenv(name, raising=False)
 
 
@@ -42,7 +44,9 @@ def error_lines(result: Result) -> list[str]:
 
 
 def test_install_prints_what_it_installed(legacy_url: str) -> None:
-    result = invoke("install", "--legacy-db-url", legacy_url, "--server-name", "shop")
+    result = invoke(
+        "install", "--legacy-db-url", legacy_url, "--tables", SHOP_TABLES, "--server-name", "shop"
+    )
 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -68,6 +72,50 @@ def test_install_reads_the_url_from_the_environment_and_is_repeatable(legacy_url
     assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
     assert len(first.output.splitlines()) == 3
     assert again.output.startswith("refreshed change capture")
+
+
+def test_install_takes_its_tables_from_the_environment_unless_named(legacy_url: str) -> None:
+    env = {"LEGACY_DB_URL": legacy_url, "BRIDGE_TABLES": "prod_catalog,stock_lot"}
+    from_env = invoke("install", env=env)
+    named = invoke("install", "--tables", "lot_allocation", env=env)
+
+    assert from_env.exit_code == 0 and named.exit_code == 0, from_env.output + named.output
+    assert [line.split(":")[0].strip() for line in from_env.output.splitlines()[1:]] == [
+        "prod_catalog",
+        "stock_lot",
+    ]
+    assert [line.split(":")[0].strip() for line in named.output.splitlines()[1:]] == [
+        "lot_allocation"
+    ]
+
+
+def test_first_install_without_tables_fails_in_one_line(legacy_url: str) -> None:
+    result = invoke("install", "--legacy-db-url", legacy_url)
+
+    assert result.exit_code == 1
+    assert error_lines(result) == [
+        "Error: no tables to capture: nothing is captured yet, name them with --tables T1,T2 "
+        "or BRIDGE_TABLES"
+    ]
+    engine = create_engine(legacy_url)
+    with engine.connect() as conn:
+        bridge_objects = conn.execute(
+            text("SELECT name FROM sqlite_master WHERE name LIKE 'strangler%'")
+        ).all()
+    engine.dispose()
+    assert bridge_objects == []  # nothing was installed
+
+
+def test_install_without_tables_refreshes_what_is_captured(legacy_url: str) -> None:
+    invoke("install", "--legacy-db-url", legacy_url, "--tables", "stock_lot,prod_catalog")
+    result = invoke("install", "--legacy-db-url", legacy_url)
+
+    assert result.exit_code == 0, result.output
+    assert result.output.startswith("refreshed change capture")
+    assert [line.split(":")[0].strip() for line in result.output.splitlines()[1:]] == [
+        "stock_lot",
+        "prod_catalog",
+    ]
 
 
 def test_install_without_url_is_a_usage_error() -> None:
@@ -163,7 +211,8 @@ def add_rows(url: str, count: int) -> None:
 
 def test_install_with_snapshot_queues_the_existing_rows(legacy_url: str) -> None:
     add_rows(legacy_url, 3)
-    result = invoke("install", "--legacy-db-url", legacy_url, "--snapshot", "--chunk-size", "2")
+    shop = ("--legacy-db-url", legacy_url, "--tables", SHOP_TABLES)
+    result = invoke("install", *shop, "--snapshot", "--chunk-size", "2")
 
     assert result.exit_code == 0, result.output
     assert "  prod_catalog: 3 rows read (3 in all)" in result.output
@@ -193,7 +242,9 @@ def test_commands_on_a_database_without_capture_fail_in_one_line(
 
 
 def test_status_shows_pending_changes_and_the_checkpoint(legacy_url: str) -> None:
-    invoke("install", "--legacy-db-url", legacy_url, "--server-name", "shop")
+    invoke(
+        "install", "--legacy-db-url", legacy_url, "--tables", SHOP_TABLES, "--server-name", "shop"
+    )
     add_rows(legacy_url, 2)
 
     result = invoke("status", "--legacy-db-url", legacy_url)
@@ -211,7 +262,7 @@ def test_status_shows_pending_changes_and_the_checkpoint(legacy_url: str) -> Non
 
 
 def test_uninstall_refuses_pending_changes_unless_forced(legacy_url: str) -> None:
-    invoke("install", "--legacy-db-url", legacy_url)
+    invoke("install", "--legacy-db-url", legacy_url, "--tables", SHOP_TABLES)
     add_rows(legacy_url, 1)
 
     refused = invoke("uninstall", "--legacy-db-url", legacy_url)
@@ -232,13 +283,11 @@ def test_uninstall_refuses_pending_changes_unless_forced(legacy_url: str) -> Non
 
 
 def test_uninstall_tables_stops_capturing_those_only(legacy_url: str) -> None:
-    invoke("install", "--legacy-db-url", legacy_url)
+    invoke("install", "--legacy-db-url", legacy_url, "--tables", SHOP_TABLES)
 
     stopped = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "lot_allocation")
     unknown = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "lot_allocation")
-    forced = invoke(
-        "uninstall", "--legacy-db-url", legacy_url, "--tables", "stock_lot", "--force"
-    )
+    forced = invoke("uninstall", "--legacy-db-url", legacy_url, "--tables", "stock_lot", "--force")
     status = invoke("status", "--legacy-db-url", legacy_url)
 
     assert stopped.exit_code == 0, stopped.output
@@ -249,8 +298,7 @@ def test_uninstall_tables_stops_capturing_those_only(legacy_url: str) -> None:
     assert "  dropped trigger strangler_lot_allocation_insert" in stopped.output.splitlines()
     assert unknown.exit_code == 1
     assert error_lines(unknown) == [
-        "Error: not captured: lot_allocation "
-        "(captured: prod_catalog, stock_lot, cust_order_line)"
+        "Error: not captured: lot_allocation (captured: prod_catalog, stock_lot, cust_order_line)"
     ]
     assert forced.exit_code == 2 and "--force applies to a full uninstall" in forced.output
     assert "prod_catalog, stock_lot, cust_order_line" in status.output

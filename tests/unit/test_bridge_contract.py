@@ -19,8 +19,8 @@ from sqlalchemy import event as sa_event
 from sqlalchemy.engine import Engine
 
 from broker import Broker, BrokerError, Delivery, Message, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import (
-    DEFAULT_TABLES,
     BridgeError,
     BridgeNotInstalled,
     Relay,
@@ -158,7 +158,7 @@ def bodies(messages: Sequence[Message]) -> list[dict[str, Any]]:
 def check_stop_capture_of_one_table(engine: Engine, broker: Broker, queue: str) -> None:
     """``bridge uninstall --tables``: the named table's changes captured before are still
     published, none after; the other tables, the relay and its checkpoint carry on."""
-    install(engine)
+    install(engine, TABLES)
     add_product(engine, 1, "SKU-1")
     add_lot(engine, 1, "LOT-1", 1, 10)
 
@@ -173,7 +173,9 @@ def check_stop_capture_of_one_table(engine: Engine, broker: Broker, queue: str) 
         drain_relay(relay)
     published = [(e["source"]["table"], e["op"]) for e in bodies(take_all(broker, queue))]
     assert published == [
-        ("prod_catalog", "c"), ("stock_lot", "c"), ("prod_catalog", "c"),
+        ("prod_catalog", "c"),
+        ("stock_lot", "c"),
+        ("prod_catalog", "c"),
     ]
     install(engine)  # a later install (e.g. to refresh) does not bring it back unasked
     assert "stock_lot" not in bridge_status(engine).tables
@@ -330,7 +332,7 @@ class CaptureContract:
 
     @pytest.fixture
     def relay(self, engine: Engine, broker: Broker, legacy_url: str) -> Iterator[Relay]:
-        install(legacy_url)
+        install(legacy_url, TABLES)
         relay = Relay(engine, broker)
         yield relay
         relay.close()
@@ -338,9 +340,9 @@ class CaptureContract:
     def test_install_finds_primary_keys_by_reflection(
         self, legacy_url: str, engine: Engine
     ) -> None:
-        result = install(legacy_url, server_name="shop")
+        result = install(legacy_url, TABLES, server_name="shop")
 
-        assert [t.name for t in result.tables] == list(DEFAULT_TABLES)
+        assert [t.name for t in result.tables] == list(TABLES)
         assert {t.name: t.primary_key for t in result.tables} == EXPECTED_PKS
         assert "qty_units" in next(t for t in result.tables if t.name == "stock_lot").columns
         assert all(
@@ -362,7 +364,7 @@ class CaptureContract:
     def test_reinstall_keeps_state_and_changes_and_captures_once(
         self, legacy_url: str, engine: Engine, broker: Broker
     ) -> None:
-        first = install(legacy_url)
+        first = install(legacy_url, TABLES)
         add_product(engine, 1, "SKU-1")
         with Relay(engine, broker) as relay:
             assert drain_relay(relay) == 1
@@ -391,7 +393,7 @@ class CaptureContract:
         assert not inspect(engine).has_table("strangler_change")
 
     def test_bridge_tables_cannot_be_captured(self, legacy_url: str) -> None:
-        install(legacy_url)
+        install(legacy_url, TABLES)
         with pytest.raises(UnknownTable, match="strangler_change"):
             install(legacy_url, tables=["strangler_change"])
 
@@ -592,7 +594,7 @@ class CaptureContract:
     def test_restart_resumes_without_loss_or_resending_confirmed_changes(
         self, legacy_url: str, engine: Engine, broker: Broker
     ) -> None:
-        install(legacy_url)
+        install(legacy_url, TABLES)
         for i in range(1, 6):
             add_product(engine, i, f"SKU-{i}")
         with Relay(engine, broker, batch_size=2) as first:
@@ -636,7 +638,7 @@ class CaptureContract:
     def test_run_reconnects_the_broker_after_a_failure(
         self, legacy_url: str, engine: Engine, broker: Broker, memory_broker_url: str
     ) -> None:
-        install(legacy_url)
+        install(legacy_url, TABLES)
         made: list[Broker] = []
 
         def factory() -> Broker:

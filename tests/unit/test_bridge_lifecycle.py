@@ -14,6 +14,7 @@ from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import Connection, Engine
 
 from broker import Broker, BrokerError, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import (
     BridgeError,
     BridgeNotInstalled,
@@ -59,7 +60,7 @@ def broker(memory_broker_url: str) -> Iterator[Broker]:
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
     create_legacy_schema(engine)
-    install(engine)
+    install(engine, TABLES)
     yield engine
     engine.dispose()
 
@@ -101,9 +102,7 @@ def test_a_column_added_to_a_captured_table_is_captured_after_the_refresh(
     }
 
 
-def test_the_running_relay_notices_column_changes_by_itself(
-    engine: Engine, broker: Broker
-) -> None:
+def test_the_running_relay_notices_column_changes_by_itself(engine: Engine, broker: Broker) -> None:
     stop = threading.Event()
     with Relay(engine, broker, maintenance_interval=0.02) as relay:
         worker = run_in_thread(relay, stop)

@@ -13,6 +13,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from broker import Broker, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import Relay, install
 from tests.unit.test_bridge_contract import (
     add_product,
@@ -47,7 +48,7 @@ def engine(tmp_path: Path) -> Iterator[Engine]:
 
 
 def test_source_names_the_file_and_has_no_schema_or_txid(engine: Engine, broker: Broker) -> None:
-    install(engine)
+    install(engine, TABLES)
     add_product(engine, 1, "SKU-1")
     with Relay(engine, broker) as relay:
         drain_relay(relay)
@@ -62,7 +63,7 @@ def test_source_names_the_file_and_has_no_schema_or_txid(engine: Engine, broker:
 
 
 def test_uncommitted_and_rolled_back_rows_are_not_published(engine: Engine, broker: Broker) -> None:
-    install(engine)
+    install(engine, TABLES)
     with Relay(engine, broker) as relay:
         with engine.connect() as writer:
             writer.execute(text("INSERT INTO prod_catalog (prod_id, prod_code) VALUES (1, 'A')"))
@@ -118,7 +119,7 @@ def test_run_waits_for_an_unavailable_database(
     staging.mkdir()
     staged = create_engine(f"sqlite:///{staging / 'shop.db'}")
     create_legacy_schema(staged)
-    install(staged)
+    install(staged, TABLES)
     add_product(staged, 1, "SKU-1")
     staged.dispose()
     relay = Relay(f"sqlite:///{ready / 'shop.db'}", broker, max_backoff=0.05)
@@ -138,7 +139,7 @@ def test_run_waits_for_an_unavailable_database(
 
 
 def test_relay_state_and_changes_survive_many_batches(engine: Engine, broker: Broker) -> None:
-    install(engine)
+    install(engine, TABLES)
     with engine.begin() as conn:
         for i in range(1, 251):
             conn.execute(

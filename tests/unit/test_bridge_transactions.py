@@ -10,6 +10,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 from broker import Broker, QueueSpec, connect
+from examples.legacy_shop import TABLES
 from legacy_bridge import Relay, install
 from legacy_bridge.change_log import _in_commit_order, _Pending
 from tests.unit.test_bridge_contract import (
@@ -39,7 +40,7 @@ def broker(memory_broker_url: str) -> Iterator[Broker]:
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
     create_legacy_schema(engine)
-    install(engine)
+    install(engine, TABLES)
     yield engine
     engine.dispose()
 

@@ -13,6 +13,7 @@ import pytest
 from sqlalchemy import create_engine
 from sqlalchemy.engine import Engine
 
+from examples.legacy_shop import TABLES
 from legacy_bridge import install, wakeup
 from legacy_bridge.wakeup import FAST_S, LINGER_S, Poll, wakeup_for
 from tests.unit.test_bridge_contract import add_product, create_legacy_schema, execute
@@ -51,7 +52,7 @@ def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'shop.db'}")
     create_legacy_schema(engine)
-    install(engine)
+    install(engine, TABLES)
     yield engine
     engine.dispose()
 

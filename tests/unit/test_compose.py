@@ -11,7 +11,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from skeleton_app.cli import cli
+from examples.legacy_shop import TABLES
+from skeleton_app.composition.cli import cli
 
 ROOT = Path(__file__).resolve().parents[2]
 KIT_SERVICES = {"legacy-shop", "bridge-install", "bridge", "db-upgrade", "consumer", "facade"}
@@ -26,7 +27,9 @@ def compose() -> dict:
         pytest.skip("docker-compose is not installed")
     result = subprocess.run(
         [tool, "-f", str(ROOT / "docker-compose.yml"), "config"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     assert result.returncode == 0, result.stderr
     return yaml.safe_load(result.stdout)
@@ -52,6 +55,15 @@ def test_every_kit_service_is_configured_and_runs_a_real_command(compose: dict) 
         command = service["command"]
         result = runner.invoke(cli, [*command, "--help"])
         assert result.exit_code == 0, f"{name}: strangler {' '.join(command)}: {result.output}"
+
+
+def test_the_bridge_captures_the_shop_tables() -> None:
+    """Read without docker-compose: the bridge knows no table names of its own."""
+    services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
+    install = services["bridge-install"]
+    assert install["command"] == ["bridge", "install"]
+    assert install["environment"]["BRIDGE_TABLES"] == ",".join(TABLES)
+    assert install["environment"]["LEGACY_DB_URL"]  # the shared settings are kept
 
 
 def test_services_start_in_dependency_order(compose: dict) -> None:

@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from skeleton_app.demo import run_demo
+from skeleton_app.composition.demo import run_demo
 
 
 def test_demo_new_system_answers_like_legacy(tmp_path: Path) -> None:

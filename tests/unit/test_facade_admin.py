@@ -149,7 +149,7 @@ def test_the_read_route_answers_as_documented_from_both_systems(
     app: Flask, client: FlaskClient, table: RouteTable, upstream: responses.RequestsMock
 ) -> None:
     legacy = client.get("/allocations/order-1")
-    table.set("GET", ROUTE, "new", by="ops", force=True)
+    table.set("GET", ROUTE, "new", by="ops", reason="test", force=True)
     new = client.get("/allocations/order-1")
     missing = client.get("/allocations/nobody")
 
@@ -201,7 +201,7 @@ def test_a_request_without_a_valid_token_gets_401_and_changes_nothing(
     client: FlaskClient, table: RouteTable, headers: dict[str, str], method: str, path: str,
     body: object,
 ) -> None:
-    table.set("GET", ROUTE, "canary 10", by="ops")
+    table.set("GET", ROUTE, "canary 10", by="ops", reason="test", force=True)
 
     response = client.open(path, method=method, json=body, headers=headers)
 
@@ -258,7 +258,7 @@ def test_set_a_route_through_the_api_is_audited(
 ) -> None:
     response = client.put("/_strangler/routes", headers=AUTH, json={
         "method": "get", "pattern": ROUTE, "mode": "canary", "percent": 25,
-        "reason": "first quarter", "by": "alice",
+        "reason": "first quarter", "by": "alice", "force": True,
         "options": {"canary_key": "header:X-Customer", "unordered_lists": True},
     })
 
@@ -267,13 +267,14 @@ def test_set_a_route_through_the_api_is_audited(
     assert body["route"]["options"]["canary_key"] == "header:X-Customer"
     audit = body["audit"]
     assert (audit["from_mode"], audit["to_mode"], audit["by"], audit["reason"],
-            audit["forced"]) == (None, "canary 25", "alice", "first quarter", False)
+            audit["forced"]) == (None, "canary 25", "shared token, claimed: alice",
+                                 "first quarter", True)
     match = table.match("GET", "/allocations/o-1")
     assert match is not None and (match.mode, match.percent) == (Mode.CANARY, 25)
 
     default_by = client.put("/_strangler/routes", headers=AUTH,
                             json={"method": "GET", "pattern": ROUTE, "mode": "shadow"})
-    assert default_by.get_json()["audit"]["by"] == "admin-api"
+    assert default_by.get_json()["audit"]["by"] == "shared token"
 
 
 def test_the_gate_refuses_new_with_409_unless_forced(
@@ -350,7 +351,7 @@ def test_bad_changes_are_400_and_change_nothing(
 
 
 def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
-    table.set("GET", ROUTE, "canary 50", by="alice", reason="half")
+    table.set("GET", ROUTE, "canary 50", by="alice", reason="half", force=True)
     table.set("POST", "/allocate", "aa", by="bob")
 
     rolled = client.post("/_strangler/routes/rollback", headers=AUTH,
@@ -362,7 +363,8 @@ def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
         rolled, "/_strangler/routes/rollback", "POST")["rolled_back"]) == ["/allocate", ROUTE]
     entries = documented(history, "/_strangler/routes/history", "GET")["entries"]
     assert [(e["from_mode"], e["to_mode"], e["by"], e["reason"]) for e in entries] == [
-        (None, "canary 50", "alice", "half"), ("canary 50", "legacy", "oncall", "incident"),
+        (None, "canary 50", "alice", "half"),
+        ("canary 50", "legacy", "shared token, claimed: oncall", "incident"),
     ]
     one = client.post("/_strangler/routes/rollback", headers=AUTH,
                       json={"method": "GET", "pattern": ROUTE})
@@ -400,10 +402,10 @@ def test_status_shows_lag_guard_shadow_queue_and_gate(client: FlaskClient) -> No
 
 
 def test_admin_methods_are_checked_after_the_token(client: FlaskClient) -> None:
-    response = client.delete("/_strangler/routes", headers=AUTH)
+    response = client.patch("/_strangler/routes", headers=AUTH)
 
     assert response.status_code == 405
-    assert response.headers["Allow"] == "GET, PUT"
+    assert response.headers["Allow"] == "DELETE, GET, PUT"
 
 
 @pytest.mark.parametrize(("method", "path"),

@@ -472,7 +472,8 @@ def test_the_gate_lets_new_through_and_keeps_its_evidence_in_the_audit(
     entry = gated.history()[-1]
     assert (entry.from_mode, entry.to_mode, entry.forced) == ("canary 50", "new", False)
     assert entry.gate is not None and entry.gate.startswith("shadow parity 99.50% over 200")
-    assert gated.history()[0].gate is None  # only moves to new are judged
+    # starting the canary was judged too: new began answering clients
+    assert gated.history()[0].gate == entry.gate
 
 
 def test_force_overrides_the_gate_and_the_audit_says_so(gated: RouteTable) -> None:
@@ -502,9 +503,56 @@ def test_only_results_of_the_window_count_for_the_gate(
 
 
 def test_staying_on_new_is_not_judged_again(gated: RouteTable) -> None:
-    gated.set("GET", ROUTE, "new", by="ops", force=True)
+    gated.set("GET", ROUTE, "new", by="ops", reason="test", force=True)
 
     route = gated.set("GET", ROUTE, "new", by="ops", options={"ignore_fields": ["x"]})
 
     assert route.options.ignore_fields == ("x",)
     assert gated.history()[-1].forced is False
+
+
+@pytest.mark.parametrize("mode", ["canary 100", "canary 0.01", "new"])
+def test_every_mode_that_lets_new_answer_clients_goes_through_the_gate(
+    gated: RouteTable, mode: str
+) -> None:
+    with pytest.raises(CutoverRefused, match="no shadow samples"):
+        gated.set("GET", ROUTE, mode, by="ops")
+    with pytest.raises(RouteError, match="a forced move needs a reason"):
+        gated.set("GET", ROUTE, mode, by="ops", force=True)
+
+    gated.set("GET", ROUTE, mode, by="ops", reason="incident 42", force=True)
+
+    entry = gated.history()[-1]
+    assert (entry.to_mode, entry.forced) == (mode, True)
+    assert entry.gate is not None and entry.gate.startswith("forced past the gate")
+    gated.set("GET", ROUTE, "canary 0", by="ops")  # new answers no one: not judged
+    assert gated.history()[-1].forced is False
+
+
+def test_growing_a_canary_is_not_judged_again(gated: RouteTable, engine: Engine) -> None:
+    _results(engine, {"match": 200})
+    gated.set("GET", ROUTE, "canary 10", by="ops")
+    with engine.begin() as conn:
+        conn.execute(text("DELETE FROM facade_shadow_result"))
+
+    gated.set("GET", ROUTE, "canary 60", by="ops")
+
+    with pytest.raises(CutoverRefused):
+        gated.set("GET", ROUTE, "new", by="ops")
+
+
+@pytest.mark.parametrize(("min_samples", "min_parity"), [(0, 0.0), (9, 99.9), (100, 94.9)])
+def test_thresholds_below_the_floor_count_as_forcing(
+    engine: Engine, clock: Clock, min_samples: int, min_parity: float
+) -> None:
+    table = RouteTable(engine, clock=clock, now=lambda: AT,
+                       gate=CutoverGate(min_parity, min_samples, Window(3600, 1000)))
+    _results(engine, {"match": 200})
+
+    with pytest.raises(CutoverRefused, match="below the floor"):
+        table.set("GET", ROUTE, "new", by="ops")
+    table.set("GET", ROUTE, "new", by="ops", reason="lab only", force=True)
+
+    entry = table.history()[-1]
+    assert entry.forced is True
+    assert entry.gate is not None and "below the floor (95% over 10 samples)" in entry.gate

@@ -1,8 +1,8 @@
 """The ``strangler`` command: one entry point wiring every package's commands.
 
 Each package owns its commands (``legacy``, ``bridge``, ``db``, ``consume``, ``serve``,
-``routes``, ``demo``); this module only assembles them and turns failures into one
-clear line and a non-zero exit.
+``routes``, ``demo``) and names them in its public API; this module only assembles them
+and turns failures into one clear line and a non-zero exit.
 """
 
 from __future__ import annotations
@@ -12,19 +12,11 @@ import sys
 
 import click
 
-from examples.legacy_shop.cli import legacy
-from legacy_bridge.cli import bridge
-from new_domain.entrypoints.cli import consume, db
-from new_domain.entrypoints.commands import (
-    anomalies,
-    decisions,
-    dlq,
-    outbox,
-    rebuild,
-    status,
-    verify,
-)
-from skeleton_app.commands import demo, routes, serve
+from examples.legacy_shop import legacy_cli
+from legacy_bridge import bridge_cli
+from new_domain import CLI_COMMANDS
+from skeleton_app.commands import routes, serve
+from skeleton_app.composition.demo import demo
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -41,10 +33,7 @@ def cli(verbose: bool) -> None:
         logging.getLogger("pika").setLevel(logging.CRITICAL)
 
 
-for command in (
-    legacy, bridge, db, consume, serve, routes, demo,
-    anomalies, decisions, dlq, outbox, rebuild, status, verify,
-):
+for command in (legacy_cli, bridge_cli, *CLI_COMMANDS, serve, routes, demo):
     cli.add_command(command)
 
 

@@ -27,8 +27,7 @@ import broker
 import legacy_bridge
 import new_domain
 from examples import legacy_shop
-from skeleton_app.app import create_app
-from skeleton_app.routes_table import RouteTable
+from skeleton_app import RouteTable, create_app
 
 READ_ROUTE = ("GET", "/allocations/<orderid>")
 BATCHES = [
@@ -103,7 +102,7 @@ def run_demo(folder: Path, echo: Callable[[str], None] = click.echo, timeout: fl
     with ExitStack() as stack:
         legacy_url = stack.enter_context(_serve(legacy_shop.create_app(legacy_db)))
         echo(f"legacy shop     {legacy_url}  ({legacy_db})")
-        installed = legacy_bridge.install(legacy_db)
+        installed = legacy_bridge.install(legacy_db, legacy_shop.TABLES)
         echo(f"bridge          capturing {', '.join(t.name for t in installed.tables)}")
         new_domain.upgrade_database(new_db)
 
@@ -159,8 +158,12 @@ def run_demo(folder: Path, echo: Callable[[str], None] = click.echo, timeout: fl
 
 
 @click.command()
-@click.option("--keep", type=click.Path(file_okay=False, path_type=Path), default=None,
-              help="Keep the databases in this folder instead of a temporary one.")
+@click.option(
+    "--keep",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Keep the databases in this folder instead of a temporary one.",
+)
 def demo(keep: Path | None) -> None:
     """Run the whole pipeline in one process on SQLite and the in-process broker."""
     if keep is not None:
