@@ -24,6 +24,7 @@ from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from skeleton_app.admin import audit_json, result_json, route_json
 from skeleton_app.app import create_app
+from skeleton_app.dataplane import HAProxyPlane, data_plane_options, serve_facade
 from skeleton_app.demo import demo
 from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
@@ -117,6 +118,7 @@ def _gate(min_parity: float, min_samples: int, parity_window: float,
               help="Bearer token of the admin API under /_strangler/ (env ADMIN_TOKEN); "
               "without one the admin API is off.")
 @gate_options
+@data_plane_options
 def serve(
     port: int,
     host: str,
@@ -137,6 +139,7 @@ def serve(
     min_samples: int,
     parity_window: float,
     parity_samples: int,
+    data_plane: HAProxyPlane | None,
 ) -> None:
     """Run the strangler facade (gunicorn); stops cleanly on SIGTERM/SIGINT.
 
@@ -157,7 +160,9 @@ def serve(
     factory = partial(_build_app, legacy_url, new_db_url, settings, refresh_interval)
     options = gunicorn_options(host, port, workers, threads, upstream_timeout)
     with _metrics_folder():
-        FacadeServer(factory, options).run()
+        serve_facade(data_plane, lambda opts: FacadeServer(factory, opts).run(), options,
+                     host=host, port=port, concurrency=workers * threads,
+                     upstream_timeout=upstream_timeout, new_timeout=new_timeout)
 
 
 @contextmanager
