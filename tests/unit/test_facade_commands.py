@@ -265,6 +265,7 @@ class _Recorder:
 def started(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
     recorder = _Recorder()
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("STRANGLER_DATA_PLANE", "none")  # gunicorn alone (test_dataplane.py)
 
     def run(server: commands.FacadeServer) -> None:
         recorder.runs.append((server._factory, server._options))
