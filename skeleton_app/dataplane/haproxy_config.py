@@ -94,6 +94,11 @@ ERRORS: dict[int, tuple[str, str]] = {
 """The errors HAProxy generates itself, as the kit's JSON bodies."""
 
 
+_SPELLED = ("X-Served-By", "Content-Type", "Content-Length", "Content-Encoding", "Date",
+            "Server", "Location", "Set-Cookie", "Cache-Control", "Connection", "Allow",
+            "Retry-After", "Transfer-Encoding")
+
+
 def error_body(error: str, detail: str) -> str:
     return json.dumps({"error": error, "detail": detail})
 
@@ -137,6 +142,9 @@ def render(
         f"    hard-stop-after {_ms(timeouts.stop)}",
         "    log stderr format short local0 info",
     ]
+    # HTTP/1 header names are case-insensitive, but people read (and grep) the answers:
+    # keep the usual spelling instead of HAProxy's lower case
+    lines += [f"    h1-case-adjust {name.lower()} {name}" for name in _SPELLED]
     if runtime_socket:
         lines.append(f"    stats socket {runtime_socket} mode 600 level admin")
     lines += [
@@ -161,6 +169,7 @@ def render(
         "frontend public",
         f"    bind {bind}",
         f"    maxconn {max_connections}",
+        "    option h1-case-adjust-bogus-client",
         f"    http-request return {_answer(414, 'request uri too large', f'the request target is longer than {limits.request_line} bytes')}"  # noqa: E501
         f" if {{ url,length gt {limits.request_line} }}",
         f"    http-request return {_answer(431, 'request header fields too large', f'more than {limits.header_fields} header fields')}"  # noqa: E501
