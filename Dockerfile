@@ -1,4 +1,7 @@
 FROM python:3.11-slim
+# HAProxy: strangler serve's data plane in front of the facade
+RUN apt-get update && apt-get install -y --no-install-recommends haproxy \
+    && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY broker broker

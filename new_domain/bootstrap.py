@@ -8,24 +8,31 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from new_domain.adapters.database import create_engine
+from new_domain.domain.model import TieBreak
 from new_domain.service_layer import handlers
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import AbstractUnitOfWork, SqlAlchemyUnitOfWork
 
 
-def bootstrap(new_db_url: str | None = None, uow: AbstractUnitOfWork | None = None) -> MessageBus:
+def bootstrap(
+    new_db_url: str | None = None,
+    uow: AbstractUnitOfWork | None = None,
+    tie_break: TieBreak = TieBreak.CREATED,
+) -> MessageBus:
     """A message bus whose handlers get their dependencies injected.
 
     Without ``uow``, a SQLAlchemy unit of work on ``new_db_url`` (default: the
     ``NEW_DB_URL`` environment variable). Tests pass an in-memory unit of work.
-    Nothing connects until a message is handled.
+    ``tie_break`` orders batches with the same eta when the new domain's own rules
+    allocate (see :mod:`new_domain.domain.model`). Nothing connects until a message is
+    handled.
     """
     if uow is None:
         url = new_db_url or os.environ.get("NEW_DB_URL")
         if not url:
             raise ValueError("no new database: pass new_db_url or set NEW_DB_URL")
         uow = SqlAlchemyUnitOfWork(create_engine(url, for_writes=True))
-    dependencies: dict[str, Any] = {"uow": uow}
+    dependencies: dict[str, Any] = {"uow": uow, "tie_break": tie_break}
     event_handlers = {
         event_type: [_inject(handler, dependencies) for handler in event_handlers]
         for event_type, event_handlers in handlers.EVENT_HANDLERS.items()

@@ -29,6 +29,7 @@ from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
 from skeleton_app.admin import audit_json, result_json, route_json
 from skeleton_app.app import create_app
+from skeleton_app.dataplane import HAProxyPlane, data_plane_options, serve_facade
 from skeleton_app.errors import printable
 from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
@@ -165,6 +166,7 @@ def _gate(min_parity: float, min_samples: int, parity_window: float,
               help="Named bearer tokens, one per operator (env ADMIN_TOKENS); the audit "
               "records the name.")
 @gate_options
+@data_plane_options
 def serve(
     port: int,
     host: str,
@@ -186,6 +188,7 @@ def serve(
     min_samples: int,
     parity_window: float,
     parity_samples: int,
+    data_plane: HAProxyPlane | None,
 ) -> None:
     """Run the strangler facade (gunicorn); stops cleanly on SIGTERM/SIGINT.
 
@@ -207,7 +210,9 @@ def serve(
     factory = partial(_build_app, legacy_url, new_db_url, settings, refresh_interval)
     options = gunicorn_options(host, port, workers, threads, upstream_timeout)
     with _metrics_folder():
-        FacadeServer(factory, options).run()
+        serve_facade(data_plane, lambda opts: FacadeServer(factory, opts).run(), options,
+                     host=host, port=port, concurrency=workers * threads,
+                     upstream_timeout=upstream_timeout, new_timeout=new_timeout)
 
 
 @contextmanager

@@ -4,6 +4,10 @@ The domain model knows nothing of them: :mod:`new_domain.adapters.repository` ma
 ``Product``, ``Batch`` and ``OrderLine`` onto ``products``, ``batches`` and
 ``batch_allocations`` itself, loading only what a unit of work touches and writing
 each kind of change with one statement per transaction.
+
+``batch_allocations.seq`` numbers a batch's lines in allocation order (the newest
+highest; ``batches.last_allocation_seq`` is the highest number handed out), so a
+quantity cut can deallocate a batch's most recent allocations.
 """
 
 from __future__ import annotations
@@ -55,6 +59,7 @@ batches = Table(
     Column("purchased_quantity", Integer, nullable=False),
     Column("eta", Date, nullable=True),
     Column("allocated_quantity", Integer, nullable=False, server_default="0"),
+    Column("last_allocation_seq", Integer, nullable=False, server_default="0"),
 )
 
 batch_allocations = Table(
@@ -64,6 +69,7 @@ batch_allocations = Table(
     Column("orderid", String(255), primary_key=True),
     Column("sku", String(255), nullable=False),
     Column("qty", Integer, nullable=False),
+    Column("seq", Integer, nullable=False, server_default="0"),
     Index("ix_batch_allocations_orderid", "orderid"),
 )
 

@@ -8,6 +8,11 @@ first use; :meth:`SqlAlchemyRepository.preload` loads many orders in one query).
 commit, :meth:`SqlAlchemyRepository.flush` compares each aggregate with what was loaded
 and writes every kind of change with one statement: a batch of a thousand legacy
 changes costs a handful of round trips, whatever the size of the aggregates.
+
+Each line is stored with its sequence number in its batch (``batch_allocations.seq``,
+the allocation order) and each batch with the highest number it handed out, so an
+aggregate knows a batch's newest allocations; when the model asks for a batch's lines in
+allocation order (a quantity cut), all of that batch's lines load in one query.
 """
 
 from __future__ import annotations
@@ -150,7 +155,12 @@ class SqlAlchemyRepository(AbstractRepository):
             "repository.batches",
             lambda: (
                 select(
-                    b.c.sku, b.c.reference, b.c.purchased_quantity, b.c.eta, b.c.allocated_quantity
+                    b.c.sku,
+                    b.c.reference,
+                    b.c.purchased_quantity,
+                    b.c.eta,
+                    b.c.allocated_quantity,
+                    b.c.last_allocation_seq,
                 )
                 .where(asked(b.c.sku))
                 .order_by(b.c.id)
@@ -161,7 +171,7 @@ class SqlAlchemyRepository(AbstractRepository):
         fetch(
             c,
             "repository.lines",
-            lambda: select(a.c.batchref, a.c.orderid, a.c.sku, a.c.qty).where(
+            lambda: select(a.c.batchref, a.c.orderid, a.c.sku, a.c.qty, a.c.seq).where(
                 member(a.c.orderid, "orders", c), asked(a.c.sku)
             ),
             params,
@@ -183,15 +193,15 @@ class SqlAlchemyRepository(AbstractRepository):
             for sku, version in versions.items()
             if sku not in self._held  # an aggregate in hand is never replaced
         }
-        for sku, ref, qty, eta, allocated in batch_rows:
+        for sku, ref, qty, eta, allocated, last_seq in batch_rows:
             self._owner[ref] = sku
             if sku in stored:
-                tracked = _TrackedAllocations(ref, int(allocated), stored[sku])
+                tracked = _TrackedAllocations(ref, int(allocated), int(last_seq), stored[sku])
                 batch = Batch(ref, sku, int(qty), _date(eta), tracked)
                 stored[sku].batches[ref] = _StoredBatch(batch, tracked)
-        for ref, orderid, sku, qty in line_rows:
+        for ref, orderid, sku, qty, seq in line_rows:
             if sku in stored:
-                stored[sku].loaded(ref, OrderLine(orderid, sku, int(qty)))
+                stored[sku].loaded(ref, OrderLine(orderid, sku, int(qty)), int(seq))
         for sku, entry in stored.items():
             entry.known_orders.update(orders)
             self._stored[sku] = entry
@@ -244,10 +254,10 @@ class _StoredProduct:
     batches: dict[str, _StoredBatch] = field(default_factory=dict)
     known_orders: set[str] = field(default_factory=set)
 
-    def loaded(self, batchref: str, line: OrderLine) -> None:
+    def loaded(self, batchref: str, line: OrderLine, seq: int) -> None:
         entry = self.batches.get(batchref)
         if entry is not None and entry.tracked is not None:
-            entry.tracked.loaded(line)
+            entry.tracked.loaded(line, seq)
 
     def ensure(self, orderid: str) -> None:
         """Load ``orderid``'s lines of this product unless they are loaded."""
@@ -255,13 +265,28 @@ class _StoredProduct:
             return
         a = orm.batch_allocations
         rows = self.connection.execute(
-            select(a.c.batchref, a.c.orderid, a.c.sku, a.c.qty).where(
+            select(a.c.batchref, a.c.orderid, a.c.sku, a.c.qty, a.c.seq).where(
                 a.c.orderid == orderid, a.c.sku == self.sku
             )
         )
-        for ref, order, sku, qty in rows:
-            self.loaded(ref, OrderLine(order, sku, qty))
+        for ref, order, sku, qty, seq in rows:
+            self.loaded(ref, OrderLine(order, sku, int(qty)), int(seq))
         self.known_orders.add(orderid)
+
+    def load_batch(self, tracked: _TrackedAllocations) -> None:
+        """Load every line of one batch, in allocation order."""
+        a = orm.batch_allocations
+        rows = self.connection.execute(
+            select(a.c.orderid, a.c.sku, a.c.qty, a.c.seq)
+            .where(a.c.batchref == tracked.batchref)
+            .order_by(a.c.seq, a.c.orderid)
+        )
+        for orderid, sku, qty, seq in rows:
+            tracked.loaded(OrderLine(orderid, sku, int(qty)), int(seq))
+
+
+_Entry = tuple[OrderLine, int]
+"""A stored line and its sequence number in its batch."""
 
 
 class _StoredBatch:
@@ -272,41 +297,48 @@ class _StoredBatch:
         self.tracked = tracked
         self.purchased_quantity = batch.purchased_quantity
         self.allocated_quantity = batch.allocated_quantity
-        self.lines = batch.allocations if tracked is None else frozenset()
+        self.last_allocation_seq = batch.last_allocation_seq
+        self.lines = _entries(batch) if tracked is None else {}
 
-    def changes(self) -> tuple[list[str], list[OrderLine]]:
+    def changes(self) -> tuple[list[str], list[_Entry]]:
         """Orders whose stored line goes, and lines to store, since last written."""
         if self.tracked is not None:
             return self.tracked.changes()
-        now = self.batch.allocations
+        now = _entries(self.batch)
         return (
-            sorted(line.orderid for line in self.lines - now),
-            sorted(now - self.lines, key=lambda line: line.orderid),
+            sorted(o for o, entry in self.lines.items() if now.get(o) != entry),
+            sorted(
+                (entry for o, entry in now.items() if self.lines.get(o) != entry),
+                key=lambda entry: entry[1],
+            ),
         )
 
     def written(self) -> None:
         self.purchased_quantity = self.batch.purchased_quantity
         self.allocated_quantity = self.batch.allocated_quantity
+        self.last_allocation_seq = self.batch.last_allocation_seq
         if self.tracked is not None:
             self.tracked.original.clear()
         else:
-            self.lines = self.batch.allocations
+            self.lines = _entries(self.batch)
 
 
 class _TrackedAllocations(Allocations):
     """A stored batch's lines: loaded per order on first use, changes remembered.
 
-    The total comes from ``batches.allocated_quantity``, so it is right before any
-    line is loaded.
+    The total comes from ``batches.allocated_quantity`` and the last sequence number
+    from ``batches.last_allocation_seq``, so both are right before any line is loaded.
     """
 
-    def __init__(self, batchref: str, quantity: int, product: _StoredProduct) -> None:
-        super().__init__()
+    def __init__(
+        self, batchref: str, quantity: int, last_seq: int, product: _StoredProduct
+    ) -> None:
+        super().__init__(last_seq=last_seq)
         self.batchref = batchref
         self._quantity = quantity
         self._product = product
         self._complete = False
-        self.original: dict[str, OrderLine | None] = {}  # touched orders, as stored
+        self.original: dict[str, _Entry | None] = {}  # touched orders, as stored
 
     def get(self, orderid: str) -> OrderLine | None:
         self._product.ensure(orderid)
@@ -322,24 +354,21 @@ class _TrackedAllocations(Allocations):
 
     def lines(self) -> frozenset[OrderLine]:
         if not self._complete:
-            a = orm.batch_allocations
-            rows = self._product.connection.execute(
-                select(a.c.orderid, a.c.sku, a.c.qty).where(a.c.batchref == self.batchref)
-            )
-            for orderid, sku, qty in rows:
-                self.loaded(OrderLine(orderid, sku, qty))
+            self._product.load_batch(self)
             self._complete = True
         return super().lines()
 
-    def loaded(self, line: OrderLine) -> None:
+    def loaded(self, line: OrderLine, seq: int) -> None:
         """A line read from the database; what this transaction changed wins."""
         if line.orderid not in self.original and line.orderid not in self._lines:
             self._lines[line.orderid] = line
+            self._seqs[line.orderid] = seq
+            self._last_seq = max(self._last_seq, seq)
 
-    def changes(self) -> tuple[list[str], list[OrderLine]]:
+    def changes(self) -> tuple[list[str], list[_Entry]]:
         gone, new = [], []
         for orderid, before in self.original.items():
-            now = self._lines.get(orderid)
+            now = self._entry(orderid)
             if now == before:
                 continue
             if before is not None:
@@ -348,10 +377,14 @@ class _TrackedAllocations(Allocations):
                 new.append(now)
         return gone, new
 
+    def _entry(self, orderid: str) -> _Entry | None:
+        line = self._lines.get(orderid)
+        return None if line is None else (line, self._seqs[orderid])
+
     def _touch(self, orderid: str) -> None:
         self._product.ensure(orderid)
         if orderid not in self.original:
-            self.original[orderid] = self._lines.get(orderid)
+            self.original[orderid] = self._entry(orderid)
 
 
 @dataclass
@@ -373,25 +406,31 @@ class _Writes:
                 "purchased_quantity": batch.purchased_quantity,
                 "eta": batch.eta,
                 "allocated_quantity": batch.allocated_quantity,
+                "last_allocation_seq": batch.last_allocation_seq,
             }
         )
-        self.new_lines.extend(_line_row(batch.reference, line) for line in batch.allocations)
+        self.new_lines.extend(
+            _line_row(batch.reference, entry)
+            for entry in sorted(_entries(batch).values(), key=lambda entry: entry[1])
+        )
 
     def update_batch(self, stored: _StoredBatch, batch: Batch) -> None:
-        if (batch.purchased_quantity, batch.allocated_quantity) != (
+        if (batch.purchased_quantity, batch.allocated_quantity, batch.last_allocation_seq) != (
             stored.purchased_quantity,
             stored.allocated_quantity,
+            stored.last_allocation_seq,
         ):
             self.batch_updates.append(
                 {
                     "reference": batch.reference,
                     "purchased_quantity": batch.purchased_quantity,
                     "allocated_quantity": batch.allocated_quantity,
+                    "last_allocation_seq": batch.last_allocation_seq,
                 }
             )
         gone, new = stored.changes()
         self.gone_lines.extend({"batchref": batch.reference, "orderid": o} for o in gone)
-        self.new_lines.extend(_line_row(batch.reference, line) for line in new)
+        self.new_lines.extend(_line_row(batch.reference, entry) for entry in new)
 
     def execute(self, connection: Connection) -> None:
         insert_rows(connection, orm.products, self.new_products)
@@ -416,5 +455,19 @@ def _date(value: Any) -> date | None:
     return date.fromisoformat(str(value))
 
 
-def _line_row(batchref: str, line: OrderLine) -> dict[str, object]:
-    return {"batchref": batchref, "orderid": line.orderid, "sku": line.sku, "qty": line.qty}
+def _entries(batch: Batch) -> dict[str, _Entry]:
+    """A batch's lines with their sequence numbers, by order (all of them)."""
+    return {
+        line.orderid: (line, batch.allocation_seq(line.orderid) or 0) for line in batch.allocations
+    }
+
+
+def _line_row(batchref: str, entry: _Entry) -> dict[str, object]:
+    line, seq = entry
+    return {
+        "batchref": batchref,
+        "orderid": line.orderid,
+        "sku": line.sku,
+        "qty": line.qty,
+        "seq": seq,
+    }

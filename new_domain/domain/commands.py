@@ -1,4 +1,10 @@
-"""Commands: what the new domain is asked to do (one handler each)."""
+"""Commands: what the new domain is asked to do (one handler each).
+
+``CreateBatch``, ``Allocate``, ``Deallocate`` and ``SetBatchQuantity`` apply the new
+domain's own rules (for a product whose writes it owns); ``MirrorAllocation``,
+``SyncAllocation``, ``MirrorDeallocation`` and ``ChangeBatchQuantity`` mirror decisions
+the legacy system took.
+"""
 
 from __future__ import annotations
 
@@ -24,6 +30,23 @@ class Allocate(Command):
 
     orderid: str
     sku: str
+    qty: int
+
+
+@dataclass(frozen=True)
+class Deallocate(Command):
+    """Remove the order's allocated line of ``sku`` with the new domain's own rule."""
+
+    orderid: str
+    sku: str
+
+
+@dataclass(frozen=True)
+class SetBatchQuantity(Command):
+    """Set a batch's quantity with the new domain's own rule: lines that no longer fit
+    are moved (the newest allocations, reallocated oldest first)."""
+
+    ref: str
     qty: int
 
 
@@ -58,5 +81,7 @@ class MirrorDeallocation(Command):
 
 @dataclass(frozen=True)
 class ChangeBatchQuantity(Command):
+    """Mirror legacy's new quantity of a batch (legacy moves the lines itself)."""
+
     ref: str
     qty: int

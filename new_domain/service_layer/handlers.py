@@ -1,6 +1,10 @@
 """Handlers: plain functions; their parameters name their dependencies.
 
 The two tables at the bottom are the routing table bootstrap wires into the bus.
+``add_batch``, ``allocate``, ``deallocate`` and ``set_batch_quantity`` apply the new
+domain's own rules and let its refusals (``DomainError``) propagate, so nothing commits;
+the owner handlers decide with the ``tie_break`` bootstrap injects. The ``mirror_*``,
+``sync_allocation`` and ``change_batch_quantity`` handlers mirror legacy's decisions.
 """
 
 from __future__ import annotations
@@ -11,32 +15,72 @@ from typing import Any
 
 from new_domain import metrics
 from new_domain.domain import commands, events
-from new_domain.domain.model import Batch, DuplicateBatch, OrderLine, Product, UnknownBatch
+from new_domain.domain.model import (
+    Batch,
+    DuplicateBatch,
+    Move,
+    OrderLine,
+    Product,
+    TieBreak,
+    UnknownBatch,
+    UnknownSku,
+)
 from new_domain.service_layer.unit_of_work import AbstractUnitOfWork
 
 logger = logging.getLogger(__name__)
 
+InvalidSku = UnknownSku
+"""The book's name for an allocation of an unknown sku."""
 
-class InvalidSku(Exception):
-    """No product has this sku."""
+
+# -- the new domain's own rules -------------------------------------------------------
 
 
 def add_batch(command: commands.CreateBatch, uow: AbstractUnitOfWork) -> None:
     with uow:
         if uow.products.get_by_batchref(command.ref) is not None:
-            raise DuplicateBatch(f"batch {command.ref} exists already")
+            raise DuplicateBatch(command.ref)
         product = _product(uow, command.sku)
         product.add_batch(Batch(command.ref, command.sku, command.qty, command.eta))
         uow.commit()
 
 
-def allocate(command: commands.Allocate, uow: AbstractUnitOfWork) -> None:
+def allocate(
+    command: commands.Allocate, uow: AbstractUnitOfWork, tie_break: TieBreak = TieBreak.CREATED
+) -> str:
+    with uow:
+        product = _owned(uow.products.get(command.sku), command.sku, tie_break)
+        batchref = product.allocate(OrderLine(command.orderid, command.sku, command.qty))
+        uow.commit()
+    return batchref
+
+
+def deallocate(command: commands.Deallocate, uow: AbstractUnitOfWork) -> str:
     with uow:
         product = uow.products.get(command.sku)
         if product is None:
-            raise InvalidSku(f"invalid sku {command.sku}")
-        product.allocate(OrderLine(command.orderid, command.sku, command.qty))
+            raise UnknownSku(command.sku)
+        batchref = product.deallocate(command.orderid)
         uow.commit()
+    return batchref
+
+
+def set_batch_quantity(
+    command: commands.SetBatchQuantity,
+    uow: AbstractUnitOfWork,
+    tie_break: TieBreak = TieBreak.CREATED,
+) -> list[Move]:
+    with uow:
+        product = uow.products.get_by_batchref(command.ref)
+        if product is None:
+            raise UnknownBatch(command.ref)
+        product.tie_break = tie_break
+        moves = product.set_batch_quantity(command.ref, command.qty)
+        uow.commit()
+    return moves
+
+
+# -- mirroring legacy's decisions -----------------------------------------------------
 
 
 def mirror_allocation(command: commands.MirrorAllocation, uow: AbstractUnitOfWork) -> None:
@@ -66,7 +110,7 @@ def change_batch_quantity(command: commands.ChangeBatchQuantity, uow: AbstractUn
     with uow:
         product = uow.products.get_by_batchref(command.ref)
         if product is None:
-            raise UnknownBatch(f"no batch {command.ref}")
+            raise UnknownBatch(command.ref)
         product.change_batch_quantity(command.ref, command.qty)
         uow.commit()
 
@@ -115,6 +159,14 @@ def _report_anomaly(event: events.LegacyInvariantViolated, change_id: str | None
     metrics.ANOMALIES.labels(kind=event.reason).inc()
 
 
+def _owned(product: Product | None, sku: str, tie_break: TieBreak) -> Product:
+    """``product``, deciding with ``tie_break``; ``UnknownSku`` if there is none."""
+    if product is None:
+        raise UnknownSku(sku)
+    product.tie_break = tie_break
+    return product
+
+
 def _product(uow: AbstractUnitOfWork, sku: str) -> Product:
     """The product of ``sku``, created on first use."""
     product = uow.products.get(sku)
@@ -136,6 +188,8 @@ EVENT_HANDLERS: dict[type[events.Event], list[Callable[..., Any]]] = {
 COMMAND_HANDLERS: dict[type[commands.Command], Callable[..., Any]] = {
     commands.CreateBatch: add_batch,
     commands.Allocate: allocate,
+    commands.Deallocate: deallocate,
+    commands.SetBatchQuantity: set_batch_quantity,
     commands.MirrorAllocation: mirror_allocation,
     commands.SyncAllocation: sync_allocation,
     commands.MirrorDeallocation: mirror_deallocation,

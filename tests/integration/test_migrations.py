@@ -210,3 +210,61 @@ def test_sqlite_0003_moves_the_allocations_and_back(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_postgresql_0003_moves_the_allocations_and_back(pg_url: str) -> None:
     check_0003_keeps_the_allocations(pg_url)
+
+
+def check_0005_numbers_the_stored_lines(url: str) -> None:
+    """Lines stored before allocation order was kept are numbered by legacy line id."""
+    upgrade_database(url, "0003_consumer_operations")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO products (sku) VALUES ('LAMP')"))
+            connection.execute(
+                text(
+                    "INSERT INTO batches (reference, sku, purchased_quantity, allocated_quantity) "
+                    "VALUES ('b1', 'LAMP', 10, 6), ('b2', 'LAMP', 5, 1), ('b3', 'LAMP', 5, 0)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO batch_allocations (batchref, orderid, sku, qty) VALUES "
+                    "('b1', 'o-a', 'LAMP', 1), ('b1', 'o-b', 'LAMP', 2), "
+                    "('b1', 'o-c', 'LAMP', 3), ('b2', 'o-d', 'LAMP', 1)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO legacy_line_map (line_id, orderid, sku, qty) VALUES "
+                    "(30, 'o-a', 'LAMP', 1), (10, 'o-c', 'LAMP', 3), (20, 'o-d', 'LAMP', 1)"
+                )
+            )
+        upgrade_database(url, "0005_allocation_order")
+        with engine.connect() as connection:
+            lines = connection.execute(
+                text("SELECT batchref, orderid, seq FROM batch_allocations ORDER BY batchref, seq")
+            ).all()
+            last = connection.execute(
+                text("SELECT reference, last_allocation_seq FROM batches ORDER BY reference")
+            ).all()
+        assert [tuple(r) for r in lines] == [
+            ("b1", "o-c", 1),  # legacy line 10
+            ("b1", "o-a", 2),  # legacy line 30
+            ("b1", "o-b", 3),  # no legacy line known: after those, by order id
+            ("b2", "o-d", 1),
+        ]
+        assert [tuple(r) for r in last] == [("b1", 3), ("b2", 1), ("b3", 0)]
+
+        command.downgrade(alembic_config(url), "0003_consumer_operations")
+        columns = {c["name"] for c in inspect(engine).get_columns("batch_allocations")}
+        assert "seq" not in columns
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_0005_numbers_the_stored_lines(tmp_path: Path) -> None:
+    check_0005_numbers_the_stored_lines(f"sqlite:///{tmp_path / 'new.db'}")
+
+
+@pytest.mark.postgres
+def test_postgresql_0005_numbers_the_stored_lines(pg_url: str) -> None:
+    check_0005_numbers_the_stored_lines(pg_url)

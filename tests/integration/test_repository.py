@@ -1,5 +1,5 @@
 """The SQL repository on PostgreSQL and SQLite: mapping, partial loading, bulk writes,
-locking and optimistic concurrency."""
+locking, optimistic concurrency and allocation order."""
 
 from __future__ import annotations
 
@@ -16,7 +16,10 @@ from new_domain import upgrade_database
 from new_domain.adapters import orm
 from new_domain.adapters.database import ConcurrentUpdate, create_engine
 from new_domain.adapters.repository import SqlAlchemyRepository
+from new_domain.bootstrap import bootstrap
+from new_domain.domain import commands
 from new_domain.domain.model import Batch, OrderLine, Product
+from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -175,3 +178,79 @@ def test_get_locks_the_product_row_until_the_transaction_ends(pg_url: str) -> No
             assert other.execute(lock_probe).scalar() == "LAMP"
     finally:
         engine.dispose()
+
+
+# -- allocation order -----------------------------------------------------------------
+
+
+def stored_order(connection: Connection, batchref: str) -> list[tuple[str, int]]:
+    t = orm.batch_allocations
+    rows = connection.execute(
+        select(t.c.orderid, t.c.seq).where(t.c.batchref == batchref).order_by(t.c.seq)
+    )
+    return [(orderid, seq) for orderid, seq in rows]
+
+
+def test_lines_are_numbered_in_allocation_order_across_transactions(engine: Engine) -> None:
+    product = Product("LAMP", [Batch("b1", "LAMP", 100, None)])
+    product.allocate(OrderLine("o-c", "LAMP", 1))
+    product.allocate(OrderLine("o-a", "LAMP", 1))
+    save(engine, product)
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        lamp = repository.get("LAMP")
+        assert lamp is not None
+        lamp.allocate(OrderLine("o-b", "LAMP", 1))  # only o-b's lines are loaded
+        lamp.deallocate("o-c")
+        lamp.allocate(OrderLine("o-c", "LAMP", 2))  # again: now the newest
+        repository.flush()
+    with engine.begin() as connection:
+        assert stored_order(connection, "b1") == [("o-a", 2), ("o-b", 3), ("o-c", 4)]
+        assert connection.scalar(select(orm.batches.c.last_allocation_seq)) == 4
+        lamp = SqlAlchemyRepository(connection).get("LAMP")
+        assert lamp is not None
+        batch = lamp.batch("b1")
+        assert batch is not None
+        assert batch.line_for("o-b") == OrderLine("o-b", "LAMP", 1)  # one order loaded first
+        assert [line.orderid for line in batch.allocations_in_order()] == ["o-a", "o-b", "o-c"]
+
+
+def test_a_new_batchs_lines_keep_their_numbers_over_several_flushes(engine: Engine) -> None:
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        product = Product("LAMP")
+        repository.add(product)
+        product.add_batch(Batch("b1", "LAMP", 10, None))
+        product.allocate(OrderLine("o2", "LAMP", 1))
+        product.allocate(OrderLine("o1", "LAMP", 1))
+        repository.flush()
+        product.deallocate("o2")
+        product.allocate(OrderLine("o2", "LAMP", 1))
+        repository.flush()
+        assert stored_order(connection, "b1") == [("o1", 2), ("o2", 3)]
+
+
+@pytest.mark.postgres
+def test_a_cut_through_the_sql_unit_of_work_moves_the_newest_lines(pg_url: str) -> None:
+    upgrade_database(pg_url)
+    uow = SqlAlchemyUnitOfWork(create_engine(pg_url, for_writes=True))
+    try:
+        bus = bootstrap(uow=uow)
+        bus.handle(commands.CreateBatch("warehouse", "LAMP", 10, None))
+        bus.handle(commands.CreateBatch("shipment", "LAMP", 10, date(2024, 6, 1)))
+        for orderid in ["o-c", "o-a", "o-d", "o-b"]:  # each in its own transaction
+            bus.handle(commands.Allocate(orderid, "LAMP", 2))
+        bus.handle(commands.SetBatchQuantity("warehouse", 5))
+        with uow.engine.connect() as connection:
+            assert stored_order(connection, "warehouse") == [("o-c", 1), ("o-a", 2)]
+            assert stored_order(connection, "shipment") == [("o-d", 1), ("o-b", 2)]
+            assert allocated_totals(connection) == {"warehouse": 4, "shipment": 4}
+            view = orm.allocations_view
+            assert dict(connection.execute(select(view.c.orderid, view.c.batchref)).all()) == {
+                "o-c": "warehouse",
+                "o-a": "warehouse",
+                "o-d": "shipment",
+                "o-b": "shipment",
+            }
+    finally:
+        uow.close()

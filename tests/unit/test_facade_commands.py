@@ -267,6 +267,7 @@ class _Recorder:
 def started(monkeypatch: pytest.MonkeyPatch) -> _Recorder:
     recorder = _Recorder()
     monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    monkeypatch.setenv("STRANGLER_DATA_PLANE", "none")  # gunicorn alone (test_dataplane.py)
 
     def run(server: commands.FacadeServer) -> None:
         recorder.runs.append((server._factory, server._options))
@@ -438,7 +439,7 @@ def test_no_command_prints_a_credential(args: list[str], env: dict[str, str]) ->
                    if k not in ("LEGACY_URL", "NEW_DB_URL", "LEGACY_DB_URL", "BROKER_URL")}
     environment.setdefault("NEW_DB_URL", "sqlite://")
     result = subprocess.run(
-        [sys.executable, "-c", "from skeleton_app.cli import main; main()", *args],
+        [sys.executable, "-c", "from skeleton_app.composition.cli import main; main()", *args],
         env={**environment, **env}, capture_output=True, text=True, timeout=60,
     )
 

@@ -9,7 +9,17 @@ import pytest
 
 from new_domain.bootstrap import bootstrap
 from new_domain.domain import commands, events
-from new_domain.domain.model import DuplicateBatch, OrderLine, Product, UnknownBatch
+from new_domain.domain.model import (
+    AlreadyAllocated,
+    DuplicateBatch,
+    NotAllocated,
+    OrderLine,
+    OutOfStock,
+    Product,
+    TieBreak,
+    UnknownBatch,
+    UnknownSku,
+)
 from new_domain.service_layer.handlers import InvalidSku
 from new_domain.service_layer.messagebus import MessageBus
 from tests.fakes import InMemoryUnitOfWork
@@ -83,14 +93,47 @@ class TestAllocate:
         with pytest.raises(InvalidSku, match="NONEXISTENTSKU"):
             bus.handle(commands.Allocate("o1", "NONEXISTENTSKU", 10))
 
-    def test_out_of_stock_is_an_event_not_an_allocation(
+    def test_out_of_stock_is_refused_and_nothing_commits(
         self, bus: MessageBus, uow: FakeUnitOfWork, published: list[events.Event]
     ) -> None:
         bus.handle(commands.CreateBatch("b1", "POPULAR-CURTAINS", 9, None))
         published.clear()
-        bus.handle(commands.Allocate("o1", "POPULAR-CURTAINS", 10))
-        assert published == [events.OutOfStock("POPULAR-CURTAINS")]
+        commits = uow.commits
+        with pytest.raises(OutOfStock, match="POPULAR-CURTAINS"):
+            bus.handle(commands.Allocate("o1", "POPULAR-CURTAINS", 10))
+        assert published == []
+        assert uow.commits == commits
         assert uow.allocations_view.rows_for("o1") == []
+
+    def test_an_order_allocated_already_is_refused(
+        self, bus: MessageBus, uow: FakeUnitOfWork, published: list[events.Event]
+    ) -> None:
+        bus.handle(commands.CreateBatch("b1", "LAMP", 9, None))
+        bus.handle(commands.CreateBatch("b2", "LAMP", 9, None))
+        bus.handle(commands.Allocate("o1", "LAMP", 9))
+        published.clear()
+        version = product(uow, "LAMP").version_number
+        with pytest.raises(AlreadyAllocated, match="allocated to batch b1"):
+            bus.handle(commands.Allocate("o1", "LAMP", 1))
+        assert published == []
+        assert product(uow, "LAMP").version_number == version
+        assert uow.allocations_view.rows_for("o1") == [("LAMP", "b1")]
+
+    def test_the_tie_break_comes_from_bootstrap(self) -> None:
+        uow = FakeUnitOfWork()
+        bus = bootstrap(uow=uow, tie_break=TieBreak.REFERENCE)
+        bus.handle(commands.CreateBatch("b-2", "LAMP", 9, date(2024, 6, 1)))
+        bus.handle(commands.CreateBatch("b-1", "LAMP", 9, date(2024, 6, 1)))
+        bus.handle(commands.Allocate("o1", "LAMP", 1))
+        assert uow.allocations_view.rows_for("o1") == [("LAMP", "b-1")]
+
+    def test_by_default_equal_etas_go_by_creation(
+        self, bus: MessageBus, uow: FakeUnitOfWork
+    ) -> None:
+        bus.handle(commands.CreateBatch("b-2", "LAMP", 9, date(2024, 6, 1)))
+        bus.handle(commands.CreateBatch("b-1", "LAMP", 9, date(2024, 6, 1)))
+        bus.handle(commands.Allocate("o1", "LAMP", 1))
+        assert uow.allocations_view.rows_for("o1") == [("LAMP", "b-2")]
 
     def test_command_and_read_model_commit_together(
         self, bus: MessageBus, uow: FakeUnitOfWork
@@ -100,6 +143,90 @@ class TestAllocate:
         bus.handle(commands.Allocate("o1", "LAMP", 1))
         assert uow.commits == commits + 1
         assert uow.allocations_view.rows_for("o1") == [("LAMP", "b1")]
+
+
+class TestDeallocate:
+    def test_removes_the_line_and_hides_it(
+        self, bus: MessageBus, uow: FakeUnitOfWork, published: list[events.Event]
+    ) -> None:
+        bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+        bus.handle(commands.Allocate("o1", "LAMP", 3))
+        published.clear()
+        bus.handle(commands.Deallocate("o1", "LAMP"))
+        assert published == [events.Deallocated("o1", "LAMP", "b1")]
+        assert product(uow, "LAMP").batch("b1").available_quantity == 10  # type: ignore[union-attr]
+        assert uow.allocations_view.rows_for("o1") == []
+
+    def test_an_order_without_a_line_is_refused(self, bus: MessageBus, uow: FakeUnitOfWork) -> None:
+        bus.handle(commands.CreateBatch("b1", "LAMP", 10, None))
+        commits = uow.commits
+        with pytest.raises(NotAllocated, match="^order o1 has no allocation of sku LAMP$"):
+            bus.handle(commands.Deallocate("o1", "LAMP"))
+        assert uow.commits == commits
+
+    def test_an_unknown_sku_is_refused(self, bus: MessageBus) -> None:
+        with pytest.raises(UnknownSku, match="^unknown sku NOPE$"):
+            bus.handle(commands.Deallocate("o1", "NOPE"))
+
+
+class TestSetBatchQuantity:
+    """The book's ``ChangeBatchQuantity`` scenarios, with the new domain's own rule."""
+
+    def test_changes_available_quantity(self, bus: MessageBus, uow: FakeUnitOfWork) -> None:
+        bus.handle(commands.CreateBatch("batch1", "ADORABLE-SETTEE", 100, None))
+        [batch] = product(uow, "ADORABLE-SETTEE").batches
+        assert batch.available_quantity == 100
+        bus.handle(commands.SetBatchQuantity("batch1", 50))
+        assert batch.available_quantity == 50
+
+    def test_reallocates_if_necessary(self, bus: MessageBus, uow: FakeUnitOfWork) -> None:
+        bus.handle(commands.CreateBatch("batch1", "INDIFFERENT-TABLE", 50, None))
+        bus.handle(commands.CreateBatch("batch2", "INDIFFERENT-TABLE", 50, date.today()))
+        bus.handle(commands.Allocate("order1", "INDIFFERENT-TABLE", 20))
+        bus.handle(commands.Allocate("order2", "INDIFFERENT-TABLE", 20))
+        [batch1, batch2] = product(uow, "INDIFFERENT-TABLE").batches
+        assert batch1.available_quantity == 10
+        assert batch2.available_quantity == 50
+
+        bus.handle(commands.SetBatchQuantity("batch1", 25))
+
+        # the newest allocation, order2, is deallocated: 25 - 20
+        assert batch1.available_quantity == 5
+        # and its 20 reallocated to the next batch
+        assert batch2.available_quantity == 30
+        assert uow.allocations_view.rows_for("order2") == [("INDIFFERENT-TABLE", "batch2")]
+        assert uow.allocations_view.rows_for("order1") == [("INDIFFERENT-TABLE", "batch1")]
+
+    def test_publishes_the_moves_in_legacys_order(
+        self, bus: MessageBus, uow: FakeUnitOfWork, published: list[events.Event]
+    ) -> None:
+        bus.handle(commands.CreateBatch("b1", "LAMP", 6, None))
+        bus.handle(commands.CreateBatch("b2", "LAMP", 3, date(2024, 6, 1)))
+        bus.handle(commands.Allocate("first", "LAMP", 3))
+        bus.handle(commands.Allocate("second", "LAMP", 3))
+        published.clear()
+        bus.handle(commands.SetBatchQuantity("b1", 0))
+        assert published == [
+            events.BatchQuantityChanged("b1", "LAMP", 0),
+            events.Deallocated("second", "LAMP", "b1"),
+            events.Deallocated("first", "LAMP", "b1"),
+            events.Allocated("first", "LAMP", 3, "b2"),
+            events.OutOfStock("LAMP"),
+        ]
+        assert uow.allocations_view.rows_for("first") == [("LAMP", "b2")]
+        assert uow.allocations_view.rows_for("second") == []
+        assert [row["event_type"] for row in uow.outbox.rows] == [
+            "Allocated",
+            "Allocated",
+            "BatchQuantityChanged",
+            "Deallocated",
+            "Deallocated",
+            "Allocated",
+        ]
+
+    def test_an_unknown_batch_is_refused(self, bus: MessageBus) -> None:
+        with pytest.raises(UnknownBatch, match="^no batch nope$"):
+            bus.handle(commands.SetBatchQuantity("nope", 5))
 
 
 class TestMirrorLegacy:
