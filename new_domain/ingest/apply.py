@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from new_domain import metrics
+from new_domain.domain.model import TieBreak
 from new_domain.ingest.decisions import LegacyDecision, judge
 from new_domain.ingest.envelope import Heartbeat, LegacyChange
 from new_domain.ingest.legacy_shop import LEGACY_SHOP
@@ -109,11 +110,13 @@ def apply_changes(
     *,
     replay: bool = False,
     translators: Translators = LEGACY_SHOP,
+    tie_break: TieBreak = TieBreak.CREATED,
 ) -> Applied:
     """Apply the changes among ``items`` in order in ONE transaction (see the module
     docstring); the heartbeats among them are recorded for the lag in the same
     transaction. :class:`ChangeFailed` gives the index in ``items`` of a change that
-    failed. With ``replay``, dead-lettered positions are applied too.
+    failed. With ``replay``, dead-lettered positions are applied too. Legacy's write
+    decisions are judged with the new rules (``tie_break`` between equal etas).
     """
     uow = bus.uow
     changes = [(i, item) for i, item in enumerate(items) if isinstance(item, LegacyChange)]
@@ -126,7 +129,7 @@ def apply_changes(
         decisions: dict[int, LegacyDecision | None] = {}
         translated = _translate(uow, translators, chosen, loading, decisions)
         _read_aggregates_ahead(uow, [m for _, _, messages in translated for m in messages])
-        parity = _Parity(uow, decisions)
+        parity = _Parity(uow, decisions, tie_break)
         for index, change, messages in translated:
             parity.before(index, change.message_id)
             uow.change_id = change.message_id
@@ -206,9 +209,15 @@ class _Parity:
     work. A failure to judge is logged and counted as unclassified: decision parity
     never holds a legacy change back."""
 
-    def __init__(self, uow: AbstractUnitOfWork, decisions: dict[int, LegacyDecision | None]):
+    def __init__(
+        self,
+        uow: AbstractUnitOfWork,
+        decisions: dict[int, LegacyDecision | None],
+        tie_break: TieBreak,
+    ) -> None:
         self.uow = uow
         self.pending = sorted(decisions.items())
+        self.tie_break = tie_break
 
     def before(self, index: int, change_id: str | None) -> None:
         while self.pending and self.pending[0][0] <= index:
@@ -217,7 +226,7 @@ class _Parity:
                 self._unclassified()
                 continue
             try:
-                verdict = judge(decision, self.uow)
+                verdict = judge(decision, self.uow, self.tie_break)
             except Exception as error:
                 if self.uow.is_transient(error):
                     raise

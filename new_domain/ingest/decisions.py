@@ -16,7 +16,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from new_domain.domain.model import DomainError, OrderLine, Product
+from new_domain.domain.model import DomainError, OrderLine, Product, TieBreak
 from new_domain.ingest.ports import Verdict
 
 if TYPE_CHECKING:
@@ -72,10 +72,15 @@ class QuantityChange:
 LegacyDecision = Allocation | Deallocation | NewBatch | QuantityChange
 
 
-def judge(decision: LegacyDecision, uow: AbstractUnitOfWork) -> Verdict:
-    """What the new rules decide on the unit of work's current state, next to legacy's."""
+def judge(
+    decision: LegacyDecision, uow: AbstractUnitOfWork, tie_break: TieBreak = TieBreak.CREATED
+) -> Verdict:
+    """What the new rules (with ``tie_break`` between batches of equal eta) decide on the
+    unit of work's current state, next to legacy's."""
     route, legacy = _legacy(decision)
     product = uow.products.get(decision.sku)
+    if product is not None:
+        product.tie_break = tie_break
     try:
         new = _new(decision, product, uow)
     except DomainError as refused:

@@ -5,8 +5,8 @@
 - ``decision_difference``: every difference, with both decisions and the product's
   state as the new rules saw it.
 
-Revision ID: 0005_decision_parity
-Revises: 0003_consumer_operations
+Revision ID: 0006_decision_parity
+Revises: 0005_allocation_order
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005_decision_parity"
-down_revision: str | Sequence[str] | None = "0003_consumer_operations"
+revision: str = "0006_decision_parity"
+down_revision: str | Sequence[str] | None = "0005_allocation_order"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
