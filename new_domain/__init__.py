@@ -7,7 +7,8 @@ Public API:
 - :func:`open_read_model` -> :class:`ReadModel`; ``allocations_for(orderid)`` returns
   :class:`Allocation` items ordered by sku then batchref; ``lag_seconds()`` how far the
   read model is behind legacy (None before anything was applied); with a ``time_limit``
-  a read that takes longer raises :class:`ReadTimeout`.
+  a read that takes longer raises :class:`ReadTimeout`; ``decision_parity()`` the
+  write routes' decision parity (:class:`DecisionCount` per route).
 - :class:`Consumer`: applies ``legacy.cdc`` change events from a broker queue, in
   batches, with dead letters; its domain events leave through the outbox.
 - :func:`apply_change` / :func:`parse_change`: apply one change envelope in-process
@@ -23,12 +24,14 @@ from new_domain.bootstrap import bootstrap
 from new_domain.entrypoints.commands import CLI_COMMANDS
 from new_domain.entrypoints.consumer import Consumer
 from new_domain.ingest import MalformedChange, apply_change, parse_change
+from new_domain.ingest.ports import DecisionCount
 from new_domain.views import Allocation, ReadModel, ReadTimeout, open_read_model
 
 __all__ = [
     "CLI_COMMANDS",
     "Allocation",
     "Consumer",
+    "DecisionCount",
     "MalformedChange",
     "ReadModel",
     "ReadTimeout",

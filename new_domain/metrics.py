@@ -42,3 +42,9 @@ OUT_OF_SEQUENCE = Counter(
     "Changes dead-lettered because their position does not follow the stream's last one"
     " (a gap or a jump: a forged or lost message); the stored position stays.",
 )
+DECISIONS = Counter(
+    "strangler_decision_parity",
+    "Legacy write decisions judged against the new rules, by write route and verdict"
+    " (agree, differ; route unclassified: transactions that are no one decision).",
+    ["route", "verdict"],
+)

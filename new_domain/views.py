@@ -18,7 +18,9 @@ from sqlalchemy.engine import Engine
 from new_domain.adapters import orm
 from new_domain.adapters.chunks import chunked
 from new_domain.adapters.database import create_engine, retry_on_disconnect
+from new_domain.adapters.decisions import decision_counts
 from new_domain.adapters.lag import lag_seconds
+from new_domain.ingest.ports import DecisionCount
 
 T = TypeVar("T")
 _QUERY_CANCELED = "57014"  # PostgreSQL: statement_timeout (or a cancel request)
@@ -123,6 +125,17 @@ class ReadModel:
         def query() -> float | None:
             with self.engine.connect() as connection:
                 return lag_seconds(connection)
+
+        return self._bounded(query)
+
+    def decision_parity(self) -> dict[str, DecisionCount]:
+        """Decision parity per write route (``POST /allocate``, ...): how many legacy
+        decisions the new rules took the same way and differently; route
+        ``unclassified`` counts legacy transactions that were no one decision."""
+
+        def query() -> dict[str, DecisionCount]:
+            with self.engine.connect() as connection:
+                return {count.route: count for count in decision_counts(connection)}
 
         return self._bounded(query)
 

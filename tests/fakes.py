@@ -26,11 +26,13 @@ from new_domain.ingest.ports import (
     RETRYING,
     AbstractChangePositions,
     AbstractDeadLetters,
+    AbstractDecisionLog,
     AbstractLegacyKeys,
     DeadLetter,
     FailedMessage,
     LegacyLine,
     LegacyLot,
+    Verdict,
     stream_of,
 )
 from new_domain.service_layer.unit_of_work import AbstractUnitOfWork
@@ -198,6 +200,18 @@ class InMemoryDeadLetters(AbstractDeadLetters):
                 self.rows[key] = replace(row, published=True)
 
 
+class InMemoryDecisionLog(AbstractDecisionLog):
+    def __init__(self) -> None:
+        self.verdicts: list[Verdict] = []
+        self.unclassified_count = 0
+
+    def record(self, verdict: Verdict, change_id: str | None) -> None:
+        self.verdicts.append(verdict)
+
+    def unclassified(self) -> None:
+        self.unclassified_count += 1
+
+
 class InMemoryUnitOfWork(AbstractUnitOfWork):
     """Dict-backed repositories; not transactional. ``commits`` counts real (outermost)
     commits."""
@@ -211,6 +225,7 @@ class InMemoryUnitOfWork(AbstractUnitOfWork):
         self.dead_letters = InMemoryDeadLetters()
         self.outbox = InMemoryOutbox()
         self.progress = InMemoryProgress()
+        self.decisions = InMemoryDecisionLog()
         self.products = InMemoryRepository(self.stored_products)
         self.commits = 0
 

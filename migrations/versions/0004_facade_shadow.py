@@ -30,8 +30,12 @@ def upgrade() -> None:
         batch.add_column(sa.Column("gate", sa.Text(), nullable=True))
     op.create_table(
         "facade_shadow_result",
-        sa.Column("id", sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
-                  autoincrement=True, nullable=False),
+        sa.Column(
+            "id",
+            sa.BigInteger().with_variant(sa.Integer(), "sqlite"),
+            autoincrement=True,
+            nullable=False,
+        ),
         sa.Column("at", sa.DateTime(timezone=True), nullable=False),
         sa.Column("method", sa.String(16), nullable=False),
         sa.Column("pattern", sa.String(255), nullable=False),

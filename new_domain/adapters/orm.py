@@ -166,6 +166,28 @@ anomaly = Table(
     Index("ix_anomaly_recorded_at", "recorded_at"),
 )
 
+decision_parity = Table(
+    "decision_parity",
+    metadata,
+    Column("route", String(64), primary_key=True),
+    Column("agree", BigInteger, nullable=False),
+    Column("differ", BigInteger, nullable=False),
+)
+
+decision_difference = Table(
+    "decision_difference",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("sku", String(255), nullable=False),
+    Column("legacy", Text, nullable=False),
+    Column("new", Text, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("change_id", String(255), nullable=True),
+    Index("ix_decision_difference_route", "route", "id"),
+)
+
 outbox = Table(
     "outbox",
     metadata,

@@ -16,6 +16,7 @@ from new_domain.adapters.database import create_engine, safe_url
 from new_domain.adapters.outbox import EVENTS_EXCHANGE
 from new_domain.adapters.schema import upgrade_database
 from new_domain.bootstrap import bootstrap
+from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.consumer import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_EXCHANGE,
@@ -106,6 +107,14 @@ def upgrade(new_db_url: str) -> None:
     default=None,
     help="Serve Prometheus metrics on this port.",
 )
+@click.option(
+    "--tie-break",
+    type=click.Choice([t.value for t in TieBreak]),
+    default=TieBreak.CREATED.value,
+    show_default=True,
+    help="The new rules' order between batches of equal eta (decision parity judges "
+    "legacy's decisions with it).",
+)
 @click.option("--once", is_flag=True, help="Apply one batch (if any) and exit.")
 def consume(
     new_db_url: str,
@@ -118,6 +127,7 @@ def consume(
     events_exchange: str,
     outbox_relay: bool,
     metrics_port: int | None,
+    tie_break: str,
     once: bool,
 ) -> None:
     """Apply legacy change events from the broker to the new domain.
@@ -131,7 +141,8 @@ def consume(
         from prometheus_client import start_http_server
 
         start_http_server(metrics_port)
-    bus = bootstrap(new_db_url)
+    rule = TieBreak(tie_break)
+    bus = bootstrap(new_db_url, tie_break=rule)
     consumer = Consumer(
         bus,
         lambda: broker.connect(broker_url),
@@ -140,6 +151,7 @@ def consume(
         batch_size=batch_size,
         batch_timeout=batch_timeout,
         max_attempts=max_attempts,
+        tie_break=rule,
     )
     relay = (
         OutboxRelay(

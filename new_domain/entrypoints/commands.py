@@ -2,13 +2,14 @@
 ``consume`` (:mod:`new_domain.entrypoints.cli`) and the operations commands."""
 
 from new_domain.entrypoints.cli import consume, db
+from new_domain.entrypoints.decisions_command import decisions
 from new_domain.entrypoints.dlq_commands import dlq
 from new_domain.entrypoints.outbox_commands import outbox
 from new_domain.entrypoints.rebuild_command import rebuild
 from new_domain.entrypoints.status_commands import anomalies, status
 from new_domain.entrypoints.verify_command import verify
 
-CLI_COMMANDS = (db, consume, anomalies, dlq, outbox, rebuild, status, verify)
+CLI_COMMANDS = (db, consume, anomalies, decisions, dlq, outbox, rebuild, status, verify)
 """Every command of the new domain, for the root ``strangler`` command."""
 
 __all__ = [
@@ -16,6 +17,7 @@ __all__ = [
     "anomalies",
     "consume",
     "db",
+    "decisions",
     "dlq",
     "outbox",
     "rebuild",

@@ -26,6 +26,7 @@ from tenacity import RetryCallState
 
 from broker import Broker, BrokerError, QueueSpec
 from new_domain import metrics
+from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.batches import Item, Pending
 from new_domain.entrypoints.retrying import failure_of, reconnecting
 from new_domain.ingest import (
@@ -69,6 +70,7 @@ class Consumer:
         db_retry_timeout: float = 60.0,
         reconnect_delay: float = 1.0,
         translators: Translators = LEGACY_SHOP,
+        tie_break: TieBreak = TieBreak.CREATED,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -82,6 +84,7 @@ class Consumer:
         self.transaction_hold = transaction_hold
         self.reconnect_delay = reconnect_delay
         self.translators = translators
+        self.tie_break = tie_break
         self.failures: FailurePolicy[Item] = FailurePolicy(
             bus.uow,
             Item.failed_message,
@@ -194,7 +197,9 @@ class Consumer:
 
     def _apply(self, items: Sequence[Item]) -> None:
         parsed: list[LegacyChange | Heartbeat] = [i.parsed for i in items if i.parsed]
-        done = apply_changes(self.bus, parsed, translators=self.translators)
+        done = apply_changes(
+            self.bus, parsed, translators=self.translators, tie_break=self.tie_break
+        )
         metrics.CHANGES_APPLIED.inc(done.applied)
         metrics.CHANGES_SKIPPED.inc(done.skipped)
 

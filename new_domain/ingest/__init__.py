@@ -38,8 +38,9 @@ from new_domain.ingest.failures import (
     dead_letter_headers,
     dead_letter_message,
 )
+from new_domain.ingest.legacy_shop import LEGACY_SHOP
 from new_domain.ingest.ports import DeadLetter, FailedMessage, describe_error
-from new_domain.ingest.translators import LEGACY_SHOP, Translator, Translators, UnknownLegacyRow
+from new_domain.ingest.translators import Recognizer, Translator, Translators, UnknownLegacyRow
 
 __all__ = [
     "LEGACY_SHOP",
@@ -54,6 +55,7 @@ __all__ = [
     "LegacyChange",
     "MalformedChange",
     "OutOfSequence",
+    "Recognizer",
     "Translator",
     "Translators",
     "UnknownLegacyRow",

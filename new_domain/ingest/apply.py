@@ -37,9 +37,13 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from new_domain import metrics
+from new_domain.domain.model import TieBreak
+from new_domain.ingest.decisions import LegacyDecision, judge
 from new_domain.ingest.envelope import Heartbeat, LegacyChange
-from new_domain.ingest.ports import AWAITING, DEAD, LOADING, RETRYING
-from new_domain.ingest.translators import LEGACY_SHOP, Translators, UnknownLegacyRow
+from new_domain.ingest.legacy_shop import LEGACY_SHOP
+from new_domain.ingest.ports import AWAITING, DEAD, LOADING, RETRYING, UNCLASSIFIED
+from new_domain.ingest.translators import Translators, UnknownLegacyRow
 
 if TYPE_CHECKING:
     from new_domain.service_layer.messagebus import Message, MessageBus
@@ -106,11 +110,13 @@ def apply_changes(
     *,
     replay: bool = False,
     translators: Translators = LEGACY_SHOP,
+    tie_break: TieBreak = TieBreak.CREATED,
 ) -> Applied:
     """Apply the changes among ``items`` in order in ONE transaction (see the module
     docstring); the heartbeats among them are recorded for the lag in the same
     transaction. :class:`ChangeFailed` gives the index in ``items`` of a change that
-    failed. With ``replay``, dead-lettered positions are applied too.
+    failed. With ``replay``, dead-lettered positions are applied too. Legacy's write
+    decisions are judged with the new rules (``tie_break`` between equal etas).
     """
     uow = bus.uow
     changes = [(i, item) for i, item in enumerate(items) if isinstance(item, LegacyChange)]
@@ -120,9 +126,12 @@ def apply_changes(
             uow.dead_letters.preload({change.stream for _, change in changes})
             uow.legacy_keys.preload(translators.referenced_keys(c for _, c in changes))
         chosen, reopened, loading = _choose(uow, changes, replay)
-        translated = _translate(uow, translators, chosen, loading)
+        decisions: dict[int, LegacyDecision | None] = {}
+        translated = _translate(uow, translators, chosen, loading, decisions)
         _read_aggregates_ahead(uow, [m for _, _, messages in translated for m in messages])
+        parity = _Parity(uow, decisions, tie_break)
         for index, change, messages in translated:
+            parity.before(index, change.message_id)
             uow.change_id = change.message_id
             try:
                 for message in messages:
@@ -131,6 +140,7 @@ def apply_changes(
                 raise _failure(uow, index, change, error) from error
             if (change.stream, change.position) in reopened:
                 uow.dead_letters.resolve(change.stream, change.position)
+        parity.before(len(items), None)
         uow.change_id = None
         _record_heartbeats(uow, [item for item in items if isinstance(item, Heartbeat)])
         uow.commit()
@@ -142,9 +152,20 @@ def _translate(
     translators: Translators,
     chosen: Sequence[tuple[int, LegacyChange]],
     loading: set[int],
+    decisions: dict[int, LegacyDecision | None],
 ) -> list[tuple[int, LegacyChange, list[Message]]]:
+    """Each change's messages, in order; and, keyed by the index of its first change,
+    the write decision each legacy transaction took (None: not one decision), read
+    before its changes teach the key maps anything."""
     translated: list[tuple[int, LegacyChange, list[Message]]] = []
-    for index, change in chosen:
+    starts = _transactions([change for _, change in chosen])
+    for at, (index, change) in enumerate(chosen):
+        if at in starts:
+            length = starts[at]
+            transaction = [c for _, c in chosen[at : at + length]] if length else []
+            decisions[index] = (
+                translators.recognize(transaction, uow.legacy_keys) if length else None
+            )
         try:
             translated.append((index, change, translators.translate(change, uow.legacy_keys)))
         except UnknownLegacyRow as error:
@@ -155,6 +176,72 @@ def _translate(
         except Exception as error:
             raise _failure(uow, index, change, error) from error
     return translated
+
+
+def _transactions(changes: Sequence[LegacyChange]) -> dict[int, int]:
+    """Where each legacy transaction starts among ``changes`` -> how many changes it has
+    there when it is whole (0 when it is not: it began in another batch, or ends in the
+    next, or names no transaction). Snapshot reads are no decision and not counted."""
+    starts: dict[int, int] = {}
+    at = 0
+    while at < len(changes):
+        first = changes[at]
+        end = at + 1
+        if first.transaction_id is not None:
+            while end < len(changes) and changes[end].transaction_id == first.transaction_id:
+                end += 1
+        group = changes[at:end]
+        if first.op != "r" and first.transaction_order in (None, 1):
+            whole = (
+                first.transaction_id is not None
+                and group[-1].ends_transaction
+                and [c.transaction_order for c in group] == list(range(1, len(group) + 1))
+                and all(c.op != "r" for c in group)
+            )
+            starts[at] = len(group) if whole else 0
+        at = end
+    return starts
+
+
+class _Parity:
+    """Judges each legacy decision just before its transaction's first change is applied
+    (on exactly the state legacy decided on) and records the verdict in the same unit of
+    work. A failure to judge is logged and counted as unclassified: decision parity
+    never holds a legacy change back."""
+
+    def __init__(
+        self,
+        uow: AbstractUnitOfWork,
+        decisions: dict[int, LegacyDecision | None],
+        tie_break: TieBreak,
+    ) -> None:
+        self.uow = uow
+        self.pending = sorted(decisions.items())
+        self.tie_break = tie_break
+
+    def before(self, index: int, change_id: str | None) -> None:
+        while self.pending and self.pending[0][0] <= index:
+            start, decision = self.pending.pop(0)
+            if decision is None or start < index:  # its changes were not applied here
+                self._unclassified()
+                continue
+            try:
+                verdict = judge(decision, self.uow, self.tie_break)
+            except Exception as error:
+                if self.uow.is_transient(error):
+                    raise
+                logger.warning("decision parity could not judge %s: %s", decision, error)
+                self._unclassified()
+                continue
+            self.uow.decisions.record(verdict, change_id)
+            self._count(verdict.route, "agree" if verdict.agree else "differ")
+
+    def _unclassified(self) -> None:
+        self.uow.decisions.unclassified()
+        self._count(UNCLASSIFIED, "differ")
+
+    def _count(self, route: str, verdict: str) -> None:
+        self.uow.after_commit(metrics.DECISIONS.labels(route, verdict).inc)
 
 
 def _record_heartbeats(uow: AbstractUnitOfWork, heartbeats: Iterable[Heartbeat]) -> None:

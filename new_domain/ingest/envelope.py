@@ -32,7 +32,9 @@ class LegacyChange:
     the change in legacy; ``ends_transaction`` is False only for a change that the
     ``transaction`` block marks as not the last one of its legacy transaction;
     ``dense`` is True when the stream's positions have no gaps (the bridge's), so a
-    change must come at the position after the last one applied.
+    change must come at the position after the last one applied; ``transaction_id``
+    and ``transaction_order`` (1 for its first change) place it in its legacy
+    transaction, when the ``transaction`` block says.
     """
 
     op: str
@@ -46,6 +48,8 @@ class LegacyChange:
     committed_at_ms: int | None = None
     ends_transaction: bool = True
     dense: bool = False
+    transaction_id: str | None = None
+    transaction_order: int | None = None
 
     @property
     def row(self) -> Mapping[str, Any]:
@@ -134,6 +138,7 @@ def parse_change(
         committed_at_ms=_ms(source.get("ts_ms")),
         ends_transaction=_ends_transaction(envelope.get("transaction")),
         dense=dense,
+        **_transaction(envelope.get("transaction")),
     )
 
 
@@ -175,6 +180,19 @@ def _ends_transaction(block: Any) -> bool:
     if not isinstance(block, Mapping):
         return True
     return block.get("last") is not False
+
+
+def _transaction(block: Any) -> dict[str, Any]:
+    """The legacy transaction's id and the change's place in it (1 first), if given."""
+    if not isinstance(block, Mapping):
+        return {}
+    found: dict[str, Any] = {}
+    if isinstance(block.get("id"), str | int) and not isinstance(block.get("id"), bool):
+        found["transaction_id"] = str(block["id"])
+    order = block.get("total_order")
+    if isinstance(order, int) and not isinstance(order, bool) and order >= 1:
+        found["transaction_order"] = order
+    return found
 
 
 def _heartbeat(body: Any) -> Heartbeat:

@@ -220,6 +220,47 @@ class AbstractDeadLetters(abc.ABC):
     def mark_published(self, ids: Collection[int]) -> None: ...
 
 
+# -- decision parity ----------------------------------------------------------------------
+
+UNCLASSIFIED = "unclassified"
+"""The route of a legacy transaction that is not one recognisable write decision."""
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """Legacy's decision next to the one the new rules take on the same state."""
+
+    route: str
+    sku: str
+    agree: bool
+    legacy: str
+    new: str
+    state: str = ""  # the product as the new rules saw it (kept for differences)
+
+
+@dataclass(frozen=True)
+class DecisionCount:
+    route: str
+    agree: int
+    differ: int
+
+    @property
+    def samples(self) -> int:
+        return self.agree + self.differ
+
+
+class AbstractDecisionLog(abc.ABC):
+    """Decision parity per write route: counts, and every difference with both decisions.
+    Written in the same transaction as the effect of the legacy change judged."""
+
+    @abc.abstractmethod
+    def record(self, verdict: Verdict, change_id: str | None) -> None: ...
+
+    @abc.abstractmethod
+    def unclassified(self) -> None:
+        """One more legacy transaction that is no recognisable decision."""
+
+
 MAX_ERROR_LENGTH = 500
 
 

@@ -30,12 +30,18 @@ from new_domain.adapters.bulk import pipelined
 from new_domain.adapters.change_positions import SqlAlchemyChangePositions
 from new_domain.adapters.database import is_transient
 from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
+from new_domain.adapters.decisions import SqlAlchemyDecisionLog
 from new_domain.adapters.lag import AbstractProgress, SqlAlchemyProgress
 from new_domain.adapters.legacy_keys import SqlAlchemyLegacyKeys
 from new_domain.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox
 from new_domain.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from new_domain.domain.events import Event
-from new_domain.ingest.ports import AbstractChangePositions, AbstractDeadLetters, AbstractLegacyKeys
+from new_domain.ingest.ports import (
+    AbstractChangePositions,
+    AbstractDeadLetters,
+    AbstractDecisionLog,
+    AbstractLegacyKeys,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -49,6 +55,7 @@ class AbstractUnitOfWork(abc.ABC):
     dead_letters: AbstractDeadLetters
     outbox: AbstractOutbox
     progress: AbstractProgress
+    decisions: AbstractDecisionLog
 
     change_id: str | None = None
     """``message_id`` of the legacy change being applied (recorded with anomalies and
@@ -151,6 +158,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
     dead_letters: SqlAlchemyDeadLetters
     outbox: SqlAlchemyOutbox
     progress: SqlAlchemyProgress
+    decisions: SqlAlchemyDecisionLog
 
     def __init__(self, engine: Engine, *, owns_engine: bool = True) -> None:
         self.engine = engine
@@ -167,6 +175,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.dead_letters = SqlAlchemyDeadLetters(self.connection)
         self.outbox = SqlAlchemyOutbox(self.connection)
         self.progress = SqlAlchemyProgress(self.connection)
+        self.decisions = SqlAlchemyDecisionLog(self.connection)
 
     def reading_ahead(self) -> AbstractContextManager[None]:
         ahead: AbstractContextManager[None] = pipelined(self.connection)
@@ -182,6 +191,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self.anomalies.flush()
             self.outbox.flush()
             self.progress.flush()
+            self.decisions.flush()
             self.positions.flush()
 
     def _commit(self) -> None:

@@ -1,0 +1,142 @@
+"""Decision parity in the new database: counts per write route, and every difference.
+
+Verdicts are kept in memory and written just before the unit of work commits: the
+counts by adding to ``decision_parity`` (one ``INSERT ... ON CONFLICT`` adding the
+batch's counts on PostgreSQL and SQLite), the differences as rows of
+``decision_difference``. Agreements leave no row of their own, so judging every legacy
+decision costs the consumer one statement per batch.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Connection
+
+from new_domain.adapters import orm
+from new_domain.adapters.bulk import insert_rows
+from new_domain.ingest.ports import (
+    UNCLASSIFIED,
+    AbstractDecisionLog,
+    DecisionCount,
+    Verdict,
+)
+
+
+class SqlAlchemyDecisionLog(AbstractDecisionLog):
+    def __init__(self, connection: Connection) -> None:
+        self.connection = connection
+        self._agree: Counter[str] = Counter()
+        self._differ: Counter[str] = Counter()
+        self._differences: list[dict[str, Any]] = []
+
+    def record(self, verdict: Verdict, change_id: str | None) -> None:
+        if verdict.agree:
+            self._agree[verdict.route] += 1
+            return
+        self._differ[verdict.route] += 1
+        self._differences.append(
+            {
+                "recorded_at": datetime.now(UTC),
+                "route": verdict.route,
+                "sku": verdict.sku,
+                "legacy": verdict.legacy,
+                "new": verdict.new,
+                "state": verdict.state,
+                "change_id": change_id,
+            }
+        )
+
+    def unclassified(self) -> None:
+        self._differ[UNCLASSIFIED] += 1
+
+    def flush(self) -> None:
+        routes = sorted(set(self._agree) | set(self._differ))
+        if routes:
+            rows = [
+                {"route": r, "agree": self._agree[r], "differ": self._differ[r]} for r in routes
+            ]
+            _add_counts(self.connection, rows)
+        insert_rows(self.connection, orm.decision_difference, self._differences)
+        self._agree.clear()
+        self._differ.clear()
+        self._differences.clear()
+
+
+def _add_counts(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    t = orm.decision_parity
+    dialect = connection.dialect.name
+    if dialect in ("postgresql", "sqlite"):
+        insert = (postgresql.insert if dialect == "postgresql" else sqlite.insert)(t)
+        statement = insert.on_conflict_do_update(
+            index_elements=["route"],
+            set_={
+                "agree": t.c.agree + insert.excluded.agree,
+                "differ": t.c.differ + insert.excluded.differ,
+            },
+        )
+        connection.execute(statement, rows)
+        return
+    for row in rows:  # another engine: update, else insert
+        done = connection.execute(
+            update(t)
+            .where(t.c.route == row["route"])
+            .values(agree=t.c.agree + row["agree"], differ=t.c.differ + row["differ"])
+        )
+        if not done.rowcount:
+            connection.execute(t.insert().values(**row))
+
+
+@dataclass(frozen=True)
+class Difference:
+    id: int
+    recorded_at: datetime
+    route: str
+    sku: str
+    legacy: str
+    new: str
+    state: str
+    change_id: str | None
+
+
+def decision_counts(connection: Connection) -> list[DecisionCount]:
+    """Every route's counts (``unclassified`` counts transactions under ``differ``)."""
+    t = orm.decision_parity
+    rows = connection.execute(select(t.c.route, t.c.agree, t.c.differ).order_by(t.c.route))
+    return [DecisionCount(route, int(agree), int(differ)) for route, agree, differ in rows]
+
+
+def latest_differences(
+    connection: Connection, limit: int, route: str | None = None
+) -> list[Difference]:
+    """The newest ``limit`` differences (of ``route``), newest first."""
+    t = orm.decision_difference
+    statement = select(t).order_by(t.c.id.desc()).limit(limit)
+    if route is not None:
+        statement = statement.where(t.c.route == route)
+    return [
+        Difference(
+            row.id,
+            row.recorded_at,
+            row.route,
+            row.sku,
+            row.legacy,
+            row.new,
+            row.state,
+            row.change_id,
+        )
+        for row in connection.execute(statement)
+    ]
+
+
+def reset_decisions(connection: Connection) -> int:
+    """Forget every count and difference (before a replay); how many differences went."""
+    gone = connection.scalar(select(func.count()).select_from(orm.decision_difference)) or 0
+    connection.execute(orm.decision_difference.delete())
+    connection.execute(orm.decision_parity.delete())
+    return int(gone)
