@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import getpass
 import json
+import logging
 import os
 import re
 import shutil
@@ -35,6 +36,7 @@ from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
 from skeleton_app.patterns import RouteError
 from skeleton_app.proxy import validate_base_url
+from skeleton_app.read_model import open_new_read_model
 from skeleton_app.routes_table import RouteTable
 from skeleton_app.server import FacadeServer, gunicorn_options
 from skeleton_app.settings import FacadeSettings
@@ -256,12 +258,13 @@ def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
         shadow = results.parity_by_route(SHADOW)
         noise = results.parity_by_route(AA)
         listed = table.list()
+    decisions = _decision_parity(new_db_url)
     if as_json:
         click.echo(json.dumps({"routes": [
             route_json(r, shadow.get((r.method, r.pattern), Parity()),
                        noise.get((r.method, r.pattern), Parity()))
             for r in listed
-        ]}, indent=2))
+        ], "decision_parity": decisions}, indent=2))
         return
     rows = []
     for r in listed:
@@ -274,6 +277,39 @@ def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
         ))
     _print_table(("METHOD", "PATTERN", "MODE", "PARITY", "SAMPLES", "NOISE", "OPTIONS",
                   "UPDATED_AT", "BY", "REASON"), rows)
+    written = [(route, d) for route, d in decisions.items() if route != "unclassified"]
+    if written:
+        click.echo("")
+        _print_table(("WRITE ROUTE", "DECISION PARITY", "SAMPLES", "DIFFER"), [
+            (route, f"{d['percent']:.2f}%" if d["samples"] else "-", str(d["samples"]),
+             str(d["differ"]))
+            for route, d in written
+        ])
+        unclassified = decisions.get("unclassified", {}).get("differ", 0)
+        click.echo(f"unclassified legacy transactions: {unclassified}"
+                   " (differences: strangler decisions list)")
+
+
+def _decision_parity(new_db_url: str) -> dict[str, dict[str, Any]]:
+    """Decision parity per write route, as the consumer judged legacy's decisions."""
+    read_model = open_new_read_model(new_db_url)
+    try:
+        counts = read_model.decision_parity() if hasattr(read_model, "decision_parity") else {}
+    except SQLAlchemyError as exc:  # the routes are still worth showing
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logging.getLogger(__name__).warning("decision parity unavailable: %s", printable(reason))
+        counts = {}
+    finally:
+        read_model.close()
+    return {
+        route: {
+            "agree": c.agree,
+            "differ": c.differ,
+            "samples": c.samples,
+            "percent": round(100.0 * c.agree / c.samples, 4) if c.samples else 0.0,
+        }
+        for route, c in sorted(counts.items(), key=lambda item: item[0] == "unclassified")
+    }
 
 
 @routes.command("set", short_help="Set a route's mode (legacy, aa, shadow, canary N, new).")

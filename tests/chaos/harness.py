@@ -430,6 +430,8 @@ class _Run:
             + self.faults.counts["kill_consumer"],
             "fault_events": self.faults.events,
             "verdict": verdict.as_dict(),
+            "decision_parity": self.store.decision_parity(),
+            "decision_differences": self.store.decision_differences(),
         }
 
 
@@ -476,6 +478,15 @@ def markdown(summary: dict[str, Any]) -> str:
         (
             "**parity**",
             f"**{v['parity']}%** ({v['orders_matching']:,} of {v['orders_checked']:,} orders)",
+        ),
+        (
+            "decision parity (agree of judged)",
+            "; ".join(
+                f"{route} {p['percent']}% ({p['agree']:,} of {p['agree'] + p['differ']:,})"
+                if route != "unclassified"
+                else f"unclassified transactions {p['differ']:,}"
+                for route, p in summary.get("decision_parity", {}).items()
+            ),
         ),
     ]
     lines = ["| | |", "|---|---|"] + [f"| {k} | {val} |" for k, val in rows]

@@ -54,6 +54,31 @@ class Store:
         self.legacy.dispose()
         self.new.dispose()
 
+    def decision_parity(self) -> dict[str, dict[str, float]]:
+        """Decision parity per write route (and ``unclassified``) as the consumer judged
+        it: agree, differ, percent."""
+        with self.new.connect() as conn:
+            rows = conn.execute(text("SELECT route, agree, differ FROM decision_parity")).all()
+        return {
+            route: {
+                "agree": int(agree),
+                "differ": int(differ),
+                "percent": round(100.0 * agree / (agree + differ), 4) if agree + differ else 0.0,
+            }
+            for route, agree, differ in sorted(rows)
+        }
+
+    def decision_differences(self, limit: int = 10) -> list[dict[str, str]]:
+        with self.new.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT route, sku, legacy, new, state FROM decision_difference"
+                " ORDER BY id LIMIT :limit"
+            ), {"limit": limit}).all()
+        return [
+            {"route": r, "sku": sku, "legacy": legacy, "new": new, "state": state}
+            for r, sku, legacy, new, state in rows
+        ]
+
     def captured_count(self) -> int:
         with self.legacy.connect() as conn:
             return int(conn.scalar(text("SELECT count(*) FROM strangler_change")) or 0)

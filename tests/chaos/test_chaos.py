@@ -6,6 +6,7 @@ the dead-letter queue must hold the poison and nothing else."""
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -46,3 +47,8 @@ def test_bounded_chaos_run_loses_nothing_and_matches_legacy(tmp_path: Path) -> N
     # faults happened during the workload, not after it
     assert all(e["at_changes"] < summary["verdict"]["captured"] for e in events)
     assert all(e["backends"] >= 1 for e in events if e["kind"] == "pg_terminate")
+    # every write route's legacy decisions were judged against the new rules
+    judged = summary["decision_parity"]
+    for route in ("POST /batches", "POST /allocate", "POST /deallocate", "PATCH /batches/<ref>"):
+        assert judged[route]["agree"] + judged[route]["differ"] > 0, (route, judged)
+    print(json.dumps(summary["decision_differences"], indent=2))

@@ -12,6 +12,7 @@ from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.commands import decisions
 from new_domain.ingest import apply_changes, parse_change
 from new_domain.ingest.decisions import ADD_BATCH, ALLOCATE
+from skeleton_app.commands import routes
 from tests.integration.consumer_streams import LegacyShopStream
 from tests.unit.test_decision_parity import applied, by_route
 
@@ -53,3 +54,16 @@ def test_verdicts_are_stored_once_and_listed(pg_url: str) -> None:
     header, row = result.output.splitlines()[:2]
     assert header.split()[:3] == ["ROUTE", "PARITY", "SAMPLES"]
     assert row.split()[:2] == ["POST", "/allocate"]
+
+    listed = CliRunner().invoke(routes, ["list"], env={"NEW_DB_URL": pg_url})
+    assert listed.exit_code == 0, listed.output
+    [allocate_row] = [
+        line for line in listed.output.splitlines() if line.startswith("POST /allocate")
+    ]
+    agree, differ = parity[ALLOCATE].agree, parity[ALLOCATE].differ
+    assert allocate_row.split()[2:] == [
+        f"{100.0 * agree / (agree + differ):.2f}%",
+        str(agree + differ),
+        str(differ),
+    ]
+    assert "unclassified legacy transactions: 0" in listed.output
