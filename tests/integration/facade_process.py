@@ -196,7 +196,15 @@ def serve(
     port = free_port()
     log_path = workdir / f"serve-{port}.log"
     log = log_path.open("wb")
-    environment = {**os.environ, "LEGACY_URL": legacy_url, "NEW_DB_URL": new_db_url, **env}
+    # the facade's own server (gunicorn) faces these requests; the proxy that can stand in
+    # front of it is tested in test_dataplane.py
+    environment = {
+        **os.environ,
+        "LEGACY_URL": legacy_url,
+        "NEW_DB_URL": new_db_url,
+        "STRANGLER_DATA_PLANE": "none",
+        **env,
+    }
     environment.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
         [
