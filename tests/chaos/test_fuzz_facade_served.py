@@ -14,7 +14,7 @@ segments, absolute-form targets, ``Host`` headers), must be below 500 (the legac
 so a 502 or 504 would mean the facade tried somewhere else or broke the exchange); every
 error the facade or its server gives is JSON ``{"error", "detail"}``; a redirect never
 points at another host. After each facade's run it must still answer its health check,
-and its log must hold no traceback and no raw NUL.
+and its log must hold no traceback, no raw NUL and no raw escape character.
 """
 
 from __future__ import annotations
@@ -44,9 +44,11 @@ pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.postgres]
 ROOT = Path(__file__).resolve().parents[2]
 ROUTE = "/allocations/<orderid>"
 TOKEN = "served-fuzz-token"
-FUZZ = settings(max_examples=120, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=120,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SCHEMA = schemathesis.openapi.from_path(ROOT / "docs" / "openapi.json")
 
 
@@ -74,8 +76,9 @@ class Served:
 
 
 @pytest.fixture(scope="module", params=[Mode.SHADOW, Mode.NEW], ids=["shadow", "new"])
-def served(request: pytest.FixtureRequest,
-           tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
+def served(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Served]:
     mode: Mode = request.param
     legacy, elsewhere = RecordingLegacy(), RecordingLegacy()
     try:
@@ -85,8 +88,9 @@ def served(request: pytest.FixtureRequest,
             try:
                 table.set("GET", ROUTE, mode, by="fuzz", reason="fuzz the served facade")
                 workdir = tmp_path_factory.mktemp(f"served-{mode.value}")
-                with serve(legacy.url, new_db, workdir, "--refresh-interval", "0.2",
-                           ADMIN_TOKEN=TOKEN) as facade:
+                with serve(
+                    legacy.url, new_db, workdir, "--refresh-interval", "0.2", ADMIN_TOKEN=TOKEN
+                ) as facade:
                     served = Served(mode, table, facade, legacy, elsewhere)
                     yield served
                     # the run is over: the server is still up and answers
@@ -96,7 +100,7 @@ def served(request: pytest.FixtureRequest,
                     served.assert_only_legacy_was_called()
                     log = facade.log_text()
                 assert "Traceback" not in log, log[-3000:]
-                assert "\x00" not in log
+                assert "\x00" not in log and "\x1b" not in log  # raw bytes never logged
             finally:
                 table.close()
     finally:
@@ -142,11 +146,13 @@ def _check(served: Served, answer: Answer, what: object, method: str = "GET") ->
     assert answer.status < 500, (what, answer.status, answer.body[:300])
     if 300 <= answer.status < 400:
         location = answer.headers.get("location", "")
-        assert served.elsewhere_host not in location and "evil" not in location, (
-            what, location)
+        assert served.elsewhere_host not in location and "evil" not in location, (what, location)
     if answer.status >= 400 and method != "HEAD":
         assert answer.headers.get("content-type", "").startswith("application/json"), (
-            what, answer.status, answer.headers)
+            what,
+            answer.status,
+            answer.headers,
+        )
         body = json.loads(answer.body)
         assert isinstance(body, dict) and set(body) == {"error", "detail"}, (what, body)
     served.assert_only_legacy_was_called()
@@ -155,16 +161,51 @@ def _check(served: Served, answer: Answer, what: object, method: str = "GET") ->
 # -- odd request targets over a raw socket ------------------------------------------------
 
 segments = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
-tricky = st.sampled_from([
-    "..", ".", "%2e%2e", "%2E%2e", "%2e", "%252e%252e", "", "@evil.test", "evil.test:80",
-    "\\..\\", "%2f", "%5c", "http:", "//evil.test", "?x=//evil.test", "#frag", "%00",
-    "o1%00", "%ff%fe", "%0d%0aX-Forged:%201", "%c0%ae%c0%ae", "~", ";a=b", "{ELSEWHERE}",
-])
+tricky = st.sampled_from(
+    [
+        "..",
+        ".",
+        "%2e%2e",
+        "%2E%2e",
+        "%2e",
+        "%252e%252e",
+        "",
+        "@evil.test",
+        "evil.test:80",
+        "\\..\\",
+        "%2f",
+        "%5c",
+        "http:",
+        "//evil.test",
+        "?x=//evil.test",
+        "#frag",
+        "%00",
+        "o1%00",
+        "%ff%fe",
+        "%0d%0aX-Forged:%201",
+        "%c0%ae%c0%ae",
+        "~",
+        ";a=b",
+        "{ELSEWHERE}",
+    ]
+)
 invalid_bytes = st.binary(min_size=1, max_size=6).filter(
-    lambda raw: not any(b in raw for b in b" \r\n"))  # those split the request line itself
+    lambda raw: not any(b in raw for b in b" \r\n")
+)  # those split the request line itself
 parts = st.one_of(segments, tricky, invalid_bytes)
-hosts = st.sampled_from(["evil.test", "evil.test:8080", "127.0.0.1:1", "{ELSEWHERE}",
-                         "localhost", "[::1]:22", "a@evil.test", "", "{ELSEWHERE}@x"])
+hosts = st.sampled_from(
+    [
+        "evil.test",
+        "evil.test:8080",
+        "127.0.0.1:1",
+        "{ELSEWHERE}",
+        "localhost",
+        "[::1]:22",
+        "a@evil.test",
+        "",
+        "{ELSEWHERE}@x",
+    ]
+)
 methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 # how text reaches the request line: percent-encoded, or as raw UTF-8 bytes (space, CR, LF
 # and NUL encoded, or the line would not be one line; gunicorn itself refuses most raw
@@ -190,14 +231,21 @@ def _target(served: Served, pieces: list[str | bytes], encoding: str) -> bytes:
 
 def _send(served: Served, method: str, target: bytes, host: str) -> tuple[bytes, Answer]:
     host_bytes = host.replace("{ELSEWHERE}", served.elsewhere_host).encode()
-    request = (method.encode() + b" " + target + b" HTTP/1.1\r\nHost: " + host_bytes
-               + b"\r\nConnection: close\r\n\r\n")
+    request = (
+        method.encode()
+        + b" "
+        + target
+        + b" HTTP/1.1\r\nHost: "
+        + host_bytes
+        + b"\r\nConnection: close\r\n\r\n"
+    )
     return request, _parse(raw_exchange(served.facade.port, request, timeout=15), request)
 
 
 @pytest.mark.usefixtures("route_as_set")
-@given(method=methods, pieces=st.lists(parts, min_size=1, max_size=5), encoding=encodings,
-       host=hosts)
+@given(
+    method=methods, pieces=st.lists(parts, min_size=1, max_size=5), encoding=encodings, host=hosts
+)
 @FUZZ
 def test_odd_paths_and_host_headers_reach_legacy_only(
     served: Served, method: str, pieces: list[str | bytes], encoding: str, host: str
@@ -207,12 +255,16 @@ def test_odd_paths_and_host_headers_reach_legacy_only(
 
 
 @pytest.mark.usefixtures("route_as_set")
-@given(method=methods, pieces=st.lists(parts, min_size=1, max_size=4), encoding=encodings,
-       host=hosts, scheme=st.sampled_from(["http", "https", "HTTP"]))
+@given(
+    method=methods,
+    pieces=st.lists(parts, min_size=1, max_size=4),
+    encoding=encodings,
+    host=hosts,
+    scheme=st.sampled_from(["http", "https", "HTTP"]),
+)
 @FUZZ
 def test_absolute_form_targets_go_to_legacy_only(
-    served: Served, method: str, pieces: list[str | bytes], encoding: str, host: str,
-    scheme: str
+    served: Served, method: str, pieces: list[str | bytes], encoding: str, host: str, scheme: str
 ) -> None:
     authority = served.elsewhere_host.encode()
     target = scheme.encode() + b"://" + authority + _target(served, pieces, encoding)
@@ -221,8 +273,7 @@ def test_absolute_form_targets_go_to_legacy_only(
 
 
 @pytest.mark.usefixtures("route_as_set")
-@given(orderid=st.one_of(st.text(min_size=1, max_size=40), invalid_bytes),
-       encoding=encodings)
+@given(orderid=st.one_of(st.text(min_size=1, max_size=40), invalid_bytes), encoding=encodings)
 @FUZZ
 def test_encoded_and_invalid_order_ids_get_json_answers(
     served: Served, orderid: str | bytes, encoding: str
@@ -237,11 +288,19 @@ def test_encoded_and_invalid_order_ids_get_json_answers(
 
 
 @pytest.mark.usefixtures("route_as_set")
-@pytest.mark.parametrize("target", [
-    b"/allocations/o1%00", b"/allocations/o1%00x", b"/allocations/%ff%fe",
-    b"/allocations/o1\xff", b"/allocations/o1\xc3\x28", b"/allocations/o1%0d%0aforged",
-    b"/allocations/o1%01%1b[2J", b"/allocations/\xed\xa0\x80",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        b"/allocations/o1%00",
+        b"/allocations/o1%00x",
+        b"/allocations/%ff%fe",
+        b"/allocations/o1\xff",
+        b"/allocations/o1\xc3\x28",
+        b"/allocations/o1%0d%0aforged",
+        b"/allocations/o1%01%1b[2J",
+        b"/allocations/\xed\xa0\x80",
+    ],
+)
 def test_nul_invalid_utf8_and_control_characters_are_refused_with_json(
     served: Served, target: bytes
 ) -> None:
@@ -264,9 +323,18 @@ def test_generated_requests_get_no_server_error_and_json_errors(
     served: Served, case: schemathesis.Case[Any]
 ) -> None:
     response = case.call_and_validate(
-        base_url=served.facade.url, headers={"Authorization": f"Bearer {TOKEN}"},
-        checks=[checks.not_a_server_error, checks.content_type_conformance], timeout=15,
+        base_url=served.facade.url,
+        headers={"Authorization": f"Bearer {TOKEN}"},
+        checks=[checks.not_a_server_error, checks.content_type_conformance],
+        timeout=15,
     )
-    _check(served, Answer(response.status_code,
-                          {k.lower(): ", ".join(v) for k, v in response.headers.items()},
-                          response.content), (case.method, case.formatted_path), case.method)
+    _check(
+        served,
+        Answer(
+            response.status_code,
+            {k.lower(): ", ".join(v) for k, v in response.headers.items()},
+            response.content,
+        ),
+        (case.method, case.formatted_path),
+        case.method,
+    )
