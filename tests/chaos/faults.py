@@ -11,7 +11,10 @@ Kinds:
 - ``new_db_outage``: the new database refuses connections (``ALLOW_CONNECTIONS false``
   and its backends terminated) for a few seconds, then accepts them again;
 - ``poison``: malformed and schema-violating messages published into the run's
-  ``legacy.cdc`` exchange with routing keys that reach the consumer's queue.
+  ``legacy.cdc`` exchange with routing keys that reach the consumer's queue;
+- ``bad_paths``: requests to the facade (``strangler serve`` in front of the shop, with
+  ``GET /allocations/<orderid>`` in shadow mode) whose paths hold NUL, invalid UTF-8 and
+  control characters, interleaved with good requests to the shadowed route.
 """
 
 from __future__ import annotations
@@ -23,15 +26,18 @@ import subprocess
 import threading
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import psycopg
+import requests
 from tenacity import retry, stop_after_delay, wait_fixed
 
 import broker
 from broker import Message
 from tests.e2e.processes import STRANGLER
+from tests.integration.facade_process import raw_exchange
 
 KINDS = (
     "kill_bridge",
@@ -40,9 +46,11 @@ KINDS = (
     "pg_terminate",
     "new_db_outage",
     "poison",
+    "bad_paths",
 )
 
 BRIDGE_APP, CONSUMER_APP, SHOP_APP = "chaos-bridge", "chaos-consumer", "chaos-legacy-shop"
+FACADE_APP = "chaos-facade"
 
 
 def with_application_name(url: str, name: str) -> str:
@@ -295,6 +303,100 @@ def publish(amqp_url: str, exchange: str, messages: list[Message]) -> None:
         connection.publish(exchange, messages)
     finally:
         connection.close()
+
+
+# -- bad paths to the facade --------------------------------------------------------------
+
+SHADOWED = ("GET", "/allocations/<orderid>")
+"""The route the run's facade shadows (the one route the new system can answer)."""
+
+
+def bad_targets(orderid: str) -> list[bytes]:
+    """Request targets on the shadowed route that must never reach either system: NUL
+    (encoded), invalid UTF-8 (encoded and raw), CR/LF and terminal control characters, an
+    encoded UTF-16 surrogate."""
+    base = f"/allocations/{orderid}".encode()
+    return [
+        base + b"%00",
+        base + b"%00x",
+        base + b"%ff%fe",
+        base + b"\xff",
+        base + b"\xc3\x28",
+        base + b"%0d%0aforged",
+        base + b"%01%1b[2J",
+        b"/allocations/%ed%a0%80",
+    ]
+
+
+@dataclass
+class FacadeRound:
+    """One round of requests to the facade: good ones to the shadowed route (their paths,
+    as the facade records them) and bad ones, with what each got that it should not."""
+
+    good: list[str] = field(default_factory=list)
+    good_answered: int = 0
+    bad: int = 0
+    bad_refused: int = 0
+    refused_by_facade: int = 0  # 400s the facade wrote (each must be one log line)
+    problems: list[str] = field(default_factory=list)
+
+
+def facade_round(url: str, port: int, orderids: list[str], tag: str) -> FacadeRound:
+    """For each of ``orderids``, a bad request (cycling through :func:`bad_targets`) then a
+    good ``GET /allocations/<orderid>``. A good one must be answered by legacy (200 or 404);
+    a bad one refused with 400 (404 where no route takes a CR or LF) and a JSON
+    ``{"error", "detail"}`` body, by the facade or its HTTP server, never by a system."""
+    outcome = FacadeRound()
+    targets = bad_targets(tag)
+    with requests.Session() as http:
+        for n, orderid in enumerate(orderids):
+            target = targets[n % len(targets)]
+            status, headers, body = _raw_get(port, target)
+            outcome.bad += 1
+            served_by = headers.get("x-served-by", "the server")
+            try:
+                error = json.loads(body)
+            except ValueError:
+                error = None
+            if (
+                status in (400, 404)
+                and served_by in ("facade", "the server")
+                and isinstance(error, dict)
+                and set(error) == {"error", "detail"}
+            ):
+                outcome.bad_refused += 1
+                outcome.refused_by_facade += status == 400 and served_by == "facade"
+            else:
+                outcome.problems.append(f"{target!r} -> {status} by {served_by}: {body[:200]!r}")
+            path = f"/allocations/{orderid}"
+            answer = http.get(url + path, timeout=30)
+            outcome.good.append(path)
+            if answer.status_code in (200, 404) and answer.headers.get("X-Served-By") == "legacy":
+                outcome.good_answered += 1
+            else:
+                outcome.problems.append(
+                    f"{path} -> {answer.status_code} by "
+                    f"{answer.headers.get('X-Served-By')}: {answer.text[:200]}"
+                )
+    return outcome
+
+
+def _raw_get(port: int, target: bytes) -> tuple[int, dict[str, str], bytes]:
+    """``GET target`` written as is on a fresh connection: (status, headers, body)."""
+    answer = raw_exchange(
+        port,
+        b"GET " + target + b" HTTP/1.1\r\nHost: facade\r\nConnection: close\r\n\r\n",
+        timeout=30,
+    )
+    head, _, body = answer.partition(b"\r\n\r\n")
+    status_line, *lines = head.split(b"\r\n")
+    parts = status_line.split(b" ")
+    status = int(parts[1]) if len(parts) > 1 and parts[1].isdigit() else 0
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower().decode("latin-1")] = value.strip().decode("latin-1")
+    return status, headers, body
 
 
 class FaultLog:

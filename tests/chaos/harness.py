@@ -2,7 +2,9 @@
 
 PostgreSQL holds the legacy shop's database and the new domain's; RabbitMQ carries the
 run's own ``legacy.cdc`` exchange (uniquely named, so runs on one broker never see each
-other's messages) to the consumer's queue and to an audit queue bound with ``#``.
+other's messages) to the consumer's queue and to an audit queue bound with ``#``. The
+facade (``strangler serve``) runs in front of the shop with ``GET /allocations/<orderid>``
+in shadow mode, its route table and shadow results in the new database.
 """
 
 from __future__ import annotations
@@ -21,19 +23,22 @@ from typing import Any
 
 import pika
 import psycopg
+import requests
 from sqlalchemy.engine import make_url
 
 import broker
 from broker import QueueSpec
 from examples.legacy_shop import TABLES
+from skeleton_app import Mode, RouteTable
 from tests.chaos import faults
-from tests.chaos.faults import FaultLog, Supervised, with_application_name
+from tests.chaos.faults import FacadeRound, FaultLog, Supervised, with_application_name
 from tests.chaos.oracle import (
     Store,
     Verdict,
     drain,
     judge_changes,
     judge_dead_letters,
+    judge_facade,
     judge_verify,
     queue_counts,
 )
@@ -55,7 +60,9 @@ class ChaosConfig:
     pg_terminate: int
     new_db_outage: int
     poison: int  # rounds of poison, ``poison_per_round`` messages each
+    bad_paths: int  # rounds of bad paths to the facade, ``requests_per_round`` bad + good each
     poison_per_round: int = 4
+    requests_per_round: int = 16
     threads: int = 6
     outage: tuple[float, float] = (2.0, 5.0)  # seconds a broker / new-db outage lasts
     step_timeout: float = 600.0
@@ -80,6 +87,7 @@ BOUNDED = ChaosConfig(
     pg_terminate=1,
     new_db_outage=1,
     poison=2,
+    bad_paths=2,
     step_timeout=120.0,
 )
 LONG = ChaosConfig(
@@ -92,6 +100,7 @@ LONG = ChaosConfig(
     pg_terminate=6,
     new_db_outage=4,
     poison=6,
+    bad_paths=6,
 )
 
 
@@ -192,6 +201,34 @@ class _Run:
             },
             logs,
         )
+        self.facade_port = free_port()
+        self.facade_http = f"http://127.0.0.1:{self.facade_port}"
+        self.facade = Supervised(
+            "facade",
+            [
+                "serve",
+                "--port",
+                str(self.facade_port),
+                "--workers",
+                "2",
+                "--threads",
+                "4",
+                "--data-plane",
+                "none",
+                # the faults hold the consumer up for longer than the lag guard's 15 s,
+                # and a tripped guard compares nothing; this facade is here for the bad
+                # paths and the shadow results, so its guard never trips
+                "--max-lag",
+                "86400",
+            ],
+            {
+                "LEGACY_URL": self.legacy_http,
+                "NEW_DB_URL": with_application_name(new_url, faults.FACADE_APP),
+            },
+            logs,
+        )
+        self.facade.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes its own
+        self.facade_rounds: list[FacadeRound] = []
         # progress marks: a process is killed only after it did something since its start
         self.mark = {"bridge": 0, "consumer": 0}
 
@@ -205,6 +242,13 @@ class _Run:
             env = {"LEGACY_DB_URL": self.legacy_url, "NEW_DB_URL": self.new_url}
             run_cli("bridge", "install", "--tables", ",".join(TABLES), env=env)
             run_cli("db", "upgrade", env=env)
+            table = RouteTable(self.new_url)
+            try:
+                table.set(*faults.SHADOWED, Mode.SHADOW, by="chaos", reason="the chaos run")
+            finally:
+                table.close()
+            self.facade.start()
+            self.poll(self._facade_healthy, "the facade to start", self.facade)
             admin = broker.connect(self.amqp_url)
             try:
                 admin.declare_exchange(self.exchange, alternate_exchange=self.unrouted)
@@ -220,10 +264,13 @@ class _Run:
             yield self
         finally:
             self.workload.stop()
-            for process in (self.consumer, self.bridge, self.shop):
+            for process in (self.facade, self.consumer, self.bridge, self.shop):
                 process.stop()
             self.store.close()
             self._delete_broker_objects()
+
+    def _facade_healthy(self) -> bool:
+        return requests.get(f"{self.facade_http}/_strangler/health", timeout=5).ok
 
     @property
     def unrouted(self) -> str:
@@ -272,11 +319,12 @@ class _Run:
             self.shop,
             self.bridge,
             self.consumer,
+            self.facade,
             interval=0.25,
         )
 
     def _check_alive(self) -> None:
-        for process in (self.shop, self.bridge, self.consumer):
+        for process in (self.shop, self.bridge, self.consumer, self.facade):
             process.assert_running()
         assert len(self.workload.counts.errors) == 0, self.workload.counts.errors
 
@@ -352,9 +400,30 @@ class _Run:
             faults.publish(self.amqp_url, self.exchange, messages)
             self.poison_ids.update(m.message_id for m in messages)
             self.faults.record(kind, at, messages=len(messages))
+        elif kind == "bad_paths":
+            n = len(self.facade_rounds)
+            orderids = [f"chaos-none-{n}-{k}" for k in range(self.config.requests_per_round)]
+            done = self._facade_round(orderids, f"o{n}")
+            self.faults.record(
+                kind, at, bad=done.bad, refused=done.bad_refused, good=len(done.good)
+            )
         else:
             raise ValueError(f"unknown fault {kind}")
         self.echo(f"  fault {kind} at {at} captured changes")
+
+    def _facade_round(self, orderids: list[str], tag: str) -> FacadeRound:
+        """Bad and good requests to the facade (``faults.facade_round``), then wait until
+        the facade recorded a shadow result for every good one: a later fault (the new
+        database's outage) must not catch them still queued."""
+        done = faults.facade_round(self.facade_http, self.facade_port, orderids, tag)
+        self.facade_rounds.append(done)
+        sent = {path for r in self.facade_rounds for path in r.good}
+        self.poll(
+            lambda: sent <= {path for path, _ in self.store.shadow_results()},
+            "the facade's shadow results of the good requests",
+            self.facade,
+        )
+        return done
 
     def _stream(self) -> tuple[str, str, str]:
         """The bridge's stream identity (server name, database, install id), for a forger."""
@@ -414,6 +483,17 @@ class _Run:
             timeout=1800,
         )
         judge_verify(verdict, result)
+        # after the drain new equals legacy: a round on real orders must match all through
+        orders = self.store.order_ids()
+        sample = sorted(self.rng.sample(orders, min(len(orders), self.config.requests_per_round)))
+        self._facade_round(sample, "after")
+        self.facade.assert_running()
+        judge_facade(
+            verdict,
+            self.facade_rounds,
+            self.store.shadow_results(),
+            self.facade.log_path.read_text(errors="backslashreplace"),
+        )
         return verdict
 
     def summary(self, verdict: Verdict, duration: float) -> dict[str, Any]:
@@ -473,6 +553,16 @@ def markdown(summary: dict[str, Any]) -> str:
             "left in the consumer's queue (ready / unacked)",
             f"{v['queue_ready']} / {v['queue_unacked']}",
         ),
+        (
+            "facade: bad paths refused with JSON / sent; good requests answered / sent",
+            f"{v['facade_bad_refused']} / {v['facade_bad_requests']};"
+            f" {v['facade_good_answered']} / {v['facade_good_requests']}",
+        ),
+        (
+            "facade: shadow results matching / recorded (unexpected, missing)",
+            f"{v['facade_shadow_matching']} / {v['facade_shadow_recorded']}"
+            f" ({v['facade_shadow_unexpected']}, {v['facade_shadow_missing']})",
+        ),
         ("**lost**", f"**{v['lost']}**"),
         ("**double-applied**", f"**{v['double_applied']}**"),
         (
@@ -512,6 +602,20 @@ def assert_clean(summary: dict[str, Any]) -> None:
         "nothing left in the queues": (v["queue_ready"], v["queue_unacked"], v["unrouted"])
         == (0, 0, 0),
         "every planned fault injected": summary["faults"] == planned,
+        "the facade refused every bad path with a JSON error and answered every good one": 0
+        < v["facade_bad_refused"]
+        == v["facade_bad_requests"]
+        and 0 < v["facade_good_answered"] == v["facade_good_requests"],
+        "the facade's shadow results: one per good request, all matching, none for a bad one": v[
+            "facade_shadow_matching"
+        ]
+        == v["facade_shadow_recorded"]
+        == v["facade_good_requests"]
+        and (v["facade_shadow_unexpected"], v["facade_shadow_missing"]) == (0, 0),
+        "the facade's log: no traceback, no raw NUL or escape, one line per refused path": v[
+            "facade_log_problems"
+        ]
+        == 0,
     }
     broken = [promise for promise, kept in promises.items() if not kept]
     assert not broken, (

@@ -20,6 +20,10 @@ Definitions (all per run; a run has its own databases, exchange and queues):
 - **double-applied** = events beyond the first per cause + events whose cause is not an
   effect-bearing captured change.
 - **parity** = orders ``strangler verify`` found matching / orders checked, in %.
+- **facade**: the facade's shadow results (``facade_shadow_result``) must be exactly one
+  per good request sent through it to the shadowed route, all matching, none for a request
+  with a bad path; every bad path refused with a JSON error; its log without a traceback,
+  a raw NUL or an escape character, with one ``refused`` line per path it refused.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Engine
 
 import broker
+from tests.chaos.faults import FacadeRound
 
 _VERIFY_LINE = re.compile(
     r"checked (\d+) orders: (\d+) matching, (\d+) differing, (\d+) only in legacy,"
@@ -132,6 +137,21 @@ class Store:
             bodies = conn.execute(text("SELECT body FROM outbox")).scalars().all()
         return Counter(json.loads(body).get("legacy_change") for body in bodies)
 
+    def shadow_results(self) -> list[tuple[str, str]]:
+        """(path, outcome) of every shadow comparison the facade recorded."""
+        with self.new.connect() as conn:
+            rows = conn.execute(text(
+                "SELECT path, outcome FROM facade_shadow_result WHERE kind = 'shadow'"
+            )).all()
+        return [(str(path), str(outcome)) for path, outcome in rows]
+
+    def order_ids(self) -> list[str]:
+        """Every order legacy knows."""
+        with self.legacy.connect() as conn:
+            return sorted(conn.execute(text(
+                "SELECT DISTINCT order_no FROM cust_order_line"
+            )).scalars())
+
     def dead_letter_rows(self) -> list[str | None]:
         with self.new.connect() as conn:
             return list(conn.execute(text("SELECT message_id FROM dead_letter")).scalars())
@@ -199,6 +219,15 @@ class Verdict:
     dead_letter_duplicates: int = 0  # a poison message dead-lettered again (at least once)
     poison_missing: int = 0
     unrouted: int = 0
+    facade_bad_requests: int = 0
+    facade_bad_refused: int = 0
+    facade_good_requests: int = 0
+    facade_good_answered: int = 0
+    facade_shadow_recorded: int = 0
+    facade_shadow_matching: int = 0
+    facade_shadow_unexpected: int = 0  # results beyond one per good request, or for a bad path
+    facade_shadow_missing: int = 0  # good requests without their result
+    facade_log_problems: int = 0
     queue_ready: int = 0
     queue_unacked: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -293,3 +322,33 @@ def judge_dead_letters(
     verdict.poison_missing = len(poison_ids - set(got))
     if unexpected:
         verdict.examples["dead_letters_unexpected"] = unexpected[:5]
+
+
+def judge_facade(
+    verdict: Verdict, rounds: list[FacadeRound], results: list[tuple[str, str]], log: str
+) -> None:
+    """The facade's answers in every round, its shadow results against the good requests
+    sent, and its log."""
+    verdict.facade_bad_requests = sum(r.bad for r in rounds)
+    verdict.facade_bad_refused = sum(r.bad_refused for r in rounds)
+    verdict.facade_good_requests = sum(len(r.good) for r in rounds)
+    verdict.facade_good_answered = sum(r.good_answered for r in rounds)
+    sent = Counter(path for r in rounds for path in r.good)
+    recorded = Counter(path for path, _ in results)
+    verdict.facade_shadow_recorded = len(results)
+    verdict.facade_shadow_matching = sum(
+        1 for path, outcome in results if outcome == "match" and path in sent)
+    verdict.facade_shadow_unexpected = sum((recorded - sent).values())
+    verdict.facade_shadow_missing = sum((sent - recorded).values())
+    refused_lines = sum(1 for line in log.splitlines() if "refused GET /allocations/" in line)
+    verdict.facade_log_problems = (
+        log.count("Traceback") + log.count("\x00") + log.count("\x1b")
+        + abs(refused_lines - sum(r.refused_by_facade for r in rounds))
+    )
+    problems = [p for r in rounds for p in r.problems]
+    mismatched = [f"{path}: {outcome}" for path, outcome in results if outcome != "match"]
+    for name, values in (("facade_answers", problems), ("facade_shadow_not_matching", mismatched),
+                         ("facade_shadow_unexpected", sorted(recorded - sent)),
+                         ("facade_shadow_missing", sorted(sent - recorded))):
+        if values:
+            verdict.examples[name] = [str(v) for v in values[:5]]
