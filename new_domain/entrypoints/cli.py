@@ -153,15 +153,7 @@ def consume(
         max_attempts=max_attempts,
         tie_break=rule,
     )
-    relay = (
-        OutboxRelay(
-            create_engine(new_db_url, for_writes=True),
-            lambda: broker.connect(broker_url),
-            exchange=events_exchange,
-        )
-        if outbox_relay
-        else None
-    )
+    relay = _outbox_relay(new_db_url, broker_url, events_exchange) if outbox_relay else None
     try:
         if once:
             _consume_once(consumer, relay)
@@ -177,6 +169,14 @@ def consume(
         if relay is not None:
             relay.close()
             relay.engine.dispose()
+
+
+def _outbox_relay(new_db_url: str, broker_url: str, exchange: str) -> OutboxRelay:
+    return OutboxRelay(
+        create_engine(new_db_url, for_writes=True),
+        lambda: broker.connect(broker_url),
+        exchange=exchange,
+    )
 
 
 def _consume_once(consumer: Consumer, relay: OutboxRelay | None) -> None:

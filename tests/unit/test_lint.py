@@ -141,3 +141,20 @@ def test_a_broken_layering_rule_fails_naming_its_contract(
     assert f"{contract} BROKEN" in output, output
     importer = module.removesuffix(".py").replace("/", ".")
     assert f"{importer} -> " in output, output  # the offending import is named
+
+
+def test_new_domain_functions_stay_short_and_the_consumer_loop_small() -> None:
+    """Where a change goes should be visible: no function of the new domain over 60 lines,
+    and the consumer's entry point only connects, fills batches and acks (under 250)."""
+    import ast
+
+    long_ones = []
+    for path in sorted((ROOT / "new_domain").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef):
+                length = (node.end_lineno or node.lineno) - node.lineno + 1
+                if length > 60:
+                    long_ones.append(f"{path.relative_to(ROOT)}:{node.lineno} {node.name}")
+    assert long_ones == []
+    consumer = ROOT / "new_domain" / "entrypoints" / "consumer.py"
+    assert len(consumer.read_text().splitlines()) < 250
