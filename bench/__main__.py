@@ -41,15 +41,23 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--size", type=int, help="size of each benchmark run (see --list)")
     parser.add_argument("--list", action="store_true", help="list benchmarks and sizes")
     parser.add_argument("--results-dir", type=Path, default=RESULTS_DIR)
-    parser.add_argument("--load-tool", choices=("wrk", "python"), default="wrk",
-                        help="HTTP load generator (default wrk)")
-    parser.add_argument("--profile-dir", type=Path,
-                        help="run bridge and consumer under pyinstrument, reports here")
+    parser.add_argument(
+        "--load-tool",
+        choices=("wrk", "python"),
+        default="wrk",
+        help="HTTP load generator (default wrk)",
+    )
+    parser.add_argument(
+        "--profile-dir", type=Path, help="run bridge and consumer under pyinstrument, reports here"
+    )
     parser.add_argument("--bridge-args", help="extra options for `strangler bridge run`")
     parser.add_argument("--consumer-args", help="extra options for `strangler consume`")
     parser.add_argument("--rate", type=int, help="lag: changes per second (default 1000)")
-    parser.add_argument("--keep-logs", action="store_true",
-                        help="keep the processes' logs (their folder is printed)")
+    parser.add_argument(
+        "--keep-logs",
+        action="store_true",
+        help="keep the processes' logs (their folder is printed)",
+    )
     return parser
 
 
@@ -57,13 +65,17 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.list:
         for b in BENCHMARKS:
-            print(f"{b.name:22} full {b.full_size:>9,}  smoke {b.smoke_size:>6,}  "
-                  f"({b.size_unit}) {b.title}")
+            print(
+                f"{b.name:22} full {b.full_size:>9,}  smoke {b.smoke_size:>6,}  "
+                f"({b.size_unit}) {b.title}"
+            )
         return 0
     unknown = [name for name in args.names if name not in BY_NAME]
     if unknown:
-        print(f"bench: error: unknown benchmark {', '.join(unknown)} "
-              f"(known: {', '.join(BY_NAME)})", file=sys.stderr)
+        print(
+            f"bench: error: unknown benchmark {', '.join(unknown)} (known: {', '.join(BY_NAME)})",
+            file=sys.stderr,
+        )
         return 2
     selected = [BY_NAME[name] for name in args.names] or list(BENCHMARKS)
     if any(b.name in HTTP_BENCHMARKS for b in selected):
@@ -85,9 +97,11 @@ def main(argv: list[str] | None = None) -> int:
         rate=args.rate,
     )
     machine = describe(services)
-    print(f"machine: {machine['nproc']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, "
-          f"PostgreSQL {machine['postgresql']}, RabbitMQ {machine['rabbitmq']}, "
-          f"code {machine['code']}")
+    print(
+        f"machine: {machine['nproc']} cores ({machine['cpu']}), {machine['memory_gib']} GiB, "
+        f"PostgreSQL {machine['postgresql']}, RabbitMQ {machine['rabbitmq']}, "
+        f"code {machine['code']}"
+    )
     failed = 0
     for benchmark in selected:
         size = args.size or (benchmark.smoke_size if args.smoke else benchmark.full_size)
@@ -115,13 +129,15 @@ def _run_one(benchmark: Benchmark, ctx: Context, size: int) -> Result:
         result = Result(benchmark.name, size, benchmark.title, "error", str(error))
     except Exception as error:  # noqa: BLE001 - report it, run the next benchmark
         traceback.print_exc()
-        result = Result(benchmark.name, size, benchmark.title, "error",
-                        f"{type(error).__name__}: {error}")
+        result = Result(
+            benchmark.name, size, benchmark.title, "error", f"{type(error).__name__}: {error}"
+        )
     result.started_at = started_at
     result.duration_s = time.perf_counter() - started
     # other work on the machine skews the figures: keep the load average with them
     result.details["load_average_1min_before_after"] = [
-        round(load_before[0], 2), round(os.getloadavg()[0], 2)
+        round(load_before[0], 2),
+        round(os.getloadavg()[0], 2),
     ]
     return result
 

@@ -39,8 +39,9 @@ def run(ctx: Context, size: int) -> Result:
             servers = start_servers(procs, legacy.url, new.url, TEMPLATE % 1)
             warm = ctx.seconds(2, 0.5)
             urls = (servers.legacy, servers.facade)
-            interleaved(ctx, procs, *urls, TEMPLATE, SHAPE.lots, THROUGHPUT_CONNECTIONS, warm,
-                        rounds=1)
+            interleaved(
+                ctx, procs, *urls, TEMPLATE, SHAPE.lots, THROUGHPUT_CONNECTIONS, warm, rounds=1
+            )
             direct_1, facade_1 = interleaved(ctx, procs, *urls, TEMPLATE, SHAPE.lots, 1, phase)
             direct_n, facade_n = interleaved(
                 ctx, procs, *urls, TEMPLATE, SHAPE.lots, THROUGHPUT_CONNECTIONS, phase

@@ -94,7 +94,7 @@ def parse_output(stdout: str) -> LoadResult:
     """The ``LOAD_JSON`` line of a load tool's output."""
     for line in reversed(stdout.splitlines()):
         if line.startswith(MARKER):
-            data = json.loads(line[len(MARKER):])
+            data = json.loads(line[len(MARKER) :])
             return LoadResult(
                 requests=int(data["requests"]),
                 duration_s=float(data["duration_us"]) / 1e6,
@@ -135,9 +135,7 @@ def run_load(
             sys.executable, "-m", "bench.pyload", base_url, template, str(count),
             "--connections", str(connections), "--duration", str(duration),
         ]  # fmt: skip
-    completed = subprocess.run(
-        command, capture_output=True, text=True, timeout=duration + 60
-    )
+    completed = subprocess.run(command, capture_output=True, text=True, timeout=duration + 60)
     if completed.returncode != 0:
         raise LoadFailed(
             f"{command[0]} failed ({completed.returncode}): {completed.stderr[-2000:]}"

@@ -37,8 +37,9 @@ def start_consumer(procs: Processes, ctx: Context, queue: str, exchange: str) ->
 def start_bridge(procs: Processes, ctx: Context, exchange: str) -> float:
     """``strangler bridge run`` publishing to ``exchange``; the monotonic start time."""
     started = time.perf_counter()
-    procs.strangler("bridge", "bridge", "run", "--exchange", exchange, *ctx.bridge_args,
-                    profile=True)
+    procs.strangler(
+        "bridge", "bridge", "run", "--exchange", exchange, *ctx.bridge_args, profile=True
+    )
     return started
 
 

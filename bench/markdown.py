@@ -21,8 +21,16 @@ def rows(result: dict[str, Any]) -> list[tuple[str, ...]]:
             baseline = f"{baseline} ({f['baseline_name']})"
         ratio = "-" if f["ratio"] is None else f"{f['ratio']:.2f}"
         met = met_text(f["met"])
-        table.append((f["figure"], number(f["value"], f["unit"]), baseline, ratio,
-                      f["target_text"] or "-", f"**{met}**" if met == "NO" else met))
+        table.append(
+            (
+                f["figure"],
+                number(f["value"], f["unit"]),
+                baseline,
+                ratio,
+                f["target_text"] or "-",
+                f"**{met}**" if met == "NO" else met,
+            )
+        )
     return table
 
 
@@ -49,8 +57,7 @@ def main(argv: list[str] | None = None) -> int:
             printed_machine = True
         load = result["details"].get("load_average_1min_before_after")
         load_text = f", load average {load[0]} -> {load[1]}" if load else ""
-        print(f"#### {benchmark.name} (size {result['size']:,} {benchmark.size_unit}"
-              f"{load_text})\n")
+        print(f"#### {benchmark.name} (size {result['size']:,} {benchmark.size_unit}{load_text})\n")
         if result["status"] != "ok":
             print(f"{result['note']}\n")
             continue

@@ -60,9 +60,7 @@ def run(ctx: Context, size: int) -> Result:
         messages = change_messages(legacy.dsn)
         payload_bytes = sum(len(m.body) for m in messages)
         declare_queue(services.amqp_url, names.exchange("baseline"), names.queue("baseline"))
-        baseline_seconds = publish_stream(
-            services.amqp_url, names.exchange("baseline"), messages
-        )
+        baseline_seconds = publish_stream(services.amqp_url, names.exchange("baseline"), messages)
         del messages
         delete_queue(services.amqp_url, names.queue("baseline"))  # free the broker
         baseline_rate = changes / baseline_seconds
@@ -70,8 +68,9 @@ def run(ctx: Context, size: int) -> Result:
         env = kit_env(ctx, legacy.url, new.url)
         with processes(ctx.logs(NAME), env, ctx.profile_dir) as procs:
             start_consumer(procs, ctx, names.queue("pipeline"), names.exchange("pipeline"))
-            timeline = _drive(procs, ctx, legacy.dsn, new.dsn, names.exchange("pipeline"),
-                              shape.lines, changes)
+            timeline = _drive(
+                procs, ctx, legacy.dsn, new.dsn, names.exchange("pipeline"), shape.lines, changes
+            )
             consumer = procs.stop("consumer")
             bridge = procs.stop("bridge")
             note_disturbances(result, procs, "bridge", "consumer")

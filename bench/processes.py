@@ -78,9 +78,7 @@ class Processes:
     pyinstrument and leave ``<name>.pyinstrument.txt`` there when they stop.
     """
 
-    def __init__(
-        self, logs: Path, env: dict[str, str], profile_dir: Path | None = None
-    ) -> None:
+    def __init__(self, logs: Path, env: dict[str, str], profile_dir: Path | None = None) -> None:
         self.logs = logs
         self.env = {**os.environ, **env}
         self.profile_dir = profile_dir
@@ -88,9 +86,7 @@ class Processes:
         self.finished: dict[str, Finished] = {}
         self._peak_rss: dict[str, int] = {}
 
-    def strangler(
-        self, name: str, *args: str, profile: bool = False
-    ) -> subprocess.Popen[bytes]:
+    def strangler(self, name: str, *args: str, profile: bool = False) -> subprocess.Popen[bytes]:
         """Start ``strangler ARGS`` (optionally under pyinstrument)."""
         command = [STRANGLER, *args]
         if profile and self.profile_dir is not None:

@@ -38,8 +38,9 @@ ROUTE = "/allocations/<orderid>"
 
 
 def shape_for(size: int) -> Shape:
-    return Shape(products=min(1000, max(2, size // 100)), lots_per_product=10, lines=size,
-                 lines_per_order=2)
+    return Shape(
+        products=min(1000, max(2, size // 100)), lots_per_product=10, lines=size, lines_per_order=2
+    )
 
 
 def run(ctx: Context, size: int) -> Result:
@@ -68,8 +69,9 @@ def run(ctx: Context, size: int) -> Result:
             _check_same_answers(servers.legacy, servers.facade, shape.orders)
             warm = ctx.seconds(3, 0.5)
             urls = (servers.legacy, servers.facade)
-            interleaved(ctx, procs, *urls, TEMPLATE, shape.orders, THROUGHPUT_CONNECTIONS, warm,
-                        rounds=1)
+            interleaved(
+                ctx, procs, *urls, TEMPLATE, shape.orders, THROUGHPUT_CONNECTIONS, warm, rounds=1
+            )
             legacy_1, new_1 = interleaved(ctx, procs, *urls, TEMPLATE, shape.orders, 1, phase)
             legacy_n, new_n = interleaved(
                 ctx, procs, *urls, TEMPLATE, shape.orders, THROUGHPUT_CONNECTIONS, phase

@@ -76,8 +76,13 @@ def interleaved(
             before = {name: procs.cpu_seconds(name) for name in servers}
             results[url].append(
                 run_load(
-                    ctx.load_tool, url, template, count, connections=connections,
-                    duration=duration / rounds, work_dir=procs.logs,
+                    ctx.load_tool,
+                    url,
+                    template,
+                    count,
+                    connections=connections,
+                    duration=duration / rounds,
+                    work_dir=procs.logs,
                 )  # fmt: skip
             )
             for name in servers:

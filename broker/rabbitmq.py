@@ -525,9 +525,7 @@ def _describe(exc: BaseException) -> str:
         text = f"{exc.reply_text} ({exc.reply_code})"
     elif isinstance(exc, pika_exceptions.AMQPConnectionError) and exc.args:
         # connection failures wrap the underlying error, itself often an exception
-        text = ": ".join(
-            _describe(a) if isinstance(a, BaseException) else str(a) for a in exc.args
-        )
+        text = ": ".join(_describe(a) if isinstance(a, BaseException) else str(a) for a in exc.args)
     else:
         text = str(exc) or repr(exc)
     return _one_line(text or type(exc).__name__)
@@ -535,4 +533,3 @@ def _describe(exc: BaseException) -> str:
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
-

@@ -180,9 +180,7 @@ class PostgresCapture:
         ).first()
         if exists:
             # CASCADE drops the triggers that use the function, and nothing else
-            conn.exec_driver_sql(
-                f"DROP FUNCTION {quote(schema)}.{quote(FUNCTION)}() CASCADE"
-            )
+            conn.exec_driver_sql(f"DROP FUNCTION {quote(schema)}.{quote(FUNCTION)}() CASCADE")
             dropped.append(f"function {FUNCTION}")
         return dropped
 

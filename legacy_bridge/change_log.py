@@ -233,9 +233,7 @@ WHERE c.change_id = u.change_id AND c.pos IS NULL
 """
 
 
-def _assign(
-    conn: Connection, rows: Sequence[_Placed], base: int, claimed_at: datetime
-) -> None:
+def _assign(conn: Connection, rows: Sequence[_Placed], base: int, claimed_at: datetime) -> None:
     """Store positions ``base + 1...`` and transaction places. PostgreSQL: one UPDATE
     joined to the arrays of values (one statement for the batch); elsewhere one UPDATE
     per row, sent as one executemany (PyMySQL makes one round trip per row)."""

@@ -36,9 +36,7 @@ def record(conn: Connection, dialect: CaptureDialect, tables: Sequence[CapturedT
             select(capture.c.table_name).where(capture.c.table_name == table.name)
         ).first()
         if known:
-            conn.execute(
-                update(capture).where(capture.c.table_name == table.name).values(**values)
-            )
+            conn.execute(update(capture).where(capture.c.table_name == table.name).values(**values))
         else:
             highest = conn.execute(select(func.max(capture.c.ordinal))).scalar()
             ordinal = int(highest or 0) + 1

@@ -125,9 +125,7 @@ def snapshot(
                     f"--tables ...' with it first"
                 )
         return [
-            _snapshot_table(
-                engine, dialect, known[name], chunk_size, restart, progress, attempts
-            )
+            _snapshot_table(engine, dialect, known[name], chunk_size, restart, progress, attempts)
             for name in names
         ]
     finally:
@@ -264,9 +262,7 @@ def _copy_rows(
     where, params = _range(conn, table, start, end)
     key_image = dialect.key_image(conn, table, "s")
     row_image = dialect.row_image(conn, table, "s")
-    source = (
-        f"FROM {quote(table.name)} s WHERE {where} ORDER BY {keys}{dialect.snapshot_lock}"
-    )
+    source = f"FROM {quote(table.name)} s WHERE {where} ORDER BY {keys}{dialect.snapshot_lock}"
     columns = f"txid, table_name, op, pk, {quote('after')}, captured_at"
     target = f"INSERT INTO {quote(CHANGE_TABLE)} ({columns})"
     params = {**params, "txid": txid, "table_name": table.name}

@@ -60,8 +60,7 @@ class BridgeStatus:
             "published_last_minute": self.published_recently,
             "throughput_per_s": round(self.published_recently / self.window_s, 2),
             "snapshots": [
-                {"table": s.table, "rows_read": s.rows_read, "done": s.done}
-                for s in self.snapshots
+                {"table": s.table, "rows_read": s.rows_read, "done": s.done} for s in self.snapshots
             ],
         }
 

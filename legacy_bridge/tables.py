@@ -66,9 +66,7 @@ change = Table(
     Column("claimed_at", _time, nullable=True),
     # partial on PostgreSQL: a pending row (NULL pos) costs no entry here, only in the
     # pending indexes; every query on pos implies pos IS NOT NULL (max() included)
-    Index(
-        POS_INDEX, "pos", unique=True, postgresql_where=text("pos IS NOT NULL")
-    ),
+    Index(POS_INDEX, "pos", unique=True, postgresql_where=text("pos IS NOT NULL")),
     # never reuse an id, even after the newest rows were deleted: ids name messages
     sqlite_autoincrement=True,
     mysql_charset="utf8mb4",

@@ -161,8 +161,11 @@ def routes_with_parity(facade: Facade) -> list[dict[str, Any]]:
     shadow = facade.results.parity_by_route(SHADOW)
     noise = facade.results.parity_by_route(AA)
     return [
-        route_json(r, shadow.get((r.method, r.pattern), Parity()),
-                   noise.get((r.method, r.pattern), Parity()))
+        route_json(
+            r,
+            shadow.get((r.method, r.pattern), Parity()),
+            noise.get((r.method, r.pattern), Parity()),
+        )
         for r in facade.table.list()
     ]
 
@@ -188,11 +191,24 @@ def set_route(facade: Facade) -> Response:
     force = bool(_field(body, "force", bool))
     options = _options(body.get("options"))
     try:
-        route = facade.table.set(method, pattern, mode, by=by, reason=reason, percent=percent,
-                                 options=options, force=force)
+        route = facade.table.set(
+            method,
+            pattern,
+            mode,
+            by=by,
+            reason=reason,
+            percent=percent,
+            options=options,
+            force=force,
+        )
     except CutoverRefused as refused:
-        response = jsonify({"error": "cutover refused", "detail": str(refused),
-                            "parity": refused.verdict.parity.to_dict()})
+        response = jsonify(
+            {
+                "error": "cutover refused",
+                "detail": str(refused),
+                "parity": refused.verdict.parity.to_dict(),
+            }
+        )
         response.status_code = 409
         return response
     except RouteError as exc:
@@ -218,8 +234,9 @@ def delete_route(facade: Facade) -> Response:
         return json_error(404, "not found", str(exc))
     except RouteError as exc:
         raise BadRequest(str(exc)) from None
-    return jsonify({"deleted": {"method": entry.method, "pattern": entry.pattern},
-                    "audit": audit_json(entry)})
+    return jsonify(
+        {"deleted": {"method": entry.method, "pattern": entry.pattern}, "audit": audit_json(entry)}
+    )
 
 
 def history(facade: Facade) -> Response:
@@ -245,8 +262,15 @@ def mismatches(facade: Facade) -> Response:
         raise BadRequest("limit must be an integer from 1 to 100")
     results = facade.results.recent(method, pattern, kind, limit=int(limit))
     parity = facade.results.parity(method, pattern, kind)
-    return jsonify({"method": method, "pattern": pattern, "kind": kind,
-                    "parity": parity.to_dict(), "mismatches": [result_json(r) for r in results]})
+    return jsonify(
+        {
+            "method": method,
+            "pattern": pattern,
+            "kind": kind,
+            "parity": parity.to_dict(),
+            "mismatches": [result_json(r) for r in results],
+        }
+    )
 
 
 def rollback(facade: Facade) -> Response:
@@ -345,8 +369,7 @@ def _nesting(data: bytes) -> int:
     return deepest
 
 
-def _text(body: Mapping[str, Any], name: str, limit: int,
-          required: bool = False) -> str | None:
+def _text(body: Mapping[str, Any], name: str, limit: int, required: bool = False) -> str | None:
     """A string field: at most ``limit`` characters, no control characters."""
     value: str | None = _field(body, name, str, required=required)
     if value is None:
@@ -372,8 +395,9 @@ def _checked(value: str, what: str, limit: int) -> str:
     return value
 
 
-def _field(body: Mapping[str, Any], name: str, types: type | tuple[type, ...],
-           required: bool = False) -> Any:
+def _field(
+    body: Mapping[str, Any], name: str, types: type | tuple[type, ...], required: bool = False
+) -> Any:
     if name not in body:
         if required:
             raise BadRequest(f"field {name!r} is required")

@@ -96,20 +96,23 @@ def create_app(
     app.url_map.merge_slashes = False
     app.url_map.strict_slashes = False
 
-    table = route_table if route_table is not None else RouteTable(
-        new_db_url, gate=settings.gate
-    )
-    model: ReadModel = read_model if read_model is not None else LazyReadModel(
-        lambda: open_new_read_model(new_db_url, time_limit=settings.new_timeout),
-        time_limit=settings.new_timeout if bounds_reads(new_db_url) else None,
+    table = route_table if route_table is not None else RouteTable(new_db_url, gate=settings.gate)
+    model: ReadModel = (
+        read_model
+        if read_model is not None
+        else LazyReadModel(
+            lambda: open_new_read_model(new_db_url, time_limit=settings.new_timeout),
+            time_limit=settings.new_timeout if bounds_reads(new_db_url) else None,
+        )
     )
     if lag_provider == "read_model":
         lag_provider = lag_provider_of(model)
     metrics = metrics or FacadeMetrics()
     proxy = LegacyProxy(legacy_url, timeout=settings.upstream_timeout)
     handlers = NEW_HANDLERS if new_handlers is None else new_handlers
-    new_system = NewSystem(app, handlers, model,
-                           timeout=settings.new_timeout, serve_workers=settings.new_workers)
+    new_system = NewSystem(
+        app, handlers, model, timeout=settings.new_timeout, serve_workers=settings.new_workers
+    )
     results = results or ShadowResults(table.engine, settings.gate.window)
     candidates: dict[str, Candidate] = {
         SHADOW: lambda job: _ask_new(new_system, job),
@@ -124,16 +127,26 @@ def create_app(
         flush_interval=settings.shadow_flush_interval,
         prune_interval=settings.shadow_prune_interval,
     )
-    guard = LagGuard(lag_provider, settings.max_lag, settings.lag_check_interval,
-                     on_status=lambda status: _record_lag(metrics, status))
+    guard = LagGuard(
+        lag_provider,
+        settings.max_lag,
+        settings.lag_check_interval,
+        on_status=lambda status: _record_lag(metrics, status),
+    )
     facade = Facade(settings, table, proxy, new_system, results, shadow, guard, metrics)
     app.extensions[EXTENSION] = facade
     if time_limit_of(model) is not None:
         # the read model gives up by itself: moved read routes may skip Flask and the pool
-        direct.wrap(app, facade, model, {
-            key: direct_handler for key, (handler, direct_handler) in DIRECT_HANDLERS.items()
-            if handlers.get(key) is handler
-        })
+        direct.wrap(
+            app,
+            facade,
+            model,
+            {
+                key: direct_handler
+                for key, (handler, direct_handler) in DIRECT_HANDLERS.items()
+                if handlers.get(key) is handler
+            },
+        )
 
     closers: list[Callable[[], None]] = [shadow.close, new_system.close, proxy.close]
     if route_table is None:
@@ -151,8 +164,9 @@ def create_app(
             raise BadRequest("paths with '.' or '..' segments are not forwarded")
         problem = path_problem(request.environ.get("PATH_INFO") or "/")
         if problem is not None:
-            log.warning("refused %s %s: %s", printable(request.method),
-                        printable(request.path), problem)
+            log.warning(
+                "refused %s %s: %s", printable(request.method), printable(request.path), problem
+            )
             raise BadRequest(f"{problem}; it is not forwarded")
         found = table.match(request.method, request.path)
         if found is None:
@@ -190,11 +204,14 @@ def create_app(
     @app.errorhandler(Exception)
     def unexpected(exc: Exception) -> Response:
         if isinstance(exc, ParseException):  # the request's body broke off or is malformed
-            log.warning("bad request body: %s %s: %s", printable(request.method),
-                        printable(request.path), printable(str(exc)))
+            log.warning(
+                "bad request body: %s %s: %s",
+                printable(request.method),
+                printable(request.path),
+                printable(str(exc)),
+            )
             return json_error(400, "bad request", f"malformed request body: {exc}"[:300])
-        log.exception("facade failure: %s %s", printable(request.method),
-                      printable(request.path))
+        log.exception("facade failure: %s %s", printable(request.method), printable(request.path))
         detail = f"unexpected {type(exc).__name__}; see the facade's log"
         return json_error(500, "internal server error", detail)
 
@@ -239,8 +256,9 @@ def _serve_new_or_legacy(facade: Facade, found: RouteMatch, route: str) -> Respo
         facade.metrics.fallbacks.labels(route, handed_back).inc()
         return _forward(facade, route)
     if found.mode is Mode.CANARY:
-        key = canary.request_key(found.options.canary_key, request.path, found.args,
-                                 request.headers, request.args)
+        key = canary.request_key(
+            found.options.canary_key, request.path, found.args, request.headers, request.args
+        )
         if not canary.serves_new(found.method, found.pattern, key, found.percent or 0.0):
             return _forward(facade, route)
     if facade.guard.tripped():
@@ -255,19 +273,29 @@ def _serve_new_or_legacy(facade: Facade, found: RouteMatch, route: str) -> Respo
         timed_out = isinstance(exc, NewSystemTimeout)
         if request.method not in _SAFE_TO_RETRY:
             # The new system may have applied it: sending it to legacy too could apply twice.
-            log.warning("new system %s on %s %s; not retried on legacy",
-                        "timed out" if timed_out else "failed", request.method,
-                        printable(request.path), exc_info=not timed_out)
+            log.warning(
+                "new system %s on %s %s; not retried on legacy",
+                "timed out" if timed_out else "failed",
+                request.method,
+                printable(request.path),
+                exc_info=not timed_out,
+            )
             g.served_by = "new"
             if timed_out:
                 return json_error(504, "gateway timeout", str(exc))
-            return json_error(502, "bad gateway",
-                              f"the new system failed to answer {request.method} "
-                              f"{printable(request.path)}")
+            return json_error(
+                502,
+                "bad gateway",
+                f"the new system failed to answer {request.method} {printable(request.path)}",
+            )
         facade.metrics.fallbacks.labels(route, "timeout" if timed_out else "error").inc()
-        log.warning("new system %s on %s %s: legacy answers",
-                    "timed out" if timed_out else "failed", request.method,
-                    printable(request.path), exc_info=not timed_out)
+        log.warning(
+            "new system %s on %s %s: legacy answers",
+            "timed out" if timed_out else "failed",
+            request.method,
+            printable(request.path),
+            exc_info=not timed_out,
+        )
         return _forward(facade, route)
     facade.metrics.latency.labels("new", route).observe(time.perf_counter() - started)
     g.served_by = "new"
@@ -296,8 +324,7 @@ def _forward_shadowed(
         return _forward(facade, route)
     length = request.content_length
     if (length or 0) > settings.shadow_max_body or (
-        length is None and request.environ.get("wsgi.input_terminated")
-        and method in MUTATING
+        length is None and request.environ.get("wsgi.input_terminated") and method in MUTATING
     ):
         shadow.dropped(route, "too_large")
         return _forward(facade, route)
@@ -310,21 +337,30 @@ def _forward_shadowed(
         if answer is None:
             shadow.dropped(route, problem or "incomplete")
             return
-        shadow.offer(ShadowJob(kind, found.method, found.pattern, new_request, answer,
-                               found.options, record_path))
+        shadow.offer(
+            ShadowJob(
+                kind, found.method, found.pattern, new_request, answer, found.options, record_path
+            )
+        )
 
     g.served_by = "legacy"
     latency = facade.metrics.latency.labels("legacy", route)
-    return facade.proxy.forward(request, body=body, capture=capture,
-                                capture_limit=settings.shadow_max_body, observe=latency.observe)
+    return facade.proxy.forward(
+        request,
+        body=body,
+        capture=capture,
+        capture_limit=settings.shadow_max_body,
+        observe=latency.observe,
+    )
 
 
 def _new_request(
     found: RouteMatch, body: bytes, headers: Mapping[str, str] | None = None
 ) -> NewRequest:
     sent = tuple(headers.items()) if headers is not None else tuple(request.headers.items())
-    return NewRequest(request.method, request.path, dict(found.args), request.query_string,
-                      sent, body)
+    return NewRequest(
+        request.method, request.path, dict(found.args), request.query_string, sent, body
+    )
 
 
 def _ask_new(new_system: NewSystem, job: ShadowJob) -> Answer:
@@ -336,8 +372,14 @@ def _ask_new(new_system: NewSystem, job: ShadowJob) -> Answer:
 
 def _ask_legacy(proxy: LegacyProxy, job: ShadowJob, settings: FacadeSettings) -> Answer:
     request = job.request
-    return proxy.fetch(request.method, request.path, request.query_string,
-                       dict(request.headers), request.body, settings.shadow_max_body)
+    return proxy.fetch(
+        request.method,
+        request.path,
+        request.query_string,
+        dict(request.headers),
+        request.body,
+        settings.shadow_max_body,
+    )
 
 
 # -- the facade's own endpoints --------------------------------------------------------

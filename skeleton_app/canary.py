@@ -41,8 +41,10 @@ def request_key(
     kind, _, name = source.partition(":")
     value: str | None = None
     if kind == "path":
-        value = str(args[name]) if name in args else (
-            "/".join(str(v) for v in args.values()) if not name and args else None
+        value = (
+            str(args[name])
+            if name in args
+            else ("/".join(str(v) for v in args.values()) if not name and args else None)
         )
     elif kind == "header":
         value = headers.get(name)

@@ -59,9 +59,7 @@ def _check_db_url(ctx: click.Context, param: click.Parameter, value: str) -> str
     except ArgumentError:
         raise click.BadParameter(f"not a database URL: {printable(mask_url(value))!r}") from None
     except NoSuchModuleError:
-        raise click.BadParameter(
-            f"no database driver for {printable(mask_url(value))!r}"
-        ) from None
+        raise click.BadParameter(f"no database driver for {printable(mask_url(value))!r}") from None
     return value
 
 
@@ -87,8 +85,7 @@ def _admin_tokens(
         name, separator, token = item.strip().partition(":")
         if not separator or not _TOKEN_NAME.fullmatch(name) or not token:
             raise click.BadParameter(
-                f"entry {number} is not name:token (name: letters, digits, . _ @ -, "
-                "at most 64)"
+                f"entry {number} is not name:token (name: letters, digits, . _ @ -, at most 64)"
             )
         if name in dict(pairs):
             raise click.BadParameter(f"the name {name!r} is given twice")
@@ -111,62 +108,133 @@ new_db_url_option = click.option(
 def gate_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The cutover gate's thresholds and the parity window (for ``serve`` and ``routes``)."""
     options = [
-        click.option("--min-parity", type=click.FloatRange(0, 100), default=99.9,
-                     show_default=True, help="Shadow parity (%) a route needs to go to new."),
-        click.option("--min-samples", type=click.IntRange(min=0), default=100,
-                     show_default=True, help="Shadow comparisons a route needs to go to new."),
-        click.option("--parity-window", type=click.FloatRange(min=1), default=86400.0,
-                     show_default=True, help="Seconds of shadow results that count."),
-        click.option("--parity-samples", type=click.IntRange(min=1), default=10000,
-                     show_default=True, help="At most this many newest results count (and "
-                     "are kept) per route."),
+        click.option(
+            "--min-parity",
+            type=click.FloatRange(0, 100),
+            default=99.9,
+            show_default=True,
+            help="Shadow parity (%) a route needs to go to new.",
+        ),
+        click.option(
+            "--min-samples",
+            type=click.IntRange(min=0),
+            default=100,
+            show_default=True,
+            help="Shadow comparisons a route needs to go to new.",
+        ),
+        click.option(
+            "--parity-window",
+            type=click.FloatRange(min=1),
+            default=86400.0,
+            show_default=True,
+            help="Seconds of shadow results that count.",
+        ),
+        click.option(
+            "--parity-samples",
+            type=click.IntRange(min=1),
+            default=10000,
+            show_default=True,
+            help="At most this many newest results count (and are kept) per route.",
+        ),
     ]
     for option in reversed(options):
         command = option(command)
     return command
 
 
-def _gate(min_parity: float, min_samples: int, parity_window: float,
-          parity_samples: int) -> CutoverGate:
+def _gate(
+    min_parity: float, min_samples: int, parity_window: float, parity_samples: int
+) -> CutoverGate:
     return CutoverGate(min_parity, min_samples, Window(parity_window, parity_samples))
 
 
 @click.command()
 @click.option("--port", type=click.IntRange(0, 65535), required=True, help="Port to listen on.")
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
-@click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True,
-              help="Worker processes.")
-@click.option("--threads", type=click.IntRange(min=1), default=8, show_default=True,
-              help="Threads per worker.")
-@click.option("--legacy-url", envvar="LEGACY_URL", required=True, callback=_check_legacy_url,
-              help="Base URL of the legacy system (env LEGACY_URL).")
+@click.option(
+    "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes."
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=8,
+    show_default=True,
+    help="Threads per worker.",
+)
+@click.option(
+    "--legacy-url",
+    envvar="LEGACY_URL",
+    required=True,
+    callback=_check_legacy_url,
+    help="Base URL of the legacy system (env LEGACY_URL).",
+)
 @new_db_url_option
-@click.option("--upstream-timeout", type=click.FloatRange(min=0, min_open=True), default=10.0,
-              show_default=True, help="Seconds to wait for the legacy system.")
-@click.option("--new-timeout", type=click.FloatRange(min=0, min_open=True), default=2.0,
-              show_default=True,
-              help="Seconds to wait for the new system before legacy answers instead.")
-@click.option("--max-lag", type=click.FloatRange(min=0), default=15.0, show_default=True,
-              help="Above this end-to-end lag (s), new and canary routes serve from legacy.")
+@click.option(
+    "--upstream-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=10.0,
+    show_default=True,
+    help="Seconds to wait for the legacy system.",
+)
+@click.option(
+    "--new-timeout",
+    type=click.FloatRange(min=0, min_open=True),
+    default=2.0,
+    show_default=True,
+    help="Seconds to wait for the new system before legacy answers instead.",
+)
+@click.option(
+    "--max-lag",
+    type=click.FloatRange(min=0),
+    default=15.0,
+    show_default=True,
+    help="Above this end-to-end lag (s), new and canary routes serve from legacy.",
+)
 @click.option("--no-lag-guard", is_flag=True, help="Never fall back because of lag.")
-@click.option("--refresh-interval", type=click.FloatRange(min=0), default=1.0,
-              show_default=True, help="Seconds between route table reloads.")
-@click.option("--shadow-queue-size", type=click.IntRange(min=1), default=1000,
-              show_default=True, help="Comparisons waiting per worker; beyond, dropped.")
-@click.option("--shadow-sample-rate", type=click.FloatRange(0, 1), default=1.0,
-              show_default=True, help="Share of shadowed requests compared (routes may "
-              "override it).")
-@click.option("--shadow-max-body", type=click.IntRange(min=0), default=1024 * 1024,
-              show_default=True, help="Bytes of body kept for a comparison; larger ones are "
-              "not compared.")
-@click.option("--admin-token", envvar="ADMIN_TOKEN", default=None,
-              help="Shared bearer token of the admin API under /_strangler/ (env "
-              "ADMIN_TOKEN); the audit records it as 'shared token'. Without any token the "
-              "admin API is off.")
-@click.option("--admin-tokens", envvar="ADMIN_TOKENS", default=None, callback=_admin_tokens,
-              metavar="NAME:TOKEN,...",
-              help="Named bearer tokens, one per operator (env ADMIN_TOKENS); the audit "
-              "records the name.")
+@click.option(
+    "--refresh-interval",
+    type=click.FloatRange(min=0),
+    default=1.0,
+    show_default=True,
+    help="Seconds between route table reloads.",
+)
+@click.option(
+    "--shadow-queue-size",
+    type=click.IntRange(min=1),
+    default=1000,
+    show_default=True,
+    help="Comparisons waiting per worker; beyond, dropped.",
+)
+@click.option(
+    "--shadow-sample-rate",
+    type=click.FloatRange(0, 1),
+    default=1.0,
+    show_default=True,
+    help="Share of shadowed requests compared (routes may override it).",
+)
+@click.option(
+    "--shadow-max-body",
+    type=click.IntRange(min=0),
+    default=1024 * 1024,
+    show_default=True,
+    help="Bytes of body kept for a comparison; larger ones are not compared.",
+)
+@click.option(
+    "--admin-token",
+    envvar="ADMIN_TOKEN",
+    default=None,
+    help="Shared bearer token of the admin API under /_strangler/ (env "
+    "ADMIN_TOKEN); the audit records it as 'shared token'. Without any token the "
+    "admin API is off.",
+)
+@click.option(
+    "--admin-tokens",
+    envvar="ADMIN_TOKENS",
+    default=None,
+    callback=_admin_tokens,
+    metavar="NAME:TOKEN,...",
+    help="Named bearer tokens, one per operator (env ADMIN_TOKENS); the audit records the name.",
+)
 @gate_options
 @data_plane_options
 def serve(
@@ -212,9 +280,16 @@ def serve(
     factory = partial(_build_app, legacy_url, new_db_url, settings, refresh_interval)
     options = gunicorn_options(host, port, workers, threads, upstream_timeout)
     with _metrics_folder():
-        serve_facade(data_plane, lambda opts: FacadeServer(factory, opts).run(), options,
-                     host=host, port=port, concurrency=workers * threads,
-                     upstream_timeout=upstream_timeout, new_timeout=new_timeout)
+        serve_facade(
+            data_plane,
+            lambda opts: FacadeServer(factory, opts).run(),
+            options,
+            host=host,
+            port=port,
+            concurrency=workers * threads,
+            upstream_timeout=upstream_timeout,
+            new_timeout=new_timeout,
+        )
 
 
 @contextmanager
@@ -260,34 +335,76 @@ def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
         listed = table.list()
     decisions = _decision_parity(new_db_url)
     if as_json:
-        click.echo(json.dumps({"routes": [
-            route_json(r, shadow.get((r.method, r.pattern), Parity()),
-                       noise.get((r.method, r.pattern), Parity()))
-            for r in listed
-        ], "decision_parity": decisions}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "routes": [
+                        route_json(
+                            r,
+                            shadow.get((r.method, r.pattern), Parity()),
+                            noise.get((r.method, r.pattern), Parity()),
+                        )
+                        for r in listed
+                    ],
+                    "decision_parity": decisions,
+                },
+                indent=2,
+            )
+        )
         return
     rows = []
     for r in listed:
         parity = shadow.get((r.method, r.pattern), Parity())
         aa = noise.get((r.method, r.pattern), Parity())
-        rows.append((
-            r.method, r.pattern, r.setting.replace(" ", ":"), _pct(parity), str(parity.samples),
-            _pct(aa), r.options.describe().replace(" ", ","), _when(r.updated_at),
-            r.updated_by or "-", r.reason or "-",
-        ))
-    _print_table(("METHOD", "PATTERN", "MODE", "PARITY", "SAMPLES", "NOISE", "OPTIONS",
-                  "UPDATED_AT", "BY", "REASON"), rows)
+        rows.append(
+            (
+                r.method,
+                r.pattern,
+                r.setting.replace(" ", ":"),
+                _pct(parity),
+                str(parity.samples),
+                _pct(aa),
+                r.options.describe().replace(" ", ","),
+                _when(r.updated_at),
+                r.updated_by or "-",
+                r.reason or "-",
+            )
+        )
+    _print_table(
+        (
+            "METHOD",
+            "PATTERN",
+            "MODE",
+            "PARITY",
+            "SAMPLES",
+            "NOISE",
+            "OPTIONS",
+            "UPDATED_AT",
+            "BY",
+            "REASON",
+        ),
+        rows,
+    )
     written = [(route, d) for route, d in decisions.items() if route != "unclassified"]
     if written:
         click.echo("")
-        _print_table(("WRITE ROUTE", "DECISION PARITY", "SAMPLES", "DIFFER"), [
-            (route, f"{d['percent']:.2f}%" if d["samples"] else "-", str(d["samples"]),
-             str(d["differ"]))
-            for route, d in written
-        ])
+        _print_table(
+            ("WRITE ROUTE", "DECISION PARITY", "SAMPLES", "DIFFER"),
+            [
+                (
+                    route,
+                    f"{d['percent']:.2f}%" if d["samples"] else "-",
+                    str(d["samples"]),
+                    str(d["differ"]),
+                )
+                for route, d in written
+            ],
+        )
         unclassified = decisions.get("unclassified", {}).get("differ", 0)
-        click.echo(f"unclassified legacy transactions: {unclassified}"
-                   " (differences: strangler decisions list)")
+        click.echo(
+            f"unclassified legacy transactions: {unclassified}"
+            " (differences: strangler decisions list)"
+        )
 
 
 def _decision_parity(new_db_url: str) -> dict[str, dict[str, Any]]:
@@ -318,24 +435,51 @@ def _decision_parity(new_db_url: str) -> dict[str, dict[str, Any]]:
 @click.argument("mode", metavar="MODE")
 @click.argument("percent", metavar="[PERCENT]", required=False)
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
-@click.option("--by", "by", default=lambda: _current_user(), show_default="$USER",
-              help="Who makes the change.")
-@click.option("--force", is_flag=True,
-              help="Let new answer clients (canary N, new) even though the cutover gate "
-              "refuses, or with thresholds below its floor; needs --reason, audited as "
-              "forced.")
-@click.option("--allow-mutating-shadow/--no-allow-mutating-shadow", default=None,
-              help="Shadow POST/PUT/PATCH/DELETE too (their side effects happen twice).")
-@click.option("--ignore-field", "ignore_fields", multiple=True, metavar="NAME",
-              help="JSON field left out of comparisons (repeat; replaces the list).")
+@click.option(
+    "--by",
+    "by",
+    default=lambda: _current_user(),
+    show_default="$USER",
+    help="Who makes the change.",
+)
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Let new answer clients (canary N, new) even though the cutover gate "
+    "refuses, or with thresholds below its floor; needs --reason, audited as "
+    "forced.",
+)
+@click.option(
+    "--allow-mutating-shadow/--no-allow-mutating-shadow",
+    default=None,
+    help="Shadow POST/PUT/PATCH/DELETE too (their side effects happen twice).",
+)
+@click.option(
+    "--ignore-field",
+    "ignore_fields",
+    multiple=True,
+    metavar="NAME",
+    help="JSON field left out of comparisons (repeat; replaces the list).",
+)
 @click.option("--no-ignore-fields", is_flag=True, help="Compare every field again.")
-@click.option("--unordered-lists/--ordered-lists", default=None,
-              help="Compare JSON lists regardless of order.")
-@click.option("--canary-key", default=None, metavar="KEY",
-              help="What keeps a client on one side: path (default), path:NAME, header:NAME, "
-              "query:NAME or cookie:NAME.")
-@click.option("--sample-rate", type=click.FloatRange(0, 1), default=None,
-              help="Share of this route's requests compared (default: the facade's).")
+@click.option(
+    "--unordered-lists/--ordered-lists",
+    default=None,
+    help="Compare JSON lists regardless of order.",
+)
+@click.option(
+    "--canary-key",
+    default=None,
+    metavar="KEY",
+    help="What keeps a client on one side: path (default), path:NAME, header:NAME, "
+    "query:NAME or cookie:NAME.",
+)
+@click.option(
+    "--sample-rate",
+    type=click.FloatRange(0, 1),
+    default=None,
+    help="Share of this route's requests compared (default: the facade's).",
+)
 @new_db_url_option
 @gate_options
 def set_route(
@@ -371,8 +515,16 @@ def set_route(
     if sample_rate is not None:
         changes["sample_rate"] = sample_rate
     with _route_table(new_db_url, _gate(**gate)) as (table, _):
-        route = table.set(method, pattern, mode, by=by, reason=reason,
-                          percent=_percent_arg(percent), options=changes or None, force=force)
+        route = table.set(
+            method,
+            pattern,
+            mode,
+            by=by,
+            reason=reason,
+            percent=_percent_arg(percent),
+            options=changes or None,
+            force=force,
+        )
         entry = table.history(route.method, route.pattern)[-1]
     click.echo(f"{route.method} {route.pattern} -> {route.setting}")
     if entry.gate:
@@ -392,16 +544,23 @@ def _percent_arg(value: str | None) -> float | None:
 @click.argument("method")
 @click.argument("pattern")
 @click.option("--reason", required=True, help="Why (kept in the audit trail).")
-@click.option("--by", "by", default=lambda: _current_user(), show_default="$USER",
-              help="Who makes the change.")
+@click.option(
+    "--by",
+    "by",
+    default=lambda: _current_user(),
+    show_default="$USER",
+    help="Who makes the change.",
+)
 @new_db_url_option
 def delete_route(method: str, pattern: str, reason: str, by: str, new_db_url: str) -> None:
     """Delete the stored route METHOD PATTERN: its paths are then served like any other
     (from legacy). Also removes a route whose pattern is no longer accepted."""
     with _route_table(new_db_url) as (table, _):
         entry = table.delete(method, pattern, by=by, reason=reason)
-    click.echo(f"{entry.method} {printable(entry.pattern)} deleted "
-               f"(was {printable(entry.from_mode or '-')})")
+    click.echo(
+        f"{entry.method} {printable(entry.pattern)} deleted "
+        f"(was {printable(entry.from_mode or '-')})"
+    )
 
 
 @routes.command("history", short_help="Show the audit trail of route changes.")
@@ -409,8 +568,7 @@ def delete_route(method: str, pattern: str, reason: str, by: str, new_db_url: st
 @click.argument("pattern", required=False)
 @new_db_url_option
 @json_option
-def route_history(method: str | None, pattern: str | None, new_db_url: str,
-                  as_json: bool) -> None:
+def route_history(method: str | None, pattern: str | None, new_db_url: str, as_json: bool) -> None:
     """Show the audit trail of route changes, oldest first."""
     with _route_table(new_db_url) as (table, _):
         entries = table.history(method, pattern)
@@ -418,8 +576,16 @@ def route_history(method: str | None, pattern: str | None, new_db_url: str,
         click.echo(json.dumps({"entries": [audit_json(e) for e in entries]}, indent=2))
         return
     rows = [
-        (_when(e.at), e.method, e.pattern, (e.from_mode or "-").replace(" ", ":"),
-         e.to_mode.replace(" ", ":"), e.by, "yes" if e.forced else "no", e.reason or "-")
+        (
+            _when(e.at),
+            e.method,
+            e.pattern,
+            (e.from_mode or "-").replace(" ", ":"),
+            e.to_mode.replace(" ", ":"),
+            e.by,
+            "yes" if e.forced else "no",
+            e.reason or "-",
+        )
         for e in entries
     ]
     _print_table(("AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "FORCED", "REASON"), rows)
@@ -433,8 +599,9 @@ def route_history(method: str | None, pattern: str | None, new_db_url: str,
 @new_db_url_option
 @json_option
 @gate_options
-def route_mismatches(method: str, pattern: str, aa: bool, limit: int, new_db_url: str,
-                     as_json: bool, **gate: Any) -> None:
+def route_mismatches(
+    method: str, pattern: str, aa: bool, limit: int, new_db_url: str, as_json: bool, **gate: Any
+) -> None:
     """Show a route's parity and its newest mismatches and errors with their diffs."""
     kind = AA if aa else SHADOW
     method = method.upper()
@@ -442,17 +609,30 @@ def route_mismatches(method: str, pattern: str, aa: bool, limit: int, new_db_url
         parity = results.parity(method, pattern, kind)
         found = results.recent(method, pattern, kind, limit=limit)
     if as_json:
-        click.echo(json.dumps({"method": method, "pattern": pattern, "kind": kind,
-                               "parity": parity.to_dict(),
-                               "mismatches": [result_json(r) for r in found]}, indent=2))
+        click.echo(
+            json.dumps(
+                {
+                    "method": method,
+                    "pattern": pattern,
+                    "kind": kind,
+                    "parity": parity.to_dict(),
+                    "mismatches": [result_json(r) for r in found],
+                },
+                indent=2,
+            )
+        )
         return
-    click.echo(f"{method} {printable(pattern)} {kind}: {parity.describe()} "
-               f"({parity.mismatches} mismatches, {parity.errors} errors)")
+    click.echo(
+        f"{method} {printable(pattern)} {kind}: {parity.describe()} "
+        f"({parity.mismatches} mismatches, {parity.errors} errors)"
+    )
     for r in found:
         new = "-" if r.new_status is None else f"{r.new_status} in {r.new_ms:.1f} ms"
-        click.echo(f"\n#{r.id} {_when(r.at)} {r.outcome} {printable(r.path)}: legacy "
-                   f"{r.legacy_status} in {r.legacy_ms:.1f} ms, "
-                   f"{'legacy again' if aa else 'new'} {new}")
+        click.echo(
+            f"\n#{r.id} {_when(r.at)} {r.outcome} {printable(r.path)}: legacy "
+            f"{r.legacy_status} in {r.legacy_ms:.1f} ms, "
+            f"{'legacy again' if aa else 'new'} {new}"
+        )
         for line in (r.diff or "").split("\n"):
             if line:
                 click.echo(f"    {printable(line, limit=10_000)}")
@@ -462,11 +642,17 @@ def route_mismatches(method: str, pattern: str, aa: bool, limit: int, new_db_url
 @click.argument("method", required=False)
 @click.argument("pattern", required=False)
 @click.option("--reason", default="", help="Why (kept in the audit trail).")
-@click.option("--by", "by", default=lambda: _current_user(), show_default="$USER",
-              help="Who makes the change.")
+@click.option(
+    "--by",
+    "by",
+    default=lambda: _current_user(),
+    show_default="$USER",
+    help="Who makes the change.",
+)
 @new_db_url_option
-def rollback(method: str | None, pattern: str | None, reason: str, by: str,
-             new_db_url: str) -> None:
+def rollback(
+    method: str | None, pattern: str | None, reason: str, by: str, new_db_url: str
+) -> None:
     """Serve METHOD PATTERN, or every route not on legacy, from legacy again."""
     if (method is None) != (pattern is None):
         raise click.UsageError("give METHOD and PATTERN, or neither for every route")

@@ -134,7 +134,7 @@ def _bytes_diff(legacy: bytes, candidate: bytes) -> str:
     start = max(0, at - 20)
     return (
         f"body: {len(legacy)} bytes from legacy, {len(candidate)} from new, first difference "
-        f"at byte {at}: legacy {legacy[start:at + 40]!r}, new {candidate[start:at + 40]!r}"
+        f"at byte {at}: legacy {legacy[start : at + 40]!r}, new {candidate[start : at + 40]!r}"
     )
 
 

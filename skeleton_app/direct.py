@@ -86,9 +86,12 @@ class DirectPath:
             answer = handler(self._read_model, found.args)
         except Exception as exc:
             timed_out = isinstance(exc, TimeoutError)
-            log.warning("new system %s on GET %s: legacy answers",
-                        "timed out" if timed_out else "failed", printable(path),
-                        exc_info=not timed_out)
+            log.warning(
+                "new system %s on GET %s: legacy answers",
+                "timed out" if timed_out else "failed",
+                printable(path),
+                exc_info=not timed_out,
+            )
             environ[FALLBACK] = "timeout" if timed_out else "error"
             return self._app(environ, start_response)
         metrics = facade.metrics
@@ -107,7 +110,8 @@ def _status_line(status: int) -> str:
     return _STATUS.get(status) or f"{status} UNKNOWN"
 
 
-def wrap(app: Any, facade: Facade, read_model: ReadModel,
-         handlers: Mapping[RouteKey, DirectHandler]) -> None:
+def wrap(
+    app: Any, facade: Facade, read_model: ReadModel, handlers: Mapping[RouteKey, DirectHandler]
+) -> None:
     """Put the direct path in front of the Flask ``app``'s WSGI callable."""
     app.wsgi_app = DirectPath(app.wsgi_app, facade, read_model, handlers)

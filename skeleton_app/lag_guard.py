@@ -92,8 +92,11 @@ class LagGuard:
         tripped = lag > self.max_lag
         if tripped != self._status.tripped:
             if tripped:
-                log.warning("new system lags %.1f s (> %g s): new and canary routes serve "
-                            "from legacy", lag, self.max_lag)
+                log.warning(
+                    "new system lags %.1f s (> %g s): new and canary routes serve from legacy",
+                    lag,
+                    self.max_lag,
+                )
             else:
                 log.info("new system lag back to %.1f s: guard released", lag)
         return LagStatus(float(lag), tripped)

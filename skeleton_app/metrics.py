@@ -64,8 +64,8 @@ class FacadeMetrics:
             else multiprocess_mode
         )
         # Multiprocess metrics are not registered anywhere: a scrape reads the files.
-        self.registry: CollectorRegistry | None = None if self.multiprocess else (
-            CollectorRegistry(auto_describe=True)
+        self.registry: CollectorRegistry | None = (
+            None if self.multiprocess else (CollectorRegistry(auto_describe=True))
         )
         registry = self.registry
         self.requests = Counter(

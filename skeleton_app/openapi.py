@@ -41,8 +41,12 @@ _PARITY = {
         "mismatches": {"type": "integer", "minimum": 0},
         "errors": {"type": "integer", "minimum": 0},
         "samples": {"type": "integer", "minimum": 0},
-        "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100,
-                    "description": "matches / samples * 100; null without samples"},
+        "percent": {
+            "type": ["number", "null"],
+            "minimum": 0,
+            "maximum": 100,
+            "description": "matches / samples * 100; null without samples",
+        },
     },
 }
 
@@ -53,8 +57,7 @@ _OPTIONS = {
         "allow_mutating_shadow": {"type": "boolean"},
         "ignore_fields": {"type": "array", "items": {"type": "string", "minLength": 1}},
         "unordered_lists": {"type": "boolean"},
-        "canary_key": {"type": "string",
-                       "pattern": "^(path(:.+)?|header:.+|query:.+|cookie:.+)$"},
+        "canary_key": {"type": "string", "pattern": "^(path(:.+)?|header:.+|query:.+|cookie:.+)$"},
         "sample_rate": {"type": ["number", "null"], "minimum": 0, "maximum": 1},
     },
 }
@@ -63,8 +66,19 @@ _MODE = {"type": "string", "enum": ["legacy", "aa", "shadow", "canary", "new"]}
 
 _ROUTE = {
     "type": "object",
-    "required": ["method", "pattern", "mode", "percent", "setting", "options", "updated_at",
-                 "updated_by", "reason", "parity", "noise"],
+    "required": [
+        "method",
+        "pattern",
+        "mode",
+        "percent",
+        "setting",
+        "options",
+        "updated_at",
+        "updated_by",
+        "reason",
+        "parity",
+        "noise",
+    ],
     "additionalProperties": False,
     "properties": {
         "method": {"type": "string"},
@@ -83,8 +97,19 @@ _ROUTE = {
 
 _AUDIT = {
     "type": "object",
-    "required": ["id", "at", "method", "pattern", "from_mode", "to_mode", "by", "reason",
-                 "options", "forced", "gate"],
+    "required": [
+        "id",
+        "at",
+        "method",
+        "pattern",
+        "from_mode",
+        "to_mode",
+        "by",
+        "reason",
+        "options",
+        "forced",
+        "gate",
+    ],
     "additionalProperties": False,
     "properties": {
         "id": {"type": "integer"},
@@ -103,8 +128,18 @@ _AUDIT = {
 
 _RESULT = {
     "type": "object",
-    "required": ["id", "at", "kind", "outcome", "path", "legacy_status", "new_status",
-                 "legacy_ms", "new_ms", "diff"],
+    "required": [
+        "id",
+        "at",
+        "kind",
+        "outcome",
+        "path",
+        "legacy_status",
+        "new_status",
+        "legacy_ms",
+        "new_ms",
+        "diff",
+    ],
     "additionalProperties": False,
     "properties": {
         "id": {"type": "integer"},
@@ -126,25 +161,42 @@ _SET_REQUEST = {
     "additionalProperties": False,
     "properties": {
         "method": {"type": "string", "maxLength": 16, "examples": ["GET"]},
-        "pattern": {"type": "string", "maxLength": 255, "examples": ["/allocations/<orderid>"],
-                    "description": "at most one variable per segment, a <path:...> variable "
-                                   "only as the last segment (linear-time matching)"},
-        "mode": {"type": "string", "maxLength": 32, "examples": ["shadow", "canary 10"],
-                 "description": "legacy, aa, shadow, canary (with percent, or 'canary N') "
-                                "or new"},
+        "pattern": {
+            "type": "string",
+            "maxLength": 255,
+            "examples": ["/allocations/<orderid>"],
+            "description": "at most one variable per segment, a <path:...> variable "
+            "only as the last segment (linear-time matching)",
+        },
+        "mode": {
+            "type": "string",
+            "maxLength": 32,
+            "examples": ["shadow", "canary 10"],
+            "description": "legacy, aa, shadow, canary (with percent, or 'canary N') or new",
+        },
         "percent": {"type": ["number", "null"], "minimum": 0, "maximum": 100},
-        "reason": {"type": "string", "maxLength": 1000,
-                   "description": "required with force; no control characters"},
-        "by": {"type": "string", "maxLength": 128,
-               "description": "who, as claimed: with the shared token the audit records "
-                              "'shared token, claimed: <by>'; a named token's name "
-                              "replaces it"},
-        "force": {"type": "boolean",
-                  "description": "let new answer clients (canary above 0, new) although "
-                                 "the cutover gate refuses or its thresholds are below "
-                                 "the floor; needs a reason; audited as forced"},
-        "options": {"$ref": "#/components/schemas/RouteOptions",
-                    "description": "options to change; the others are kept"},
+        "reason": {
+            "type": "string",
+            "maxLength": 1000,
+            "description": "required with force; no control characters",
+        },
+        "by": {
+            "type": "string",
+            "maxLength": 128,
+            "description": "who, as claimed: with the shared token the audit records "
+            "'shared token, claimed: <by>'; a named token's name "
+            "replaces it",
+        },
+        "force": {
+            "type": "boolean",
+            "description": "let new answer clients (canary above 0, new) although "
+            "the cutover gate refuses or its thresholds are below "
+            "the floor; needs a reason; audited as forced",
+        },
+        "options": {
+            "$ref": "#/components/schemas/RouteOptions",
+            "description": "options to change; the others are kept",
+        },
     },
 }
 
@@ -160,7 +212,7 @@ _DOCUMENT: dict[str, Any] = {
             "from the new system. Every other path is proxied to the legacy system unchanged. "
             "Admin endpoints need 'Authorization: Bearer <token>', the shared ADMIN_TOKEN or "
             "an operator's named token (ADMIN_TOKENS); without a configured token they "
-            "answer 404. Every error is JSON {\"error\", \"detail\"}. Prometheus metrics "
+            'answer 404. Every error is JSON {"error", "detail"}. Prometheus metrics '
             "are at /metrics (text format)."
         ),
     },
@@ -170,8 +222,14 @@ _DOCUMENT: dict[str, Any] = {
                 "summary": "An order's allocations, from legacy or the new system",
                 "description": "Identical JSON from both systems; X-Served-By says which.",
                 "operationId": "getAllocations",
-                "parameters": [{"name": "orderid", "in": "path", "required": True,
-                                "schema": {"type": "string"}}],
+                "parameters": [
+                    {
+                        "name": "orderid",
+                        "in": "path",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    }
+                ],
                 "responses": {
                     "200": _json(
                         {"type": "array", "items": {"$ref": "#/components/schemas/Allocation"}},
@@ -189,8 +247,11 @@ _DOCUMENT: dict[str, Any] = {
                 "operationId": "health",
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["status"],
-                         "properties": {"status": {"const": "ok"}}},
+                        {
+                            "type": "object",
+                            "required": ["status"],
+                            "properties": {"status": {"const": "ok"}},
+                        },
                         "The facade is up",
                     )
                 },
@@ -210,9 +271,16 @@ _DOCUMENT: dict[str, Any] = {
                 "security": _ADMIN,
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["routes"],
-                         "properties": {"routes": {"type": "array", "items": {
-                             "$ref": "#/components/schemas/Route"}}}},
+                        {
+                            "type": "object",
+                            "required": ["routes"],
+                            "properties": {
+                                "routes": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/Route"},
+                                }
+                            },
+                        },
                         "The route table",
                     ),
                     **_ADMIN_ERRORS,
@@ -221,27 +289,44 @@ _DOCUMENT: dict[str, Any] = {
             "put": {
                 "summary": "Set a route's mode and options (audited)",
                 "description": "A move to new passes the cutover gate first (shadow parity "
-                               "over the window), unless force is true; the audit says so.",
+                "over the window), unless force is true; the audit says so.",
                 "operationId": "setRoute",
                 "security": _ADMIN,
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {
-                        "schema": {"$ref": "#/components/schemas/SetRoute"}}},
+                    "content": {
+                        "application/json": {"schema": {"$ref": "#/components/schemas/SetRoute"}}
+                    },
                 },
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["route", "audit"],
-                         "properties": {"route": {"$ref": "#/components/schemas/Route"},
-                                        "audit": {"$ref": "#/components/schemas/AuditEntry"}}},
+                        {
+                            "type": "object",
+                            "required": ["route", "audit"],
+                            "properties": {
+                                "route": {"$ref": "#/components/schemas/Route"},
+                                "audit": {"$ref": "#/components/schemas/AuditEntry"},
+                            },
+                        },
                         "The route as set and its audit entry",
                     ),
-                    "400": _error("Invalid change (unknown mode, route, option, a field "
-                                  "too long or with control characters ...)"),
+                    "400": _error(
+                        "Invalid change (unknown mode, route, option, a field "
+                        "too long or with control characters ...)"
+                    ),
                     "409": _json(
-                        {"allOf": [_ERROR, {"type": "object", "required": ["parity"],
-                                            "properties": {"parity": {
-                                                "$ref": "#/components/schemas/Parity"}}}]},
+                        {
+                            "allOf": [
+                                _ERROR,
+                                {
+                                    "type": "object",
+                                    "required": ["parity"],
+                                    "properties": {
+                                        "parity": {"$ref": "#/components/schemas/Parity"}
+                                    },
+                                },
+                            ]
+                        },
                         "The cutover gate refused the move to new",
                     ),
                     **_ADMIN_ERRORS,
@@ -250,27 +335,44 @@ _DOCUMENT: dict[str, Any] = {
             "delete": {
                 "summary": "Delete a stored route (audited)",
                 "description": "Its paths are then served like any other (from legacy). "
-                               "A route whose pattern is no longer accepted can be deleted.",
+                "A route whose pattern is no longer accepted can be deleted.",
                 "operationId": "deleteRoute",
                 "security": _ADMIN,
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {
-                        "type": "object", "required": ["method", "pattern"],
-                        "additionalProperties": False,
-                        "properties": {"method": {"type": "string", "maxLength": 16},
-                                       "pattern": {"type": "string", "maxLength": 255},
-                                       "reason": {"type": "string", "maxLength": 1000},
-                                       "by": {"type": "string", "maxLength": 128}}}}},
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "required": ["method", "pattern"],
+                                "additionalProperties": False,
+                                "properties": {
+                                    "method": {"type": "string", "maxLength": 16},
+                                    "pattern": {"type": "string", "maxLength": 255},
+                                    "reason": {"type": "string", "maxLength": 1000},
+                                    "by": {"type": "string", "maxLength": 128},
+                                },
+                            }
+                        }
+                    },
                 },
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["deleted", "audit"],
-                         "properties": {
-                             "deleted": {"type": "object", "required": ["method", "pattern"],
-                                         "properties": {"method": {"type": "string"},
-                                                        "pattern": {"type": "string"}}},
-                             "audit": {"$ref": "#/components/schemas/AuditEntry"}}},
+                        {
+                            "type": "object",
+                            "required": ["deleted", "audit"],
+                            "properties": {
+                                "deleted": {
+                                    "type": "object",
+                                    "required": ["method", "pattern"],
+                                    "properties": {
+                                        "method": {"type": "string"},
+                                        "pattern": {"type": "string"},
+                                    },
+                                },
+                                "audit": {"$ref": "#/components/schemas/AuditEntry"},
+                            },
+                        },
                         "The deleted route and its audit entry (to_mode: deleted)",
                     ),
                     "400": _error("Invalid request"),
@@ -290,9 +392,16 @@ _DOCUMENT: dict[str, Any] = {
                 ],
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["entries"],
-                         "properties": {"entries": {"type": "array", "items": {
-                             "$ref": "#/components/schemas/AuditEntry"}}}},
+                        {
+                            "type": "object",
+                            "required": ["entries"],
+                            "properties": {
+                                "entries": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/AuditEntry"},
+                                }
+                            },
+                        },
                         "Audit entries",
                     ),
                     "400": _error("Invalid parameters (too long, control characters ...)"),
@@ -306,27 +415,45 @@ _DOCUMENT: dict[str, Any] = {
                 "operationId": "routeMismatches",
                 "security": _ADMIN,
                 "parameters": [
-                    {"name": "method", "in": "query", "required": True,
-                     "schema": {"type": "string"}},
-                    {"name": "pattern", "in": "query", "required": True,
-                     "schema": {"type": "string"}},
-                    {"name": "kind", "in": "query",
-                     "schema": {"type": "string", "enum": ["shadow", "aa"], "default": "shadow"}},
-                    {"name": "limit", "in": "query",
-                     "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10}},
+                    {
+                        "name": "method",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "pattern",
+                        "in": "query",
+                        "required": True,
+                        "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "kind",
+                        "in": "query",
+                        "schema": {"type": "string", "enum": ["shadow", "aa"], "default": "shadow"},
+                    },
+                    {
+                        "name": "limit",
+                        "in": "query",
+                        "schema": {"type": "integer", "minimum": 1, "maximum": 100, "default": 10},
+                    },
                 ],
                 "responses": {
                     "200": _json(
-                        {"type": "object",
-                         "required": ["method", "pattern", "kind", "parity", "mismatches"],
-                         "properties": {
-                             "method": {"type": "string"},
-                             "pattern": {"type": "string"},
-                             "kind": {"type": "string", "enum": ["shadow", "aa"]},
-                             "parity": {"$ref": "#/components/schemas/Parity"},
-                             "mismatches": {"type": "array", "items": {
-                                 "$ref": "#/components/schemas/ShadowResult"}},
-                         }},
+                        {
+                            "type": "object",
+                            "required": ["method", "pattern", "kind", "parity", "mismatches"],
+                            "properties": {
+                                "method": {"type": "string"},
+                                "pattern": {"type": "string"},
+                                "kind": {"type": "string", "enum": ["shadow", "aa"]},
+                                "parity": {"$ref": "#/components/schemas/Parity"},
+                                "mismatches": {
+                                    "type": "array",
+                                    "items": {"$ref": "#/components/schemas/ShadowResult"},
+                                },
+                            },
+                        },
                         "Newest first",
                     ),
                     "400": _error("Missing or invalid parameters"),
@@ -341,20 +468,40 @@ _DOCUMENT: dict[str, Any] = {
                 "security": _ADMIN,
                 "requestBody": {
                     "required": True,
-                    "content": {"application/json": {"schema": {
-                        "type": "object", "additionalProperties": False,
-                        "properties": {"method": {"type": "string"},
-                                       "pattern": {"type": "string"},
-                                       "reason": {"type": "string"},
-                                       "by": {"type": "string"}}}}},
+                    "content": {
+                        "application/json": {
+                            "schema": {
+                                "type": "object",
+                                "additionalProperties": False,
+                                "properties": {
+                                    "method": {"type": "string"},
+                                    "pattern": {"type": "string"},
+                                    "reason": {"type": "string"},
+                                    "by": {"type": "string"},
+                                },
+                            }
+                        }
+                    },
                 },
                 "responses": {
                     "200": _json(
-                        {"type": "object", "required": ["rolled_back"],
-                         "properties": {"rolled_back": {"type": "array", "items": {
-                             "type": "object", "required": ["method", "pattern"],
-                             "properties": {"method": {"type": "string"},
-                                            "pattern": {"type": "string"}}}}}},
+                        {
+                            "type": "object",
+                            "required": ["rolled_back"],
+                            "properties": {
+                                "rolled_back": {
+                                    "type": "array",
+                                    "items": {
+                                        "type": "object",
+                                        "required": ["method", "pattern"],
+                                        "properties": {
+                                            "method": {"type": "string"},
+                                            "pattern": {"type": "string"},
+                                        },
+                                    },
+                                }
+                            },
+                        },
                         "The routes set to legacy",
                     ),
                     "400": _error("Invalid request"),
@@ -410,8 +557,13 @@ _DOCUMENT: dict[str, Any] = {
                 "properties": {
                     "lag": {
                         "type": "object",
-                        "required": ["enabled", "max_lag_seconds", "lag_seconds", "tripped",
-                                     "error"],
+                        "required": [
+                            "enabled",
+                            "max_lag_seconds",
+                            "lag_seconds",
+                            "tripped",
+                            "error",
+                        ],
                         "properties": {
                             "enabled": {"type": "boolean"},
                             "max_lag_seconds": {"type": ["number", "null"]},
@@ -422,14 +574,25 @@ _DOCUMENT: dict[str, Any] = {
                     },
                     "shadow": {
                         "type": "object",
-                        "required": ["offered", "dropped", "compared", "written",
-                                     "write_failures", "queued", "capacity"],
+                        "required": [
+                            "offered",
+                            "dropped",
+                            "compared",
+                            "written",
+                            "write_failures",
+                            "queued",
+                            "capacity",
+                        ],
                         "additionalProperties": {"type": "integer"},
                     },
                     "gate": {
                         "type": "object",
-                        "required": ["min_parity", "min_samples", "window_seconds",
-                                     "window_samples"],
+                        "required": [
+                            "min_parity",
+                            "min_samples",
+                            "window_seconds",
+                            "window_samples",
+                        ],
                         "properties": {
                             "min_parity": {"type": "number"},
                             "min_samples": {"type": "integer"},

@@ -28,6 +28,7 @@ RESERVED_PREFIX = "/_strangler/"
 def is_reserved(path: str) -> bool:
     return path.startswith(RESERVED_PREFIX) or path == RESERVED_PREFIX.rstrip("/")
 
+
 _METHOD = re.compile(r"[A-Z]{1,16}")
 
 RouteKey = tuple[str, str]

@@ -232,8 +232,10 @@ class LegacyProxy:
                 value = self._rewrite_location(value)
             headers.add(name, value)
         status = f"{upstream.status_code} {upstream.reason}" if upstream.reason else None
-        body = _body(upstream) if capture is None else _captured_body(
-            upstream, raw_headers, started, capture, capture_limit
+        body = (
+            _body(upstream)
+            if capture is None
+            else _captured_body(upstream, raw_headers, started, capture, capture_limit)
         )
         response = Response(body, status=status or upstream.status_code, direct_passthrough=True)
         response.headers = headers
@@ -243,7 +245,7 @@ class LegacyProxy:
     def _rewrite_location(self, location: str) -> str:
         """A redirect into the legacy system becomes a redirect into the facade."""
         if location == self.base_url or location.startswith(self.base_url + "/"):
-            return location[len(self.base_url):] or "/"
+            return location[len(self.base_url) :] or "/"
         return location
 
 
@@ -283,8 +285,7 @@ def _captured_body(
             capture(None, "too_large")
         else:
             elapsed = time.perf_counter() - started
-            capture(Answer(upstream.status_code, tuple(raw_headers), b"".join(kept), elapsed),
-                    None)
+            capture(Answer(upstream.status_code, tuple(raw_headers), b"".join(kept), elapsed), None)
 
 
 class _SizedStream:

@@ -61,9 +61,7 @@ class LazyReadModel:
     ``time_limit`` is what the opened read model will enforce (see :func:`time_limit_of`).
     """
 
-    def __init__(
-        self, opener: Callable[[], ReadModel], time_limit: float | None = None
-    ) -> None:
+    def __init__(self, opener: Callable[[], ReadModel], time_limit: float | None = None) -> None:
         self._opener = opener
         self._opened: ReadModel | None = None
         self._lock = threading.Lock()

@@ -147,8 +147,9 @@ class _State:
 
 
 class _Snapshot:
-    def __init__(self, states: Mapping[RouteKey, _State], loaded_at: float,
-                 ticket: int = 0) -> None:
+    def __init__(
+        self, states: Mapping[RouteKey, _State], loaded_at: float, ticket: int = 0
+    ) -> None:
         self.states = states
         self.loaded_at = loaded_at
         self.ticket = ticket
@@ -309,7 +310,11 @@ class RouteTable:
             return None
         state = snapshot.states.get((found.method, found.pattern), _LEGACY_STATE)
         return RouteMatch(
-            found.method, found.pattern, state.mode.mode, found.args, state.mode.percent,
+            found.method,
+            found.pattern,
+            state.mode.mode,
+            found.args,
+            state.mode.percent,
             state.options,
         )
 
@@ -381,15 +386,33 @@ class RouteTable:
                 raise RouteNotFound(f"no stored route {method} {pattern}")
             conn.execute(delete(facade_route).where(key))
             entry_id = conn.execute(
-                insert(facade_route_audit).values(
-                    at=at, method=method, pattern=pattern, from_mode=previous.mode,
-                    to_mode=DELETED, by=by, reason=reason, options=previous.options,
-                    forced=False, gate=None,
-                ).returning(facade_route_audit.c.id)
+                insert(facade_route_audit)
+                .values(
+                    at=at,
+                    method=method,
+                    pattern=pattern,
+                    from_mode=previous.mode,
+                    to_mode=DELETED,
+                    by=by,
+                    reason=reason,
+                    options=previous.options,
+                    forced=False,
+                    gate=None,
+                )
+                .returning(facade_route_audit.c.id)
             ).scalar_one()
         self._reload(self._snapshot, self._clock(), next(self._tickets))
-        return AuditEntry(entry_id, at, method, pattern, previous.mode, DELETED, by, reason,
-                          _options_or_default(previous.options))
+        return AuditEntry(
+            entry_id,
+            at,
+            method,
+            pattern,
+            previous.mode,
+            DELETED,
+            by,
+            reason,
+            _options_or_default(previous.options),
+        )
 
     def rollback(
         self, by: str, reason: str = "", routes: Iterable[RouteKey] | None = None
@@ -429,12 +452,11 @@ class RouteTable:
                 select(facade_route.c.mode, facade_route.c.options).where(key).with_for_update()
             ).first()
             previous_mode = None if previous is None else previous.mode
-            current = DEFAULT_OPTIONS if previous is None else _options_or_default(
-                previous.options
-            )
+            current = DEFAULT_OPTIONS if previous is None else _options_or_default(previous.options)
             options = current.changed(option_changes) if option_changes else current
-            forced, gate_summary = self._judge(method, pattern, target, previous_mode, force,
-                                               reason, at)
+            forced, gate_summary = self._judge(
+                method, pattern, target, previous_mode, force, reason, at
+            )
             values = {
                 "mode": str(target),
                 "updated_at": at,
@@ -483,8 +505,10 @@ class RouteTable:
         if not _serves_clients_from_new(target) or self._gate is None:
             return False, None
         previous = None if previous_mode is None else _parse_stored(previous_mode)
-        if previous is not None and _serves_clients_from_new(previous) and (
-            target.mode is Mode.CANARY or previous.mode is Mode.NEW
+        if (
+            previous is not None
+            and _serves_clients_from_new(previous)
+            and (target.mode is Mode.CANARY or previous.mode is Mode.NEW)
         ):
             return False, None
         gate = self._gate
@@ -494,8 +518,11 @@ class RouteTable:
             return False, verdict.summary
         problem = gate.describe_floor() if gate.below_floor else verdict.summary
         if not force:
-            hint = ("(raise --min-samples/--min-parity, or use --force)"
-                    if gate.below_floor else "(shadow it longer, or use --force)")
+            hint = (
+                "(raise --min-samples/--min-parity, or use --force)"
+                if gate.below_floor
+                else "(shadow it longer, or use --force)"
+            )
             share = "" if target.mode is Mode.NEW else f" ({target})"
             raise CutoverRefused(
                 f"refusing to serve {method} {pattern} from new{share}: {problem} {hint}",
@@ -519,15 +546,20 @@ class RouteTable:
             if running is None:
                 running = self._refreshing = threading.Event()
                 ticket = next(self._tickets)
-                threading.Thread(target=self._refresh, args=(running, snapshot, now, ticket),
-                                 name="route-table-refresh", daemon=True).start()
+                threading.Thread(
+                    target=self._refresh,
+                    args=(running, snapshot, now, ticket),
+                    name="route-table-refresh",
+                    daemon=True,
+                ).start()
             elif snapshot is not None:
                 return snapshot
         running.wait(self._refresh_wait)
         return self._snapshot or snapshot
 
-    def _refresh(self, done: threading.Event, previous: _Snapshot | None, now: float,
-                 ticket: int) -> None:
+    def _refresh(
+        self, done: threading.Event, previous: _Snapshot | None, now: float, ticket: int
+    ) -> None:
         try:
             self._reload(previous, now, ticket)
         except Exception:
@@ -550,8 +582,12 @@ class RouteTable:
         try:
             with self._engine.connect() as conn:
                 rows = conn.execute(
-                    select(facade_route.c.method, facade_route.c.pattern, facade_route.c.mode,
-                           facade_route.c.options)
+                    select(
+                        facade_route.c.method,
+                        facade_route.c.pattern,
+                        facade_route.c.mode,
+                        facade_route.c.options,
+                    )
                 ).all()
         except SQLAlchemyError as exc:
             log.warning(
@@ -566,24 +602,33 @@ class RouteTable:
             try:
                 validate_pattern(pattern)
             except RouteError as exc:
-                log.warning("route %s %s is skipped (served from legacy): %s", printable(method),
-                            printable(pattern), printable(str(exc)))
+                log.warning(
+                    "route %s %s is skipped (served from legacy): %s",
+                    printable(method),
+                    printable(pattern),
+                    printable(str(exc)),
+                )
                 continue
             states[(method, pattern)] = self._stored_state(stored, options, method, pattern)
         return self._keep(_Snapshot(states, now, ticket))
 
-    def _stored_state(self, stored: str, options: str | None, method: str,
-                      pattern: str) -> _State:
+    def _stored_state(self, stored: str, options: str | None, method: str, pattern: str) -> _State:
         route_options = _options_or_default(options, f"{method} {pattern}")
         try:
             mode = RouteMode.parse(stored)
         except RouteError:
-            log.warning("route %s %s has unknown mode %r: serving it from legacy",
-                        method, pattern, stored)
+            log.warning(
+                "route %s %s has unknown mode %r: serving it from legacy", method, pattern, stored
+            )
             return _State(LEGACY, route_options)
         if mode.mode.needs_new_system and (method, pattern) not in self._movable:
-            log.warning("route %s %s is set to %s but the new system cannot serve it: "
-                        "serving it from legacy", method, pattern, mode)
+            log.warning(
+                "route %s %s is set to %s but the new system cannot serve it: "
+                "serving it from legacy",
+                method,
+                pattern,
+                mode,
+            )
             return _State(LEGACY, route_options)
         return _State(mode, route_options)
 

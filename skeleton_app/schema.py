@@ -60,8 +60,7 @@ facade_route_audit = Table(
 facade_shadow_result = Table(
     "facade_shadow_result",
     metadata,
-    Column("id", BigInteger().with_variant(Integer, "sqlite"), nullable=False,
-           autoincrement=True),
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), nullable=False, autoincrement=True),
     Column("at", DateTime(timezone=True), nullable=False),
     Column("method", String(16), nullable=False),
     Column("pattern", String(255), nullable=False),

@@ -84,8 +84,13 @@ class ShadowWorker:
         self._drain_requested = threading.Event()
         self._done = threading.Condition()
         self._outstanding = 0
-        self._counts = {"offered": 0, "dropped": 0, "compared": 0, "written": 0,
-                        "write_failures": 0}
+        self._counts = {
+            "offered": 0,
+            "dropped": 0,
+            "compared": 0,
+            "written": 0,
+            "write_failures": 0,
+        }
 
     # -- the request path --------------------------------------------------------------
 
@@ -139,8 +144,7 @@ class ShadowWorker:
 
     def stats(self) -> dict[str, int]:
         with self._done:
-            return {**self._counts, "queued": self._queue.qsize(),
-                    "capacity": self._queue.maxsize}
+            return {**self._counts, "queued": self._queue.qsize(), "capacity": self._queue.maxsize}
 
     # -- the worker thread ---------------------------------------------------------------
 
@@ -222,8 +226,11 @@ class ShadowWorker:
                 self._store.write(results)
                 self._count("written", len(results))
         except Exception as exc:
-            log.warning("cannot record %d shadow result(s): %s", len(results),
-                        str(exc).splitlines()[0] if str(exc) else type(exc).__name__)
+            log.warning(
+                "cannot record %d shadow result(s): %s",
+                len(results),
+                str(exc).splitlines()[0] if str(exc) else type(exc).__name__,
+            )
             self._count("write_failures")
             for result in results:
                 self.dropped(f"{result.method} {result.pattern}", "write_failed")

@@ -128,8 +128,9 @@ class ShadowResults:
         with self._engine.begin() as conn:
             conn.execute(insert(facade_shadow_result), rows)
 
-    def parity(self, method: str, pattern: str, kind: str = SHADOW,
-               now: datetime | None = None) -> Parity:
+    def parity(
+        self, method: str, pattern: str, kind: str = SHADOW, now: datetime | None = None
+    ) -> Parity:
         return self.parity_by_route(kind, now, routes=[(method, pattern)]).get(
             (method, pattern), Parity()
         )
@@ -154,9 +155,7 @@ class ShadowResults:
             if not wanted:
                 return {}
             conditions.append(or_(*[and_(t.c.method == m, t.c.pattern == p) for m, p in wanted]))
-        recent = (
-            select(t.c.method, t.c.pattern, t.c.outcome, rank).where(*conditions).subquery()
-        )
+        recent = select(t.c.method, t.c.pattern, t.c.outcome, rank).where(*conditions).subquery()
         query = (
             select(recent.c.method, recent.c.pattern, recent.c.outcome, func.count())
             .where(recent.c.rank <= self.window.max_samples)
@@ -183,8 +182,12 @@ class ShadowResults:
         t = facade_shadow_result
         query = (
             select(t)
-            .where(t.c.method == method, t.c.pattern == pattern, t.c.kind == kind,
-                   t.c.outcome.in_(list(outcomes)))
+            .where(
+                t.c.method == method,
+                t.c.pattern == pattern,
+                t.c.kind == kind,
+                t.c.outcome.in_(list(outcomes)),
+            )
             .order_by(t.c.id.desc())
             .limit(limit)
         )
@@ -218,13 +221,16 @@ class ShadowResults:
             for method, pattern, kind in keys:
                 route = (t.c.method == method, t.c.pattern == pattern, t.c.kind == kind)
                 oldest_kept = conn.execute(
-                    select(t.c.id).where(*route).order_by(t.c.id.desc())
-                    .offset(self.window.max_samples - 1).limit(1)
+                    select(t.c.id)
+                    .where(*route)
+                    .order_by(t.c.id.desc())
+                    .offset(self.window.max_samples - 1)
+                    .limit(1)
                 ).scalar_one_or_none()
                 if oldest_kept is not None:
-                    deleted += conn.execute(
-                        delete(t).where(*route, t.c.id < oldest_kept)
-                    ).rowcount or 0
+                    deleted += (
+                        conn.execute(delete(t).where(*route, t.c.id < oldest_kept)).rowcount or 0
+                    )
         return deleted
 
 

@@ -15,12 +15,17 @@ from tests.chaos.harness import BOUNDED, LONG, assert_clean, markdown, run
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
-    parser.add_argument("--long", action="store_true",
-                        help="100,000+ changes, 24 process kills, 4 broker restarts")
+    parser.add_argument(
+        "--long", action="store_true", help="100,000+ changes, 24 process kills, 4 broker restarts"
+    )
     parser.add_argument("--seed", type=int, default=None, help="default: a random one")
     parser.add_argument("--changes", type=int, default=None, help="override the size")
-    parser.add_argument("--workdir", type=Path, default=None,
-                        help="logs and summary.json (default: a new temporary folder)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        default=None,
+        help="logs and summary.json (default: a new temporary folder)",
+    )
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     config = replace(LONG if args.long else BOUNDED, seed=seed)

@@ -75,10 +75,13 @@ class Store:
 
     def decision_differences(self, limit: int = 10) -> list[dict[str, str]]:
         with self.new.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT route, sku, legacy, new, state FROM decision_difference"
-                " ORDER BY id LIMIT :limit"
-            ), {"limit": limit}).all()
+            rows = conn.execute(
+                text(
+                    "SELECT route, sku, legacy, new, state FROM decision_difference"
+                    " ORDER BY id LIMIT :limit"
+                ),
+                {"limit": limit},
+            ).all()
         return [
             {"route": r, "sku": sku, "legacy": legacy, "new": new, "state": state}
             for r, sku, legacy, new, state in rows
@@ -90,18 +93,23 @@ class Store:
 
     def confirmed_position(self) -> int:
         with self.legacy.connect() as conn:
-            return int(conn.scalar(text(
-                "SELECT coalesce(max(last_confirmed_pos), 0) FROM strangler_relay_state"
-            )) or 0)
+            return int(
+                conn.scalar(
+                    text("SELECT coalesce(max(last_confirmed_pos), 0) FROM strangler_relay_state")
+                )
+                or 0
+            )
 
     def relay_done(self) -> int | None:
         """The last position, once every captured change has one and the broker confirmed
         all of them; else None."""
         with self.legacy.connect() as conn:
-            waiting, last = conn.execute(text(
-                "SELECT count(*) FILTER (WHERE pos IS NULL), coalesce(max(pos), 0)"
-                " FROM strangler_change"
-            )).one()
+            waiting, last = conn.execute(
+                text(
+                    "SELECT count(*) FILTER (WHERE pos IS NULL), coalesce(max(pos), 0)"
+                    " FROM strangler_change"
+                )
+            ).one()
         if waiting:
             return None
         return int(last) if self.confirmed_position() >= int(last) else None
@@ -109,15 +117,16 @@ class Store:
     def applied_position(self) -> int:
         """The consumer's stored position (the run has one stream)."""
         with self.new.connect() as conn:
-            return int(conn.scalar(text(
-                "SELECT coalesce(max(position), 0) FROM applied_change_position"
-            )) or 0)
+            return int(
+                conn.scalar(text("SELECT coalesce(max(position), 0) FROM applied_change_position"))
+                or 0
+            )
 
     def outbox_backlog(self) -> int:
         with self.new.connect() as conn:
-            return int(conn.scalar(text(
-                "SELECT count(*) FROM outbox WHERE published_at IS NULL"
-            )) or 0)
+            return int(
+                conn.scalar(text("SELECT count(*) FROM outbox WHERE published_at IS NULL")) or 0
+            )
 
     def install_id(self) -> str:
         with self.legacy.connect() as conn:
@@ -125,11 +134,18 @@ class Store:
 
     def changes(self) -> list[dict[str, Any]]:
         with self.legacy.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT change_id, table_name, op, pos,"
-                " (before ->> 'qty_units') AS qty_before, (after ->> 'qty_units') AS qty_after"
-                " FROM strangler_change ORDER BY change_id"
-            )).mappings().all()
+            rows = (
+                conn.execute(
+                    text(
+                        "SELECT change_id, table_name, op, pos,"
+                        " (before ->> 'qty_units') AS qty_before,"
+                        " (after ->> 'qty_units') AS qty_after"
+                        " FROM strangler_change ORDER BY change_id"
+                    )
+                )
+                .mappings()
+                .all()
+            )
         return [dict(row) for row in rows]
 
     def outbox_causes(self) -> Counter[str | None]:
@@ -140,17 +156,17 @@ class Store:
     def shadow_results(self) -> list[tuple[str, str]]:
         """(path, outcome) of every shadow comparison the facade recorded."""
         with self.new.connect() as conn:
-            rows = conn.execute(text(
-                "SELECT path, outcome FROM facade_shadow_result WHERE kind = 'shadow'"
-            )).all()
+            rows = conn.execute(
+                text("SELECT path, outcome FROM facade_shadow_result WHERE kind = 'shadow'")
+            ).all()
         return [(str(path), str(outcome)) for path, outcome in rows]
 
     def order_ids(self) -> list[str]:
         """Every order legacy knows."""
         with self.legacy.connect() as conn:
-            return sorted(conn.execute(text(
-                "SELECT DISTINCT order_no FROM cust_order_line"
-            )).scalars())
+            return sorted(
+                conn.execute(text("SELECT DISTINCT order_no FROM cust_order_line")).scalars()
+            )
 
     def dead_letter_rows(self) -> list[str | None]:
         with self.new.connect() as conn:
@@ -183,9 +199,19 @@ def drain(amqp_url: str, queue: str, timeout: float = 300) -> list[broker.Messag
 def queue_counts(queue: str) -> tuple[int, int]:
     """(ready, unacknowledged) messages of ``queue``, as RabbitMQ counts them."""
     out = subprocess.run(
-        ["rabbitmqctl", "-q", "list_queues", "--no-table-headers",
-         "name", "messages_ready", "messages_unacknowledged"],
-        check=True, capture_output=True, text=True, timeout=120,
+        [
+            "rabbitmqctl",
+            "-q",
+            "list_queues",
+            "--no-table-headers",
+            "name",
+            "messages_ready",
+            "messages_unacknowledged",
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
     ).stdout
     for line in out.splitlines():
         parts = line.split()
@@ -251,12 +277,17 @@ def judge_changes(
     changes = store.changes()
     ids = {f"{install}:{c['change_id']}": c for c in changes}
     verdict.captured = len(changes)
-    verdict.captured_by_kind = dict(sorted(Counter(
-        f"{c['table_name']}.{c['op']}" for c in changes).items()))
+    verdict.captured_by_kind = dict(
+        sorted(Counter(f"{c['table_name']}.{c['op']}" for c in changes).items())
+    )
 
-    published = Counter(m.message_id for m in audit if m.type == "change"
-                        and not m.message_id.startswith("poison-")
-                        and m.headers.get("x-chaos") != "poison")  # the forged change
+    published = Counter(
+        m.message_id
+        for m in audit
+        if m.type == "change"
+        and not m.message_id.startswith("poison-")
+        and m.headers.get("x-chaos") != "poison"
+    )  # the forged change
     verdict.published = len(published)
     verdict.deliveries_to_audit = sum(published.values())
     unpublished = sorted(set(ids) - set(published))
@@ -282,8 +313,11 @@ def judge_changes(
     verdict.examples = {
         name: values[:5]
         for name, values in (
-            ("unpublished", unpublished), ("phantom", phantom), ("unapplied", unapplied),
-            ("effects_missing", missing), ("effects_doubled", doubled),
+            ("unpublished", unpublished),
+            ("phantom", phantom),
+            ("unapplied", unapplied),
+            ("effects_missing", missing),
+            ("effects_doubled", doubled),
             ("effects_stray", stray),
         )
         if values
@@ -294,8 +328,7 @@ def _has_effect(change: dict[str, Any]) -> bool:
     table, op = change["table_name"], change["op"]
     if table == "lot_allocation":
         return op in ("c", "d")
-    return bool(table == "stock_lot" and op == "u"
-                and change["qty_before"] != change["qty_after"])
+    return bool(table == "stock_lot" and op == "u" and change["qty_before"] != change["qty_after"])
 
 
 def judge_verify(verdict: Verdict, result: subprocess.CompletedProcess[str]) -> None:
@@ -310,9 +343,7 @@ def judge_verify(verdict: Verdict, result: subprocess.CompletedProcess[str]) -> 
         verdict.examples["verify"] = result.stdout.splitlines()[1:6]
 
 
-def judge_dead_letters(
-    verdict: Verdict, poison_ids: set[str], dlq: list[broker.Message]
-) -> None:
+def judge_dead_letters(verdict: Verdict, poison_ids: set[str], dlq: list[broker.Message]) -> None:
     got = Counter(m.message_id for m in dlq)
     verdict.poison_injected = len(poison_ids)
     verdict.dead_lettered = sum(got.values())
@@ -337,18 +368,24 @@ def judge_facade(
     recorded = Counter(path for path, _ in results)
     verdict.facade_shadow_recorded = len(results)
     verdict.facade_shadow_matching = sum(
-        1 for path, outcome in results if outcome == "match" and path in sent)
+        1 for path, outcome in results if outcome == "match" and path in sent
+    )
     verdict.facade_shadow_unexpected = sum((recorded - sent).values())
     verdict.facade_shadow_missing = sum((sent - recorded).values())
     refused_lines = sum(1 for line in log.splitlines() if "refused GET /allocations/" in line)
     verdict.facade_log_problems = (
-        log.count("Traceback") + log.count("\x00") + log.count("\x1b")
+        log.count("Traceback")
+        + log.count("\x00")
+        + log.count("\x1b")
         + abs(refused_lines - sum(r.refused_by_facade for r in rounds))
     )
     problems = [p for r in rounds for p in r.problems]
     mismatched = [f"{path}: {outcome}" for path, outcome in results if outcome != "match"]
-    for name, values in (("facade_answers", problems), ("facade_shadow_not_matching", mismatched),
-                         ("facade_shadow_unexpected", sorted(recorded - sent)),
-                         ("facade_shadow_missing", sorted(sent - recorded))):
+    for name, values in (
+        ("facade_answers", problems),
+        ("facade_shadow_not_matching", mismatched),
+        ("facade_shadow_unexpected", sorted(recorded - sent)),
+        ("facade_shadow_missing", sorted(sent - recorded)),
+    ):
         if values:
             verdict.examples[name] = [str(v) for v in values[:5]]

@@ -25,8 +25,9 @@ def _require_rabbitmqctl() -> None:
     if shutil.which("rabbitmqctl"):
         return
     if os.environ.get("CI", "").lower() == "true":
-        pytest.fail("rabbitmqctl is not installed (CI=true: a missing service is a failure)",
-                    pytrace=False)
+        pytest.fail(
+            "rabbitmqctl is not installed (CI=true: a missing service is a failure)", pytrace=False
+        )
     pytest.skip("rabbitmqctl is not installed")
 
 

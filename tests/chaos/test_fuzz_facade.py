@@ -41,9 +41,11 @@ ROOT = Path(__file__).resolve().parents[2]
 LEGACY = "http://legacy.test:8080"
 TOKEN = "chaos-admin-token"
 ROUTE = "/allocations/<orderid>"
-FUZZ = settings(max_examples=40, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 SCHEMA = schemathesis.openapi.from_dict(json.loads((ROOT / "docs" / "openapi.json").read_text()))
 
 
@@ -66,7 +68,9 @@ class Upstream:
     def answer(self, request: PreparedRequest) -> tuple[int, dict[str, str], bytes]:
         split = urlsplit(request.url or "")
         response = self.shop.open(
-            split.path, method=request.method or "GET", query_string=split.query,
+            split.path,
+            method=request.method or "GET",
+            query_string=split.query,
             data=_read(request.body),
             headers={k: v for k, v in request.headers.items() if k.lower() not in _FRAMING},
         )
@@ -75,8 +79,10 @@ class Upstream:
 
     def hosts(self) -> set[str]:
         """Every scheme://host:port the facade sent a request to."""
-        return {"{0.scheme}://{0.netloc}".format(urlsplit(call.request.url or ""))
-                for call in self.mock.calls}
+        return {
+            "{0.scheme}://{0.netloc}".format(urlsplit(call.request.url or ""))
+            for call in self.mock.calls
+        }
 
     def forget(self) -> None:
         self.mock.calls.reset()
@@ -101,10 +107,16 @@ def _read(body: Any) -> bytes:
 def upstream(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Upstream]:
     shop = create_shop(f"sqlite:///{tmp_path_factory.mktemp('shop') / 'shop.db'}")
     client = shop.test_client()
-    assert client.post("/batches", json={"ref": "b-1", "sku": "RED-CHAIR", "qty": 50,
-                                         "eta": None}).status_code == 201
-    assert client.post("/allocate", json={"orderid": "o-1", "sku": "RED-CHAIR",
-                                          "qty": 3}).status_code == 201
+    assert (
+        client.post(
+            "/batches", json={"ref": "b-1", "sku": "RED-CHAIR", "qty": 50, "eta": None}
+        ).status_code
+        == 201
+    )
+    assert (
+        client.post("/allocate", json={"orderid": "o-1", "sku": "RED-CHAIR", "qty": 3}).status_code
+        == 201
+    )
     upstream = Upstream(shop)
     with upstream.mock:
         yield upstream
@@ -115,8 +127,13 @@ def facade(tmp_path_factory: pytest.TempPathFactory, upstream: Upstream) -> Iter
     new_db = migrated_sqlite_url(tmp_path_factory.mktemp("new"))
     table = RouteTable(new_db, refresh_interval=0.0)
     table.set("GET", ROUTE, Mode.SHADOW, by="chaos", reason="fuzz both systems")
-    app = create_app(LEGACY, new_db, route_table=table,
-                     settings=FacadeSettings(admin_token=TOKEN), lag_provider=None)
+    app = create_app(
+        LEGACY,
+        new_db,
+        route_table=table,
+        settings=FacadeSettings(admin_token=TOKEN),
+        lag_provider=None,
+    )
     yield app
     close_app(app)
     table.close()
@@ -142,7 +159,8 @@ def test_facade_answers_generated_requests_without_a_server_error(
 ) -> None:
     upstream.forget()
     response = case.call_and_validate(
-        app=facade, headers={"Authorization": f"Bearer {TOKEN}"},
+        app=facade,
+        headers={"Authorization": f"Bearer {TOKEN}"},
         checks=[checks.not_a_server_error, checks.content_type_conformance],
     )
     assert response.status_code < 500, response.text
@@ -152,14 +170,40 @@ def test_facade_answers_generated_requests_without_a_server_error(
 # -- odd targets -------------------------------------------------------------------------
 
 segments = st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), max_size=12)
-tricky = st.sampled_from([
-    "..", ".", "%2e%2e", "%2E%2e", "%2e", "%252e%252e", "", "@evil.test", "evil.test:80",
-    "\\..\\", "%2f", "%5c", "http:", "//evil.test", "?x=//evil.test", "#frag",
-])
+tricky = st.sampled_from(
+    [
+        "..",
+        ".",
+        "%2e%2e",
+        "%2E%2e",
+        "%2e",
+        "%252e%252e",
+        "",
+        "@evil.test",
+        "evil.test:80",
+        "\\..\\",
+        "%2f",
+        "%5c",
+        "http:",
+        "//evil.test",
+        "?x=//evil.test",
+        "#frag",
+    ]
+)
 paths = st.lists(st.one_of(segments, tricky), min_size=1, max_size=5).map(
-    lambda parts: "/" + "/".join(parts))
-hosts = st.sampled_from(["evil.test", "evil.test:8080", "127.0.0.1:1", "legacy.test:8080",
-                         "localhost", "[::1]:22", "a@evil.test"])
+    lambda parts: "/" + "/".join(parts)
+)
+hosts = st.sampled_from(
+    [
+        "evil.test",
+        "evil.test:8080",
+        "127.0.0.1:1",
+        "legacy.test:8080",
+        "localhost",
+        "[::1]:22",
+        "a@evil.test",
+    ]
+)
 methods = st.sampled_from(["GET", "POST", "PUT", "PATCH", "DELETE", "HEAD", "OPTIONS"])
 
 
@@ -175,31 +219,45 @@ def test_no_path_or_host_header_sends_a_request_elsewhere(
     client: FlaskClient, upstream: Upstream, method: str, path: str, host: str
 ) -> None:
     upstream.forget()
-    response = client.open("/", method=method, environ_overrides={
-        "PATH_INFO": _wsgi(path), "HTTP_HOST": host})
+    response = client.open(
+        "/", method=method, environ_overrides={"PATH_INFO": _wsgi(path), "HTTP_HOST": host}
+    )
     assert response.status_code != 500, (method, path, response.get_data()[:300])
     _assert_only_legacy_was_called(upstream)
 
 
-@given(method=methods, target=st.builds(
-    lambda host, path: f"http://{host}{path}", hosts, paths))
+@given(method=methods, target=st.builds(lambda host, path: f"http://{host}{path}", hosts, paths))
 @FUZZ
 def test_absolute_form_targets_go_to_legacy_only(
     client: FlaskClient, upstream: Upstream, method: str, target: str
 ) -> None:
     upstream.forget()
     split = urlsplit(target)
-    response = client.open("/", method=method, environ_overrides={
-        "PATH_INFO": _wsgi(split.path or "/"), "QUERY_STRING": _wsgi(split.query),
-        "REQUEST_URI": _wsgi(target), "RAW_URI": _wsgi(target), "HTTP_HOST": split.netloc})
+    response = client.open(
+        "/",
+        method=method,
+        environ_overrides={
+            "PATH_INFO": _wsgi(split.path or "/"),
+            "QUERY_STRING": _wsgi(split.query),
+            "REQUEST_URI": _wsgi(target),
+            "RAW_URI": _wsgi(target),
+            "HTTP_HOST": split.netloc,
+        },
+    )
     assert response.status_code != 500, (method, target)
     _assert_only_legacy_was_called(upstream)
 
 
-@pytest.mark.parametrize("path", [
-    "/%2e%2e/_strangler/routes", "/a/%2E%2E/%2e%2e/etc/passwd", "/batches/..",
-    "/allocations/./o-1", "/allocations/%2e%2e%2f%2e%2e",
-])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/%2e%2e/_strangler/routes",
+        "/a/%2E%2E/%2e%2e/etc/passwd",
+        "/batches/..",
+        "/allocations/./o-1",
+        "/allocations/%2e%2e%2f%2e%2e",
+    ],
+)
 def test_encoded_dot_segments_are_refused_with_400(
     client: FlaskClient, upstream: Upstream, path: str
 ) -> None:
@@ -232,19 +290,29 @@ def test_malformed_order_ids_get_400_or_404_from_both_systems(
 OVERSIZED = b'{"pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
 
 
-@pytest.mark.parametrize(("method", "path"), [
-    ("POST", "/batches"), ("POST", "/allocate"), ("PATCH", "/batches/b-1"),
-    ("PUT", "/_strangler/routes"), ("POST", "/_strangler/routes/rollback"),
-])
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("POST", "/batches"),
+        ("POST", "/allocate"),
+        ("PATCH", "/batches/b-1"),
+        ("PUT", "/_strangler/routes"),
+        ("POST", "/_strangler/routes/rollback"),
+    ],
+)
 @pytest.mark.parametrize("chunked", [False, True])
 def test_oversized_bodies_get_413(
     client: FlaskClient, method: str, path: str, chunked: bool
 ) -> None:
     headers = {"Authorization": f"Bearer {TOKEN}", "Content-Type": "application/json"}
     if chunked:
-        response = client.open(path, method=method, input_stream=io.BytesIO(OVERSIZED),
-                               headers={**headers, "Transfer-Encoding": "chunked"},
-                               environ_overrides={"wsgi.input_terminated": True})
+        response = client.open(
+            path,
+            method=method,
+            input_stream=io.BytesIO(OVERSIZED),
+            headers={**headers, "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
     else:
         response = client.open(path, method=method, data=OVERSIZED, headers=headers)
     assert response.status_code == 413, (path, response.status_code, response.get_data()[:200])

@@ -30,9 +30,11 @@ pytestmark = pytest.mark.chaos
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCUMENT = ROOT / "examples" / "legacy_shop" / "openapi.json"
-FUZZ = settings(max_examples=40, deadline=None,
-                suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                       HealthCheck.too_slow])
+FUZZ = settings(
+    max_examples=40,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
+)
 CHECKS = [
     checks.not_a_server_error,
     checks.status_code_conformance,
@@ -46,10 +48,16 @@ def shop(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Flask]:
     app = create_app(f"sqlite:///{tmp_path_factory.mktemp('shop') / 'shop.db'}")
     client = app.test_client()
     for ref, sku, qty in (("b-1", "RED-CHAIR", 50), ("b-2", "RED-CHAIR", 5), ("b-3", "LAMP", 9)):
-        assert client.post("/batches", json={"ref": ref, "sku": sku, "qty": qty,
-                                             "eta": None}).status_code == 201
-    assert client.post("/allocate", json={"orderid": "o-1", "sku": "RED-CHAIR",
-                                           "qty": 3}).status_code == 201
+        assert (
+            client.post(
+                "/batches", json={"ref": ref, "sku": sku, "qty": qty, "eta": None}
+            ).status_code
+            == 201
+        )
+    assert (
+        client.post("/allocate", json={"orderid": "o-1", "sku": "RED-CHAIR", "qty": 3}).status_code
+        == 201
+    )
     yield app
 
 
@@ -73,8 +81,12 @@ def client(shop: Flask) -> FlaskClient:
     return shop.test_client()
 
 
-WRITES = [("POST", "/batches"), ("POST", "/allocate"), ("POST", "/deallocate"),
-          ("PATCH", "/batches/b-1")]
+WRITES = [
+    ("POST", "/batches"),
+    ("POST", "/allocate"),
+    ("POST", "/deallocate"),
+    ("PATCH", "/batches/b-1"),
+]
 
 
 @pytest.mark.parametrize(("method", "path"), WRITES)
@@ -84,13 +96,15 @@ def test_oversized_bodies_get_413(
 ) -> None:
     body = b'{"qty": 1, "pad": "' + b"x" * MAX_BODY_BYTES + b'"}'
     if chunked:  # no Content-Length: the limit must hold on the stream too
-        response = client.open(path, method=method, input_stream=io.BytesIO(body),
-                               headers={"Content-Type": "application/json",
-                                        "Transfer-Encoding": "chunked"},
-                               environ_overrides={"wsgi.input_terminated": True})
+        response = client.open(
+            path,
+            method=method,
+            input_stream=io.BytesIO(body),
+            headers={"Content-Type": "application/json", "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
     else:
-        response = client.open(path, method=method, data=body,
-                               content_type="application/json")
+        response = client.open(path, method=method, data=body, content_type="application/json")
     assert response.status_code == 413
     assert response.get_json()["error"] == "request entity too large"
 
@@ -132,21 +146,28 @@ def _assert_refused(path: str, response: Any, allowed: set[int]) -> None:
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=70),
-    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner,
-                                                                 max_size=4),
+    lambda inner: (
+        st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4)
+    ),
     max_leaves=12,
 )
 
 
-@given(path=st.sampled_from(["/batches", "/allocate", "/deallocate"]),
-       body=st.one_of(json_values, st.dictionaries(
-           st.sampled_from(["ref", "sku", "qty", "eta", "orderid"]), json_values)),
-       raw=st.binary(max_size=64))
+@given(
+    path=st.sampled_from(["/batches", "/allocate", "/deallocate"]),
+    body=st.one_of(
+        json_values,
+        st.dictionaries(st.sampled_from(["ref", "sku", "qty", "eta", "orderid"]), json_values),
+    ),
+    raw=st.binary(max_size=64),
+)
 @FUZZ
 def test_arbitrary_bodies_never_cause_a_server_error(
     client: FlaskClient, path: str, body: Any, raw: bytes
 ) -> None:
-    for response in (client.post(path, json=body),
-                     client.post(path, data=raw, content_type="application/json")):
+    for response in (
+        client.post(path, json=body),
+        client.post(path, data=raw, content_type="application/json"),
+    ):
         assert response.status_code in (200, 201, 400, 404, 409), response.get_json()
         assert response.is_json

@@ -118,20 +118,33 @@ class Workload:
                         self._add_batch(http, ref, sku, rng.randint(50, 400), eta)
                     elif roll < 0.16 and allocated:
                         orderid, sku = allocated.pop(rng.randrange(len(allocated)))
-                        self._call(http, "deallocate", "POST", "/deallocate",
-                                   {"orderid": orderid, "sku": sku})
+                        self._call(
+                            http,
+                            "deallocate",
+                            "POST",
+                            "/deallocate",
+                            {"orderid": orderid, "sku": sku},
+                        )
                     elif roll < 0.21:
                         self._change_qty(http, rng)
                     elif roll < 0.24:
-                        path = rng.choice([f"/batches/{rng.choice(self.skus)}-wh",
-                                           f"/allocations/o{index}-{rng.randrange(orders + 1)}"])
+                        path = rng.choice(
+                            [
+                                f"/batches/{rng.choice(self.skus)}-wh",
+                                f"/allocations/o{index}-{rng.randrange(orders + 1)}",
+                            ]
+                        )
                         self._call(http, "read", "GET", path, None)
                     else:
                         orders += 1
                         orderid, sku = f"o{index}-{orders}", rng.choice(self.skus)
-                        response = self._call(http, "allocate", "POST", "/allocate",
-                                              {"orderid": orderid, "sku": sku,
-                                               "qty": rng.randint(1, 12)})
+                        response = self._call(
+                            http,
+                            "allocate",
+                            "POST",
+                            "/allocate",
+                            {"orderid": orderid, "sku": sku, "qty": rng.randint(1, 12)},
+                        )
                         if response is not None and response.status_code == 201:
                             allocated.append((orderid, sku))
                 except requests.RequestException as error:

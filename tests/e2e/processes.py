@@ -24,9 +24,7 @@ def free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def wait_for(
-    condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1
-) -> T:
+def wait_for(condition: Callable[[], T], timeout: float, what: str, interval: float = 0.1) -> T:
     """Poll ``condition`` until it returns something truthy; fail after ``timeout`` s."""
     deadline = time.monotonic() + timeout
     last_error: Exception | None = None
@@ -55,7 +53,10 @@ def run_cli(
     *args: str, env: dict[str, str], timeout: float = 120
 ) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        [STRANGLER, *args], env={**os.environ, **env}, capture_output=True, text=True,
+        [STRANGLER, *args],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
         timeout=timeout,
     )
     assert result.returncode == 0, f"strangler {' '.join(args)} failed: {result.stderr}"
@@ -73,7 +74,10 @@ class Processes:
     def start(self, name: str, *args: str) -> subprocess.Popen[bytes]:
         log = (self.logs / f"{name}.log").open("wb")
         proc = subprocess.Popen(
-            [STRANGLER, *args], env=self.env, stdout=log, stderr=subprocess.STDOUT,
+            [STRANGLER, *args],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
             start_new_session=True,
         )
         self.procs[name] = proc

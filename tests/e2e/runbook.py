@@ -102,7 +102,7 @@ def parse_steps(text: str, source: str = "<runbook>") -> list[Step]:
             continue
         if line.startswith(PROMPT):
             finish()
-            command, command_line = [line[len(PROMPT):]], number
+            command, command_line = [line[len(PROMPT) :]], number
             continued = line.endswith("\\")
         elif not line.strip() or line.lstrip().startswith("#"):
             continue
@@ -200,8 +200,7 @@ class Shell:
         while not rc.exists():
             if self.process.poll() is not None:
                 raise StepFailed(
-                    f"{step.where()}: the shell exited running:\n$ {step.command}\n"
-                    f"{_tail(out)}"
+                    f"{step.where()}: the shell exited running:\n$ {step.command}\n{_tail(out)}"
                 )
             if time.monotonic() > deadline:
                 raise StepFailed(
@@ -283,7 +282,7 @@ def _processes() -> list[tuple[int, int, int, str]]:
             stat = (entry / "stat").read_text()
         except OSError:
             continue
-        fields = stat[stat.rindex(")") + 2:].split()
+        fields = stat[stat.rindex(")") + 2 :].split()
         found.append((int(entry.name), int(fields[2]), int(fields[3]), fields[0]))
     return found
 
@@ -294,6 +293,5 @@ def _process_groups_in_session(session: int) -> set[int]:
 
 def _group_alive(group: int, session: int) -> bool:
     return any(
-        pgrp == group and sid == session and state != "Z"
-        for _pid, pgrp, sid, state in _processes()
+        pgrp == group and sid == session and state != "Z" for _pid, pgrp, sid, state in _processes()
     )

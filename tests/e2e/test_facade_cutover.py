@@ -45,14 +45,15 @@ def _seed(facade: str) -> None:
 
     for i, sku in enumerate(SKUS):
         call("/batches", {"ref": f"wh-{sku}", "sku": sku, "qty": 30, "eta": None}, {201})
-        call("/batches", {"ref": f"ship-{sku}", "sku": sku, "qty": 50,
-                          "eta": f"2027-0{i + 1}-15"}, {201})
+        call(
+            "/batches",
+            {"ref": f"ship-{sku}", "sku": sku, "qty": 50, "eta": f"2027-0{i + 1}-15"},
+            {201},
+        )
     for n, orderid in enumerate(ORDERS[:-4]):  # the last four orders have nothing: 404s
-        call("/allocate", {"orderid": orderid, "sku": SKUS[n % 3], "qty": 1 + n % 4},
-             {201, 409})
+        call("/allocate", {"orderid": orderid, "sku": SKUS[n % 3], "qty": 1 + n % 4}, {201, 409})
         if n % 5 == 0:
-            call("/allocate", {"orderid": orderid, "sku": SKUS[(n + 1) % 3], "qty": 2},
-                 {201, 409})
+            call("/allocate", {"orderid": orderid, "sku": SKUS[(n + 1) % 3], "qty": 2}, {201, 409})
     call("/deallocate", {"orderid": ORDERS[3], "sku": SKUS[0]}, {200})
 
 
@@ -60,14 +61,16 @@ def _metric(facade: str, name: str, **labels: str) -> float:
     text = requests.get(f"{facade}/metrics", timeout=10).text
     wanted = [f'{key}="{value}"' for key, value in labels.items()]
     return sum(
-        float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
         if line.startswith(name + "{") and all(w in line for w in wanted)
     )
 
 
 def _strangler(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([STRANGLER, *args], env={**os.environ, **env}, capture_output=True,
-                          text=True, timeout=60)
+    return subprocess.run(
+        [STRANGLER, *args], env={**os.environ, **env}, capture_output=True, text=True, timeout=60
+    )
 
 
 def _route(env: dict[str, str]) -> dict[str, Any]:
@@ -77,8 +80,12 @@ def _route(env: dict[str, str]) -> dict[str, Any]:
 
 
 def _audit(facade: str) -> list[tuple[str | None, str, str]]:
-    entries = requests.get(f"{facade}/_strangler/routes/history", headers=AUTH,
-                           params={"method": "GET", "pattern": ROUTE}, timeout=10).json()
+    entries = requests.get(
+        f"{facade}/_strangler/routes/history",
+        headers=AUTH,
+        params={"method": "GET", "pattern": ROUTE},
+        timeout=10,
+    ).json()
     return [(e["from_mode"], e["to_mode"], e["by"]) for e in entries["entries"]]
 
 
@@ -90,8 +97,12 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
     legacy_port, facade_port = free_port(), free_port()
     legacy, facade = f"http://127.0.0.1:{legacy_port}", f"http://127.0.0.1:{facade_port}"
     env = {
-        "LEGACY_DB_URL": legacy_db, "NEW_DB_URL": new_db, "BROKER_URL": amqp_url,
-        "LEGACY_URL": legacy, "ADMIN_TOKEN": TOKEN, "USER": "e2e",
+        "LEGACY_DB_URL": legacy_db,
+        "NEW_DB_URL": new_db,
+        "BROKER_URL": amqp_url,
+        "LEGACY_URL": legacy,
+        "ADMIN_TOKEN": TOKEN,
+        "USER": "e2e",
         "ADMIN_TOKENS": f"alice:{ALICE_TOKEN}",
     }
     broker = connect(amqp_url)
@@ -107,8 +118,18 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             procs.start("bridge", "bridge", "run", "--exchange", exchange)
             # the lag guard is covered by unit tests; here the read model's lag must not
             # send the route back to legacy while legacy sits idle between steps
-            procs.start("facade", "serve", "--port", str(facade_port), "--workers", "2",
-                        "--refresh-interval", "0.2", "--max-lag", "600")
+            procs.start(
+                "facade",
+                "serve",
+                "--port",
+                str(facade_port),
+                "--workers",
+                "2",
+                "--refresh-interval",
+                "0.2",
+                "--max-lag",
+                "600",
+            )
             wait_for(lambda: port_open(facade_port), 30, "the facade")
 
             # -- legacy: seed through the facade, let the new system catch up ------------
@@ -116,16 +137,21 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             http = requests.Session()
 
             def legacy_answers() -> dict[str, tuple[int, Any]]:
-                return {o: (r.status_code, r.json()) for o in ORDERS
-                        for r in [http.get(f"{legacy}/allocations/{o}", timeout=10)]}
+                return {
+                    o: (r.status_code, r.json())
+                    for o in ORDERS
+                    for r in [http.get(f"{legacy}/allocations/{o}", timeout=10)]
+                }
 
             expected = legacy_answers()
             assert sum(1 for status, _ in expected.values() if status == 200) >= 20
 
             def caught_up() -> bool:
                 for orderid, (status, body) in expected.items():
-                    mine = [{"sku": a.sku, "batchref": a.batchref}
-                            for a in read_model.allocations_for(orderid)]
+                    mine = [
+                        {"sku": a.sku, "batchref": a.batchref}
+                        for a in read_model.allocations_for(orderid)
+                    ]
                     if (mine if status == 200 else []) != (body if status == 200 else []):
                         return False
                 return True
@@ -137,8 +163,10 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             # the gate: no move to new before shadow traffic agreed
             refused = _strangler(env, "routes", "set", "GET", ROUTE, "new")
             assert refused.returncode != 0
-            assert "refusing to serve GET /allocations/<orderid> from new: no shadow " \
+            assert (
+                "refusing to serve GET /allocations/<orderid> from new: no shadow "
                 "samples" in refused.stderr
+            )
 
             # -- shadow ---------------------------------------------------------------
             run_cli("routes", "set", "GET", ROUTE, "shadow", "--reason", "compare", env=env)
@@ -152,25 +180,46 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
                 return shadowed if shadowed >= 120 else 0
 
             shadowed = wait_for(shadowed_enough, 60, "120 shadowed requests")
-            wait_for(lambda: _route(env)["parity"]["samples"] == shadowed, 30,
-                     "every shadow result to be recorded")
+            wait_for(
+                lambda: _route(env)["parity"]["samples"] == shadowed,
+                30,
+                "every shadow result to be recorded",
+            )
             route = _route(env)
-            assert route["parity"] == {"matches": shadowed, "mismatches": 0, "errors": 0,
-                                       "samples": shadowed, "percent": 100.0}
-            assert _metric(facade, "strangler_facade_shadow_results_total",
-                           outcome="match") == shadowed
-            assert _metric(facade, "strangler_facade_shadow_results_total",
-                           outcome="mismatch") == 0
+            assert route["parity"] == {
+                "matches": shadowed,
+                "mismatches": 0,
+                "errors": 0,
+                "samples": shadowed,
+                "percent": 100.0,
+            }
+            assert (
+                _metric(facade, "strangler_facade_shadow_results_total", outcome="match")
+                == shadowed
+            )
+            assert _metric(facade, "strangler_facade_shadow_results_total", outcome="mismatch") == 0
             assert _audit(facade) == [(None, "shadow", "e2e")]
 
             # -- canary 50 (through the admin API) -------------------------------------
-            unauthorized = requests.put(f"{facade}/_strangler/routes", timeout=10, json={
-                "method": "GET", "pattern": ROUTE, "mode": "new", "force": True})
+            unauthorized = requests.put(
+                f"{facade}/_strangler/routes",
+                timeout=10,
+                json={"method": "GET", "pattern": ROUTE, "mode": "new", "force": True},
+            )
             assert unauthorized.status_code == 401
-            canary = requests.put(f"{facade}/_strangler/routes", timeout=10,
-                                  headers={"Authorization": f"Bearer {ALICE_TOKEN}"},
-                                  json={"method": "GET", "pattern": ROUTE, "mode": "canary",
-                                        "percent": 50, "reason": "half", "by": "alice"})
+            canary = requests.put(
+                f"{facade}/_strangler/routes",
+                timeout=10,
+                headers={"Authorization": f"Bearer {ALICE_TOKEN}"},
+                json={
+                    "method": "GET",
+                    "pattern": ROUTE,
+                    "mode": "canary",
+                    "percent": 50,
+                    "reason": "half",
+                    "by": "alice",
+                },
+            )
             assert canary.status_code == 200, canary.text
 
             def split() -> dict[str, str] | None:
@@ -187,13 +236,16 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             sides = wait_for(split, 20, "a sticky canary split")
             assert set(sides.values()) == {"legacy", "new"}
             assert split() == sides  # sticky
-            assert _metric(facade, "strangler_facade_requests_total", mode="canary",
-                           served_by="new") > 0
+            assert (
+                _metric(facade, "strangler_facade_requests_total", mode="canary", served_by="new")
+                > 0
+            )
             assert _audit(facade)[-1] == ("shadow", "canary 50", "alice")
 
             # -- new: the gate lets it through ------------------------------------------
-            moved = run_cli("routes", "set", "GET", ROUTE, "new", "--reason", "cutover",
-                            env=env).stdout.splitlines()
+            moved = run_cli(
+                "routes", "set", "GET", ROUTE, "new", "--reason", "cutover", env=env
+            ).stdout.splitlines()
             assert moved[0] == f"GET {ROUTE} -> new"
             # a worker still on the shadow snapshot while the canary split settled may
             # have shadowed a few more requests: at least the counted ones, all matching
@@ -219,14 +271,17 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             def all_legacy() -> bool:
                 return all(
                     http.get(f"{facade}/allocations/{o}", timeout=10).headers["X-Served-By"]
-                    == "legacy" for o in ORDERS
+                    == "legacy"
+                    for o in ORDERS
                 )
 
             wait_for(all_legacy, 20, "the rollback to take effect")
-            history = json.loads(run_cli("routes", "history", "GET", ROUTE, "--json",
-                                         env=env).stdout)["entries"]
-            assert [(e["from_mode"], e["to_mode"], e["by"], e["reason"], e["forced"])
-                    for e in history] == [
+            history = json.loads(
+                run_cli("routes", "history", "GET", ROUTE, "--json", env=env).stdout
+            )["entries"]
+            assert [
+                (e["from_mode"], e["to_mode"], e["by"], e["reason"], e["forced"]) for e in history
+            ] == [
                 (None, "shadow", "e2e", "compare", False),
                 ("shadow", "canary 50", "alice", "half", False),
                 ("canary 50", "new", "e2e", "cutover", False),

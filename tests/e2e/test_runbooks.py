@@ -73,25 +73,29 @@ def runbook_files() -> list[Path]:
 
 
 def test_commands_and_their_expected_output_are_read_from_sh_blocks_only() -> None:
-    text = "\n".join([
-        "Intro.",
-        "```text",
-        "$ not a command",
-        "```",
-        "```sh",
-        "# a comment",
-        "$ echo one \\",
-        "    two",
-        "one two",
-        "",
-        "$ strangler consume >consume.log 2>&1 &",
-        "$ true && echo done",
-        "done",
-        "```",
-    ])
+    text = "\n".join(
+        [
+            "Intro.",
+            "```text",
+            "$ not a command",
+            "```",
+            "```sh",
+            "# a comment",
+            "$ echo one \\",
+            "    two",
+            "one two",
+            "",
+            "$ strangler consume >consume.log 2>&1 &",
+            "$ true && echo done",
+            "done",
+            "```",
+        ]
+    )
     steps = parse_steps(text, "x.md")
     assert [s.command for s in steps] == [
-        "echo one \\\n    two", "strangler consume >consume.log 2>&1 &", "true && echo done",
+        "echo one \\\n    two",
+        "strangler consume >consume.log 2>&1 &",
+        "true && echo done",
     ]
     assert [s.expected for s in steps] == [("one two",), (), ("done",)]
     assert [s.line for s in steps] == [7, 11, 12]
@@ -158,7 +162,9 @@ def ensure_rabbitmq_running() -> None:
     """Start RabbitMQ's application again if a runbook stopped it and did not restart it."""
     status = subprocess.run(
         [RABBITMQCTL, "-q", "await_startup", "--timeout", "5"],
-        capture_output=True, text=True, timeout=60,
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
     if status.returncode != 0:
         subprocess.run([RABBITMQCTL, "-q", "start_app"], capture_output=True, timeout=120)
@@ -277,8 +283,13 @@ def test_asyncapi_document_names_both_exchanges_and_valid_schemas() -> None:
 
 def test_readme_links_every_runbook_and_document() -> None:
     readme = (ROOT / "README.md").read_text()
-    documents = [*runbook_files(), RUNBOOKS / "README.md", DOCS / "architecture.md",
-                 DOCS / "events.md", DOCS / "asyncapi.yaml"]
+    documents = [
+        *runbook_files(),
+        RUNBOOKS / "README.md",
+        DOCS / "architecture.md",
+        DOCS / "events.md",
+        DOCS / "asyncapi.yaml",
+    ]
     for path in documents:
         link = f"]({path.relative_to(ROOT)})"
         assert link in readme, f"README.md does not link {path.relative_to(ROOT)}"

@@ -37,17 +37,29 @@ def _seed_through_facade(facade: str) -> list[str]:
 
     for i, sku in enumerate(SKUS):
         call("POST", "/batches", {"ref": f"wh-{sku}", "sku": sku, "qty": 40, "eta": None}, {201})
-        call("POST", "/batches",
-             {"ref": f"ship-{sku}-late", "sku": sku, "qty": 60, "eta": f"2027-0{i + 3}-15"}, {201})
-        call("POST", "/batches",
-             {"ref": f"ship-{sku}-soon", "sku": sku, "qty": 30, "eta": f"2027-01-0{i + 1}"}, {201})
+        call(
+            "POST",
+            "/batches",
+            {"ref": f"ship-{sku}-late", "sku": sku, "qty": 60, "eta": f"2027-0{i + 3}-15"},
+            {201},
+        )
+        call(
+            "POST",
+            "/batches",
+            {"ref": f"ship-{sku}-soon", "sku": sku, "qty": 30, "eta": f"2027-01-0{i + 1}"},
+            {201},
+        )
 
     orders = [f"order-{n:03d}" for n in range(100)]
     allocated: list[tuple[str, str]] = []
     for orderid in orders:
         for sku in rng.sample(SKUS, rng.randint(1, 2)):
-            response = call("POST", "/allocate",
-                            {"orderid": orderid, "sku": sku, "qty": rng.randint(1, 6)}, {201, 409})
+            response = call(
+                "POST",
+                "/allocate",
+                {"orderid": orderid, "sku": sku, "qty": rng.randint(1, 6)},
+                {201, 409},
+            )
             if response.status_code == 201:
                 allocated.append((orderid, sku))
     assert len(allocated) > 100
@@ -70,8 +82,10 @@ def test_read_route_served_by_new_system_matches_legacy_for_every_order(
     legacy_port, facade_port = free_port(), free_port()
     legacy, facade = f"http://127.0.0.1:{legacy_port}", f"http://127.0.0.1:{facade_port}"
     env = {
-        "LEGACY_DB_URL": legacy_db, "NEW_DB_URL": new_db,
-        "BROKER_URL": amqp_url, "LEGACY_URL": legacy,
+        "LEGACY_DB_URL": legacy_db,
+        "NEW_DB_URL": new_db,
+        "BROKER_URL": amqp_url,
+        "LEGACY_URL": legacy,
     }
     broker = connect(amqp_url)
     try:
@@ -92,8 +106,9 @@ def test_read_route_served_by_new_system_matches_legacy_for_every_order(
             procs.assert_running()
 
             # the pipeline, not the cutover gate, is under test here (see test_facade_cutover)
-            run_cli("routes", "set", "GET", ROUTE, "new", "--force",
-                    "--reason", "e2e cutover", env=env)
+            run_cli(
+                "routes", "set", "GET", ROUTE, "new", "--force", "--reason", "e2e cutover", env=env
+            )
             listing = run_cli("routes", "list", env=env).stdout
             assert "GET" in listing and ROUTE in listing and "new" in listing
 
@@ -102,8 +117,16 @@ def test_read_route_served_by_new_system_matches_legacy_for_every_order(
                 for orderid in orders:
                     old = requests.get(f"{legacy}/allocations/{orderid}", timeout=10)
                     new = requests.get(f"{facade}/allocations/{orderid}", timeout=10)
-                    out.append((orderid, old.status_code, old.json(),
-                                new.status_code, new.json(), new.headers["X-Served-By"]))
+                    out.append(
+                        (
+                            orderid,
+                            old.status_code,
+                            old.json(),
+                            new.status_code,
+                            new.json(),
+                            new.headers["X-Served-By"],
+                        )
+                    )
                 return out
 
             def all_match() -> list | None:
@@ -124,9 +147,14 @@ def test_read_route_served_by_new_system_matches_legacy_for_every_order(
             # roll back: the facade serves legacy again, without a restart
             run_cli("routes", "set", "GET", ROUTE, "legacy", "--reason", "e2e rollback", env=env)
             wait_for(
-                lambda: requests.get(f"{facade}/allocations/{orders[0]}", timeout=10)
-                .headers["X-Served-By"] == "legacy",
-                10, "the rollback to take effect",
+                lambda: (
+                    requests.get(f"{facade}/allocations/{orders[0]}", timeout=10).headers[
+                        "X-Served-By"
+                    ]
+                    == "legacy"
+                ),
+                10,
+                "the rollback to take effect",
             )
             procs.assert_running()
     finally:

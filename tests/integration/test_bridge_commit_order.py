@@ -57,9 +57,7 @@ def write(dsn: str, worker: int, count: int) -> None:
         for n in range(count):
             with conn.transaction():
                 if n % 2:
-                    conn.execute(
-                        "INSERT INTO ledger (account_id, n) VALUES (%s, %s)", (worker, n)
-                    )
+                    conn.execute("INSERT INTO ledger (account_id, n) VALUES (%s, %s)", (worker, n))
                 conn.execute(
                     "UPDATE account SET version = version + 1 WHERE id = %s",
                     (rng.randint(1, ACCOUNTS),),

@@ -122,10 +122,14 @@ def relay_backends(killer: Engine, *, terminate: bool) -> int:
     """How many backends the relay under test holds (terminated, with ``terminate``)."""
     what = "pg_terminate_backend(pid)" if terminate else "pid"
     with killer.begin() as conn:
-        return int(conn.execute(text(
-            f"SELECT count({what}) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = 'relay_under_test'"
-        )).scalar_one())
+        return int(
+            conn.execute(
+                text(
+                    f"SELECT count({what}) FROM pg_stat_activity WHERE datname = current_database()"
+                    " AND application_name = 'relay_under_test'"
+                )
+            ).scalar_one()
+        )
 
 
 @pytest.fixture

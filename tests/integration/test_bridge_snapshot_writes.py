@@ -79,9 +79,7 @@ def snapshot_under_writes(engine: Engine, rows: int, relay: Relay, chunk_size: i
         stop_writers.set()
         writers.join()
     try:
-        wait_until(
-            lambda: relay_state(engine)["last_confirmed_pos"] == change_count(engine), 60
-        )
+        wait_until(lambda: relay_state(engine)["last_confirmed_pos"] == change_count(engine), 60)
     finally:
         stop_relay.set()
         relay_thread.join()

@@ -109,8 +109,15 @@ def test_topic_routing_with_star_and_hash(session: Session) -> None:
     b.declare_exchange(x)
     bindings = ["stock_lot.*", "*.d", "#", "stock_lot.#", "#.u", "a.*.c", "a.#.c", "*.c"]
     queues = {key: session.queue(b, (x, key)) for key in bindings}
-    keys = ["stock_lot.c", "stock_lot.u", "prod_catalog.d", "stock_lot", "stock_lot.x.y",
-            "a.b.c", "a.c"]
+    keys = [
+        "stock_lot.c",
+        "stock_lot.u",
+        "prod_catalog.d",
+        "stock_lot",
+        "stock_lot.x.y",
+        "a.b.c",
+        "a.c",
+    ]
     b.publish(x, [message(i, key) for i, key in enumerate(keys)])
     expected = {
         "stock_lot.*": ["stock_lot.c", "stock_lot.u"],

@@ -28,8 +28,12 @@ def new_db(pg_url: str) -> Iterator[str]:
     upgrade_database(pg_url)
     engine = create_engine(pg_url)
     with engine.begin() as conn:
-        conn.execute(text("INSERT INTO allocations_view (orderid, sku, batchref) VALUES "
-                          "('o-1', 'RED-CHAIR', 'b-2'), ('o-1', 'BLUE-SOFA', 'b-1')"))
+        conn.execute(
+            text(
+                "INSERT INTO allocations_view (orderid, sku, batchref) VALUES "
+                "('o-1', 'RED-CHAIR', 'b-2'), ('o-1', 'BLUE-SOFA', 'b-1')"
+            )
+        )
     engine.dispose()
     yield pg_url
 
@@ -48,14 +52,18 @@ def app(new_db: str) -> Iterator[Flask]:
     app.test_client_class = BufferedClient
     RouteTable(new_db).set("GET", ROUTE, "new", by="ops", force=True)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as upstream:
-        upstream.add_callback(responses.GET, re.compile(r"http://legacy\.test:8080/.*"),
-                              callback=legacy_json(LEGACY_ANSWER))
+        upstream.add_callback(
+            responses.GET,
+            re.compile(r"http://legacy\.test:8080/.*"),
+            callback=legacy_json(LEGACY_ANSWER),
+        )
         yield app
     close_app(app)
 
 
-def test_a_read_blocked_past_the_time_limit_raises_read_timeout(new_db: str,
-                                                                 locker: Engine) -> None:
+def test_a_read_blocked_past_the_time_limit_raises_read_timeout(
+    new_db: str, locker: Engine
+) -> None:
     with open_read_model(new_db, time_limit=0.2) as read_model:
         assert [a.sku for a in read_model.allocations_for("o-1")] == ["BLUE-SOFA", "RED-CHAIR"]
         with locker.begin() as conn:
@@ -76,15 +84,17 @@ def test_the_moved_route_is_served_on_the_direct_path_and_falls_back_on_a_slow_r
 
     served = client.get("/allocations/o-1")
     assert served.headers["X-Served-By"] == "new"
-    assert served.get_json() == [{"batchref": "b-1", "sku": "BLUE-SOFA"},
-                                 {"batchref": "b-2", "sku": "RED-CHAIR"}]
+    assert served.get_json() == [
+        {"batchref": "b-1", "sku": "BLUE-SOFA"},
+        {"batchref": "b-2", "sku": "RED-CHAIR"},
+    ]
 
     with locker.begin() as conn:
         conn.execute(text("LOCK TABLE allocations_view IN ACCESS EXCLUSIVE MODE"))
         slow = client.get("/allocations/o-1")
 
     assert (slow.headers["X-Served-By"], slow.get_json()) == ("legacy", LEGACY_ANSWER)
-    assert metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}",
-                  reason="timeout") == 1
+    assert (
+        metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}", reason="timeout") == 1
+    )
     assert client.get("/allocations/o-1").headers["X-Served-By"] == "new"
-

@@ -157,8 +157,9 @@ def test_upgrade_database_reaches_the_facade_head(new_db: str) -> None:
     try:
         assert "facade_shadow_result" in inspect(engine).get_table_names()
         with engine.connect() as conn:
-            heads = {row[0] for row in conn.execute(text("SELECT version_num FROM "
-                                                         "alembic_version"))}
+            heads = {
+                row[0] for row in conn.execute(text("SELECT version_num FROM alembic_version"))
+            }
         assert "0004_facade_shadow" in heads
     finally:
         engine.dispose()
@@ -169,9 +170,19 @@ def test_parity_window_and_pruning_on_postgresql(engine: Engine) -> None:
     results = ShadowResults(engine, Window(seconds=3600, max_samples=5))
 
     def rows(outcome: str, count: int, at: datetime, pattern: str = ROUTE) -> list[ShadowResult]:
-        return [ShadowResult(at=at, method="GET", pattern=pattern, kind="shadow",
-                             outcome=outcome, path="/p", legacy_status=200, legacy_ms=1.0)
-                for _ in range(count)]
+        return [
+            ShadowResult(
+                at=at,
+                method="GET",
+                pattern=pattern,
+                kind="shadow",
+                outcome=outcome,
+                path="/p",
+                legacy_status=200,
+                legacy_ms=1.0,
+            )
+            for _ in range(count)
+        ]
 
     results.write(rows("mismatch", 3, now - timedelta(hours=2)))  # outside the window
     results.write(rows("error", 2, now - timedelta(minutes=3)))
@@ -184,8 +195,12 @@ def test_parity_window_and_pruning_on_postgresql(engine: Engine) -> None:
 
     assert results.prune(now) == 3 + 1
     with engine.connect() as conn:
-        counts = dict(conn.execute(
-            select(facade_shadow_result.c.pattern, func.count())
-            .group_by(facade_shadow_result.c.pattern)).all())
+        counts = dict(
+            conn.execute(
+                select(facade_shadow_result.c.pattern, func.count()).group_by(
+                    facade_shadow_result.c.pattern
+                )
+            ).all()
+        )
     assert counts == {ROUTE: 5, "/other": 2}
     assert results.parity("GET", ROUTE, now=now) == Parity(matches=4, errors=1)

@@ -89,13 +89,30 @@ def test_serve_proxies_switches_without_restart_and_stops_on_sigterm(
     env = {**os.environ, "LEGACY_URL": legacy, "NEW_DB_URL": new_db_url, "ADMIN_TOKEN": "tk"}
     env.pop("PROMETHEUS_MULTIPROC_DIR", None)
     proc = subprocess.Popen(
-        [sys.executable, "-c", "from skeleton_app.commands import serve; serve()",
-         "--port", str(port), "--workers", "2", "--threads", "4", "--refresh-interval", "0.2"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        [
+            sys.executable,
+            "-c",
+            "from skeleton_app.commands import serve; serve()",
+            "--port",
+            str(port),
+            "--workers",
+            "2",
+            "--threads",
+            "4",
+            "--refresh-interval",
+            "0.2",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
     )
     try:
-        health = wait_for(lambda: requests.get(f"{facade}/_strangler/health", timeout=2), 30,
-                          "the facade to start")
+        health = wait_for(
+            lambda: requests.get(f"{facade}/_strangler/health", timeout=2),
+            30,
+            "the facade to start",
+        )
         assert health.json() == {"status": "ok"}
 
         proxied = requests.get(f"{facade}/hello?x=1", timeout=5)
@@ -129,7 +146,8 @@ def test_serve_proxies_switches_without_restart_and_stops_on_sigterm(
             text = requests.get(f"{facade}/metrics", timeout=5).text
             wanted = [f'{k}="{v}"' for k, v in labels.items()]
             return sum(
-                float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
                 if line.startswith(name + "{") and all(w in line for w in wanted)
             )
 
@@ -142,8 +160,8 @@ def test_serve_proxies_switches_without_restart_and_stops_on_sigterm(
         parity = results.parity("GET", ROUTE)
         assert parity.mismatches == shadowed  # legacy's text vs new's JSON: all differ
         assert all(
-            metric_total("strangler_facade_shadow_results_total", outcome="mismatch")
-            == shadowed for _ in range(10)
+            metric_total("strangler_facade_shadow_results_total", outcome="mismatch") == shadowed
+            for _ in range(10)
         )
         table.close()
 

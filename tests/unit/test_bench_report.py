@@ -36,8 +36,9 @@ def test_render_shows_one_row_per_figure_and_a_clear_not_available_line() -> Non
     assert "end-to-end rate" in text
     assert "16,000 changes/s (raw pika)" in text
     assert "0.25" in text and "NO" in text
-    missing = Result("snapshot", 10, "t", "not available",
-                     "not available: strangler bridge snapshot missing")
+    missing = Result(
+        "snapshot", 10, "t", "not available", "not available: strangler bridge snapshot missing"
+    )
     assert render(missing).endswith("\nnot available: strangler bridge snapshot missing")
 
 

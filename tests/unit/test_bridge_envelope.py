@@ -122,9 +122,7 @@ def heartbeat_validator() -> jsonschema.protocols.Validator:
 
 
 def test_transaction_block_names_the_transaction_and_the_place_in_it() -> None:
-    event = change_event(
-        a_change(tx_order=3, tx_table_order=2, tx_last=True), SOURCE, NOW
-    )
+    event = change_event(a_change(tx_order=3, tx_table_order=2, tx_last=True), SOURCE, NOW)
 
     envelope_validator().validate(event)
     assert event["transaction"] == {

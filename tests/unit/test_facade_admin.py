@@ -63,16 +63,25 @@ def table(engine: Engine) -> RouteTable:
 @pytest.fixture
 def upstream() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_callback(responses.GET, ANY_LEGACY,
-                          callback=legacy_json([{"sku": "RED-CHAIR", "batchref": "b-1"}]))
+        mock.add_callback(
+            responses.GET,
+            ANY_LEGACY,
+            callback=legacy_json([{"sku": "RED-CHAIR", "batchref": "b-1"}]),
+        )
         yield mock
 
 
 def make_app(table: RouteTable, token: str | None = TOKEN) -> Flask:
     read_model = FakeReadModel({"order-1": [Allocation("RED-CHAIR", "b-1")]})
     settings = FacadeSettings(admin_token=token, gate=GATE, shadow_flush_interval=0.05)
-    app = create_app(LEGACY, "sqlite://", route_table=table, read_model=read_model,
-                     settings=settings, lag_provider=None)
+    app = create_app(
+        LEGACY,
+        "sqlite://",
+        route_table=table,
+        read_model=read_model,
+        settings=settings,
+        lag_provider=None,
+    )
     app.test_client_class = BufferedClient
     return app
 
@@ -90,15 +99,25 @@ def client(app: Flask) -> FlaskClient:
 
 
 def write_results(engine: Engine, outcomes: dict[str, int], kind: str = "shadow") -> None:
-    ShadowResults(engine).write([
-        ShadowResult(at=datetime.now(UTC), method="GET", pattern=ROUTE, kind=kind,
-                     outcome=outcome, path="/allocations/o-1", legacy_status=200,
-                     legacy_ms=1.5, new_status=200 if outcome != "error" else None,
-                     new_ms=0.5 if outcome != "error" else None,
-                     diff=None if outcome == "match" else f"{outcome} details")
-        for outcome, count in outcomes.items()
-        for _ in range(count)
-    ])
+    ShadowResults(engine).write(
+        [
+            ShadowResult(
+                at=datetime.now(UTC),
+                method="GET",
+                pattern=ROUTE,
+                kind=kind,
+                outcome=outcome,
+                path="/allocations/o-1",
+                legacy_status=200,
+                legacy_ms=1.5,
+                new_status=200 if outcome != "error" else None,
+                new_ms=0.5 if outcome != "error" else None,
+                diff=None if outcome == "match" else f"{outcome} details",
+            )
+            for outcome, count in outcomes.items()
+            for _ in range(count)
+        ]
+    )
 
 
 # -- the documented shapes -------------------------------------------------------------
@@ -192,13 +211,22 @@ def test_without_a_configured_token_the_admin_api_is_off(
 
 @pytest.mark.parametrize(
     "headers",
-    [{}, {"Authorization": "Bearer wrong"}, {"Authorization": TOKEN},
-     {"Authorization": f"Basic {TOKEN}"}, {"Authorization": f"Bearer {TOKEN}x"},
-     {"Authorization": "Bearer "}],
+    [
+        {},
+        {"Authorization": "Bearer wrong"},
+        {"Authorization": TOKEN},
+        {"Authorization": f"Basic {TOKEN}"},
+        {"Authorization": f"Bearer {TOKEN}x"},
+        {"Authorization": "Bearer "},
+    ],
 )
 @pytest.mark.parametrize(("method", "path", "body"), ADMIN_CALLS)
 def test_a_request_without_a_valid_token_gets_401_and_changes_nothing(
-    client: FlaskClient, table: RouteTable, headers: dict[str, str], method: str, path: str,
+    client: FlaskClient,
+    table: RouteTable,
+    headers: dict[str, str],
+    method: str,
+    path: str,
     body: object,
 ) -> None:
     table.set("GET", ROUTE, "canary 10", by="ops", reason="test", force=True)
@@ -208,7 +236,8 @@ def test_a_request_without_a_valid_token_gets_401_and_changes_nothing(
     assert response.status_code == 401
     assert response.headers["WWW-Authenticate"] == 'Bearer realm="strangler"'
     assert documented(response, "/_strangler/routes", "GET") == {
-        "error": "unauthorized", "detail": "a valid admin bearer token is required",
+        "error": "unauthorized",
+        "detail": "a valid admin bearer token is required",
     }
     assert len(table.history()) == 1
     assert table.get("GET", ROUTE).setting == "canary 10"
@@ -225,8 +254,10 @@ def test_the_token_is_compared_in_constant_time(
 
     monkeypatch.setattr("skeleton_app.admin.hmac.compare_digest", compare_digest)
 
-    assert client.get("/_strangler/routes", headers={"Authorization": "Bearer nope"}
-                      ).status_code == 401
+    assert (
+        client.get("/_strangler/routes", headers={"Authorization": "Bearer nope"}).status_code
+        == 401
+    )
     assert client.get("/_strangler/routes", headers=AUTH).status_code == 200
     assert compared == [(b"nope", TOKEN.encode()), (TOKEN.encode(), TOKEN.encode())]
 
@@ -241,39 +272,61 @@ def test_list_routes_with_parity_and_noise(
     write_results(engine, {"match": 4}, kind="aa")
     table.set("GET", ROUTE, "shadow", by="ops", options={"ignore_fields": ["ts"]})
 
-    body = documented(client.get("/_strangler/routes", headers=AUTH), "/_strangler/routes",
-                      "GET")
+    body = documented(client.get("/_strangler/routes", headers=AUTH), "/_strangler/routes", "GET")
 
     [route] = body["routes"]
     assert (route["method"], route["pattern"], route["mode"], route["setting"]) == (
-        "GET", ROUTE, "shadow", "shadow")
+        "GET",
+        ROUTE,
+        "shadow",
+        "shadow",
+    )
     assert route["options"]["ignore_fields"] == ["ts"]
-    assert route["parity"] == {"matches": 9, "mismatches": 1, "errors": 0, "samples": 10,
-                               "percent": 90.0}
+    assert route["parity"] == {
+        "matches": 9,
+        "mismatches": 1,
+        "errors": 0,
+        "samples": 10,
+        "percent": 90.0,
+    }
     assert route["noise"]["percent"] == 100.0
 
 
-def test_set_a_route_through_the_api_is_audited(
-    client: FlaskClient, table: RouteTable
-) -> None:
-    response = client.put("/_strangler/routes", headers=AUTH, json={
-        "method": "get", "pattern": ROUTE, "mode": "canary", "percent": 25,
-        "reason": "first quarter", "by": "alice", "force": True,
-        "options": {"canary_key": "header:X-Customer", "unordered_lists": True},
-    })
+def test_set_a_route_through_the_api_is_audited(client: FlaskClient, table: RouteTable) -> None:
+    response = client.put(
+        "/_strangler/routes",
+        headers=AUTH,
+        json={
+            "method": "get",
+            "pattern": ROUTE,
+            "mode": "canary",
+            "percent": 25,
+            "reason": "first quarter",
+            "by": "alice",
+            "force": True,
+            "options": {"canary_key": "header:X-Customer", "unordered_lists": True},
+        },
+    )
 
     body = documented(response, "/_strangler/routes", "PUT")
     assert (body["route"]["mode"], body["route"]["percent"]) == ("canary", 25)
     assert body["route"]["options"]["canary_key"] == "header:X-Customer"
     audit = body["audit"]
-    assert (audit["from_mode"], audit["to_mode"], audit["by"], audit["reason"],
-            audit["forced"]) == (None, "canary 25", "shared token, claimed: alice",
-                                 "first quarter", True)
+    assert (
+        audit["from_mode"],
+        audit["to_mode"],
+        audit["by"],
+        audit["reason"],
+        audit["forced"],
+    ) == (None, "canary 25", "shared token, claimed: alice", "first quarter", True)
     match = table.match("GET", "/allocations/o-1")
     assert match is not None and (match.mode, match.percent) == (Mode.CANARY, 25)
 
-    default_by = client.put("/_strangler/routes", headers=AUTH,
-                            json={"method": "GET", "pattern": ROUTE, "mode": "shadow"})
+    default_by = client.put(
+        "/_strangler/routes",
+        headers=AUTH,
+        json={"method": "GET", "pattern": ROUTE, "mode": "shadow"},
+    )
     assert default_by.get_json()["audit"]["by"] == "shared token"
 
 
@@ -282,33 +335,36 @@ def test_the_gate_refuses_new_with_409_unless_forced(
 ) -> None:
     write_results(engine, {"match": 5, "error": 1})
 
-    refused = client.put("/_strangler/routes", headers=AUTH,
-                         json={"method": "GET", "pattern": ROUTE, "mode": "new"})
+    refused = client.put(
+        "/_strangler/routes", headers=AUTH, json={"method": "GET", "pattern": ROUTE, "mode": "new"}
+    )
 
     body = documented(refused, "/_strangler/routes", "PUT")
     assert refused.status_code == 409
     assert body["error"] == "cutover refused"
     assert body["detail"].startswith(
-        "refusing to serve GET /allocations/<orderid> from new: shadow parity 83.33% over 6 "
-        "samples")
+        "refusing to serve GET /allocations/<orderid> from new: shadow parity 83.33% over 6 samples"
+    )
     assert body["parity"]["errors"] == 1
     assert table.history() == []
 
-    forced = client.put("/_strangler/routes", headers=AUTH, json={
-        "method": "GET", "pattern": ROUTE, "mode": "new", "force": True, "reason": "hotfix"})
+    forced = client.put(
+        "/_strangler/routes",
+        headers=AUTH,
+        json={"method": "GET", "pattern": ROUTE, "mode": "new", "force": True, "reason": "hotfix"},
+    )
 
     audit = documented(forced, "/_strangler/routes", "PUT")["audit"]
     assert audit["forced"] is True
     assert audit["gate"].startswith("forced past the gate: shadow parity 83.33%")
 
 
-def test_the_gate_lets_new_through_with_enough_parity(
-    client: FlaskClient, engine: Engine
-) -> None:
+def test_the_gate_lets_new_through_with_enough_parity(client: FlaskClient, engine: Engine) -> None:
     write_results(engine, {"match": 10})
 
-    response = client.put("/_strangler/routes", headers=AUTH,
-                          json={"method": "GET", "pattern": ROUTE, "mode": "new"})
+    response = client.put(
+        "/_strangler/routes", headers=AUTH, json={"method": "GET", "pattern": ROUTE, "mode": "new"}
+    )
 
     audit = documented(response, "/_strangler/routes", "PUT")["audit"]
     assert (audit["to_mode"], audit["forced"]) == ("new", False)
@@ -319,24 +375,50 @@ def test_the_gate_lets_new_through_with_enough_parity(
     ("body", "detail"),
     [
         ({"pattern": ROUTE, "mode": "new"}, "field 'method' is required"),
-        ({"method": "GET", "pattern": ROUTE, "mode": "shadow", "colour": 1},
-         "unknown field(s): colour"),
+        (
+            {"method": "GET", "pattern": ROUTE, "mode": "shadow", "colour": 1},
+            "unknown field(s): colour",
+        ),
         ({"method": "GET", "pattern": ROUTE, "mode": 3}, "field 'mode' has the wrong type"),
-        ({"method": "GET", "pattern": ROUTE, "mode": "shadow", "force": "yes"},
-         "field 'force' has the wrong type"),
-        ({"method": "GET", "pattern": ROUTE, "mode": "canary", "percent": True},
-         "field 'percent' has the wrong type"),
+        (
+            {"method": "GET", "pattern": ROUTE, "mode": "shadow", "force": "yes"},
+            "field 'force' has the wrong type",
+        ),
+        (
+            {"method": "GET", "pattern": ROUTE, "mode": "canary", "percent": True},
+            "field 'percent' has the wrong type",
+        ),
         ({"method": "GET", "pattern": ROUTE, "mode": "sideways"}, "unknown mode 'sideways'"),
-        ({"method": "GET", "pattern": ROUTE, "mode": "canary", "percent": 101},
-         "canary percentage must be 0-100"),
-        ({"method": "GET", "pattern": "/batches/<ref>", "mode": "shadow"},
-         "cannot be served by the new system"),
-        ({"method": "GET", "pattern": ROUTE, "mode": "shadow", "options": {"x": 1}},
-         "unknown route option 'x'"),
-        ({"method": "GET", "pattern": ROUTE, "mode": "shadow",
-          "options": {"ignore_fields": [1]}}, "must be a list of strings"),
-        ({"method": "GET", "pattern": ROUTE, "mode": "shadow",
-          "options": {"unordered_lists": "yes"}}, "route option 'unordered_lists' has the wrong"),
+        (
+            {"method": "GET", "pattern": ROUTE, "mode": "canary", "percent": 101},
+            "canary percentage must be 0-100",
+        ),
+        (
+            {"method": "GET", "pattern": "/batches/<ref>", "mode": "shadow"},
+            "cannot be served by the new system",
+        ),
+        (
+            {"method": "GET", "pattern": ROUTE, "mode": "shadow", "options": {"x": 1}},
+            "unknown route option 'x'",
+        ),
+        (
+            {
+                "method": "GET",
+                "pattern": ROUTE,
+                "mode": "shadow",
+                "options": {"ignore_fields": [1]},
+            },
+            "must be a list of strings",
+        ),
+        (
+            {
+                "method": "GET",
+                "pattern": ROUTE,
+                "mode": "shadow",
+                "options": {"unordered_lists": "yes"},
+            },
+            "route option 'unordered_lists' has the wrong",
+        ),
         ([1, 2], "the body must be a JSON object"),
     ],
 )
@@ -354,20 +436,23 @@ def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
     table.set("GET", ROUTE, "canary 50", by="alice", reason="half", force=True)
     table.set("POST", "/allocate", "aa", by="bob")
 
-    rolled = client.post("/_strangler/routes/rollback", headers=AUTH,
-                         json={"reason": "incident", "by": "oncall"})
-    history = client.get(f"/_strangler/routes/history?method=GET&pattern={ROUTE}",
-                         headers=AUTH)
+    rolled = client.post(
+        "/_strangler/routes/rollback", headers=AUTH, json={"reason": "incident", "by": "oncall"}
+    )
+    history = client.get(f"/_strangler/routes/history?method=GET&pattern={ROUTE}", headers=AUTH)
 
-    assert sorted(r["pattern"] for r in documented(
-        rolled, "/_strangler/routes/rollback", "POST")["rolled_back"]) == ["/allocate", ROUTE]
+    assert sorted(
+        r["pattern"]
+        for r in documented(rolled, "/_strangler/routes/rollback", "POST")["rolled_back"]
+    ) == ["/allocate", ROUTE]
     entries = documented(history, "/_strangler/routes/history", "GET")["entries"]
     assert [(e["from_mode"], e["to_mode"], e["by"], e["reason"]) for e in entries] == [
         (None, "canary 50", "alice", "half"),
         ("canary 50", "legacy", "shared token, claimed: oncall", "incident"),
     ]
-    one = client.post("/_strangler/routes/rollback", headers=AUTH,
-                      json={"method": "GET", "pattern": ROUTE})
+    one = client.post(
+        "/_strangler/routes/rollback", headers=AUTH, json={"method": "GET", "pattern": ROUTE}
+    )
     assert one.get_json() == {"rolled_back": [{"method": "GET", "pattern": ROUTE}]}
     half = client.post("/_strangler/routes/rollback", headers=AUTH, json={"method": "GET"})
     assert half.status_code == 400
@@ -376,29 +461,41 @@ def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
 def test_mismatches_show_the_newest_diffs(client: FlaskClient, engine: Engine) -> None:
     write_results(engine, {"match": 3, "mismatch": 2, "error": 1})
 
-    response = client.get(f"/_strangler/routes/mismatches?method=get&pattern={ROUTE}&limit=2",
-                          headers=AUTH)
+    response = client.get(
+        f"/_strangler/routes/mismatches?method=get&pattern={ROUTE}&limit=2", headers=AUTH
+    )
 
     body = documented(response, "/_strangler/routes/mismatches", "GET")
     assert body["parity"]["samples"] == 6
     assert [m["outcome"] for m in body["mismatches"]] == ["error", "mismatch"]
     assert body["mismatches"][0]["diff"] == "error details"
-    for query in ("method=GET", f"method=GET&pattern={ROUTE}&kind=bb",
-                  f"method=GET&pattern={ROUTE}&limit=0"):
+    for query in (
+        "method=GET",
+        f"method=GET&pattern={ROUTE}&kind=bb",
+        f"method=GET&pattern={ROUTE}&limit=0",
+    ):
         bad = client.get(f"/_strangler/routes/mismatches?{query}", headers=AUTH)
         assert bad.status_code == 400
         documented(bad, "/_strangler/routes/mismatches", "GET")
 
 
 def test_status_shows_lag_guard_shadow_queue_and_gate(client: FlaskClient) -> None:
-    body = documented(client.get("/_strangler/status", headers=AUTH), "/_strangler/status",
-                      "GET")
+    body = documented(client.get("/_strangler/status", headers=AUTH), "/_strangler/status", "GET")
 
-    assert body["lag"] == {"enabled": False, "max_lag_seconds": 15.0, "lag_seconds": None,
-                           "tripped": False, "error": None}
+    assert body["lag"] == {
+        "enabled": False,
+        "max_lag_seconds": 15.0,
+        "lag_seconds": None,
+        "tripped": False,
+        "error": None,
+    }
     assert body["shadow"]["capacity"] == 1000
-    assert body["gate"] == {"min_parity": 99.0, "min_samples": 10, "window_seconds": 3600,
-                            "window_samples": 1000}
+    assert body["gate"] == {
+        "min_parity": 99.0,
+        "min_samples": 10,
+        "window_seconds": 3600,
+        "window_samples": 1000,
+    }
 
 
 def test_admin_methods_are_checked_after_the_token(client: FlaskClient) -> None:
@@ -408,8 +505,9 @@ def test_admin_methods_are_checked_after_the_token(client: FlaskClient) -> None:
     assert response.headers["Allow"] == "DELETE, GET, PUT"
 
 
-@pytest.mark.parametrize(("method", "path"),
-                         [("PUT", "/_strangler/routes"), ("POST", "/_strangler/routes/rollback")])
+@pytest.mark.parametrize(
+    ("method", "path"), [("PUT", "/_strangler/routes"), ("POST", "/_strangler/routes/rollback")]
+)
 @pytest.mark.parametrize("chunked", [False, True])
 def test_admin_bodies_over_the_limit_get_413(
     client: FlaskClient, method: str, path: str, chunked: bool
@@ -418,13 +516,18 @@ def test_admin_bodies_over_the_limit_get_413(
 
     from skeleton_app.admin import MAX_BODY_BYTES
 
-    body = json.dumps({"method": "GET", "pattern": ROUTE, "mode": "legacy",
-                       "reason": "x" * MAX_BODY_BYTES}).encode()
+    body = json.dumps(
+        {"method": "GET", "pattern": ROUTE, "mode": "legacy", "reason": "x" * MAX_BODY_BYTES}
+    ).encode()
     headers = {**AUTH, "Content-Type": "application/json"}
     if chunked:  # no Content-Length: the limit must hold on the stream
-        response = client.open(path, method=method, input_stream=io.BytesIO(body),
-                               headers={**headers, "Transfer-Encoding": "chunked"},
-                               environ_overrides={"wsgi.input_terminated": True})
+        response = client.open(
+            path,
+            method=method,
+            input_stream=io.BytesIO(body),
+            headers={**headers, "Transfer-Encoding": "chunked"},
+            environ_overrides={"wsgi.input_terminated": True},
+        )
     else:
         response = client.open(path, method=method, data=body, headers=headers)
 
@@ -453,15 +556,22 @@ def test_metrics_are_served_in_prometheus_format_and_never_proxied(
     assert response.headers["X-Served-By"] == "facade"
     text = response.get_data(as_text=True)
     route = 'route="GET /allocations/<orderid>"'
-    assert f'strangler_facade_requests_total{{mode="shadow",{route},served_by="legacy"}} 1.0' \
+    assert (
+        f'strangler_facade_requests_total{{mode="shadow",{route},served_by="legacy"}} 1.0' in text
+    )
+    assert (
+        'strangler_facade_requests_total{mode="legacy",route="other",served_by="legacy"} 1.0'
         in text
-    assert 'strangler_facade_requests_total{mode="legacy",route="other",served_by="legacy"} 1.0' \
-        in text
-    assert f'strangler_facade_shadow_results_total{{kind="shadow",outcome="match",{route}}} ' \
+    )
+    assert (
+        f'strangler_facade_shadow_results_total{{kind="shadow",outcome="match",{route}}} '
         "1.0" in text
+    )
     assert f'strangler_facade_upstream_seconds_count{{{route},system="new"}} 1.0' in text
     assert "strangler_facade_fallbacks_total" in text
     assert [c.request.url for c in upstream.calls] == [
-        f"{LEGACY}/allocations/order-1", f"{LEGACY}/elsewhere"]
+        f"{LEGACY}/allocations/order-1",
+        f"{LEGACY}/elsewhere",
+    ]
     assert client.get("/_strangler/metrics").get_data(as_text=True).startswith("# HELP")
     assert json.loads(client.post("/metrics").data)["error"] == "method not allowed"

@@ -88,8 +88,9 @@ def read_model() -> FakeReadModel:
 
 @pytest.fixture
 def app(table: RouteTable, read_model: FakeReadModel) -> Flask:
-    return create_app(LEGACY, "sqlite://", route_table=table, read_model=read_model,
-                      upstream_timeout=2.5)
+    return create_app(
+        LEGACY, "sqlite://", route_table=table, read_model=read_model, upstream_timeout=2.5
+    )
 
 
 @pytest.fixture
@@ -120,7 +121,8 @@ def test_request_reaches_legacy_with_method_path_query_and_body(
     upstream.add(responses.POST, f"{LEGACY}/batches", status=201, json={"ref": "b-1"})
 
     response = client.post(
-        "/batches?dry=1&tag=a%20b", data=b'{"ref": "b-1"}',
+        "/batches?dry=1&tag=a%20b",
+        data=b'{"ref": "b-1"}',
         headers={"Content-Type": "application/json"},
     )
 
@@ -178,8 +180,16 @@ def test_hop_by_hop_request_headers_stay_and_host_is_the_legacy_one(
     sent = upstream.calls[0].request.headers
     assert sent["X-Request-Id"] == "r-42"
     assert sent["Accept"] == "application/json"
-    for hop in ("Connection", "X-Private-Hop", "Keep-Alive", "Proxy-Authorization", "TE",
-                "Trailer", "Upgrade", "Transfer-Encoding"):
+    for hop in (
+        "Connection",
+        "X-Private-Hop",
+        "Keep-Alive",
+        "Proxy-Authorization",
+        "TE",
+        "Trailer",
+        "Upgrade",
+        "Transfer-Encoding",
+    ):
         assert hop not in sent, hop
     assert "Host" not in sent or sent["Host"] == "legacy.test:8080"
     assert urlsplit(upstream.calls[0].request.url).netloc == "legacy.test:8080"
@@ -202,8 +212,9 @@ def test_hop_by_hop_response_headers_are_dropped_the_rest_passed_back(
         ("Cache-Control", "no-store"),
         ("ETag", '"v1"'),
     ]
-    upstream.add_callback(responses.GET, f"{LEGACY}/batches/b-1",
-                          callback=lambda request: (200, headers, b"{}"))
+    upstream.add_callback(
+        responses.GET, f"{LEGACY}/batches/b-1", callback=lambda request: (200, headers, b"{}")
+    )
 
     response = client.get("/batches/b-1")
 
@@ -220,14 +231,16 @@ def test_cookies_go_both_ways_and_are_never_kept_by_the_facade(
 ) -> None:
     client = app.test_client(use_cookies=False)
     cookies = [("Set-Cookie", "session=abc; Path=/; HttpOnly"), ("Set-Cookie", "theme=dark")]
-    upstream.add_callback(responses.GET, f"{LEGACY}/login",
-                          callback=lambda request: (200, cookies, b"ok"))
+    upstream.add_callback(
+        responses.GET, f"{LEGACY}/login", callback=lambda request: (200, cookies, b"ok")
+    )
     upstream.add(responses.GET, f"{LEGACY}/me", body=b"me")
 
     response = client.get("/login", headers={"Cookie": "tracking=1; lang=en"})
     assert upstream.calls[0].request.headers["Cookie"] == "tracking=1; lang=en"
     assert response.headers.getlist("Set-Cookie") == [
-        "session=abc; Path=/; HttpOnly", "theme=dark",
+        "session=abc; Path=/; HttpOnly",
+        "theme=dark",
     ]
 
     client.get("/me")
@@ -250,10 +263,13 @@ def test_redirects_are_passed_back_not_followed(
 def test_a_redirect_into_legacy_points_at_the_facade_instead(
     client: FlaskClient, upstream: responses.RequestsMock
 ) -> None:
-    upstream.add(responses.GET, f"{LEGACY}/a", status=302,
-                 headers={"Location": f"{LEGACY}/b?x=1"})
-    upstream.add(responses.GET, f"{LEGACY}/c", status=301,
-                 headers={"Location": "https://elsewhere.example/d"})
+    upstream.add(responses.GET, f"{LEGACY}/a", status=302, headers={"Location": f"{LEGACY}/b?x=1"})
+    upstream.add(
+        responses.GET,
+        f"{LEGACY}/c",
+        status=301,
+        headers={"Location": "https://elsewhere.example/d"},
+    )
 
     assert client.get("/a").headers["Location"] == "/b?x=1"
     assert client.get("/c").headers["Location"] == "https://elsewhere.example/d"
@@ -277,8 +293,12 @@ def test_status_and_body_pass_back_unchanged(
 def test_no_content_stays_without_a_content_type(
     client: FlaskClient, upstream: responses.RequestsMock
 ) -> None:
-    upstream.add_callback(responses.DELETE, f"{LEGACY}/things/1",
-                          callback=lambda request: (204, {}, b""), content_type=None)
+    upstream.add_callback(
+        responses.DELETE,
+        f"{LEGACY}/things/1",
+        callback=lambda request: (204, {}, b""),
+        content_type=None,
+    )
 
     response = client.delete("/things/1")
 
@@ -291,9 +311,13 @@ def test_compressed_bodies_pass_through_undecoded(
     client: FlaskClient, upstream: responses.RequestsMock
 ) -> None:
     compressed = gzip.compress(b'{"big": "' + b"x" * 5000 + b'"}')
-    upstream.add(responses.GET, f"{LEGACY}/report", body=compressed,
-                 headers={"Content-Encoding": "gzip", "Content-Length": str(len(compressed))},
-                 content_type="application/json")
+    upstream.add(
+        responses.GET,
+        f"{LEGACY}/report",
+        body=compressed,
+        headers={"Content-Encoding": "gzip", "Content-Length": str(len(compressed))},
+        content_type="application/json",
+    )
 
     response = client.get("/report", headers={"Accept-Encoding": "gzip"})
 
@@ -335,14 +359,18 @@ def test_legacy_timeout_is_a_504_json(
 def test_legacy_refusing_connections_is_a_502_json(
     client: FlaskClient, upstream: responses.RequestsMock
 ) -> None:
-    upstream.add(responses.GET, f"{LEGACY}/down",
-                 body=requests.exceptions.ConnectionError("Connection refused"))
+    upstream.add(
+        responses.GET,
+        f"{LEGACY}/down",
+        body=requests.exceptions.ConnectionError("Connection refused"),
+    )
 
     response = client.get("/down")
 
     assert response.status_code == 502
     assert response.get_json() == {
-        "error": "bad gateway", "detail": "the legacy system could not be reached",
+        "error": "bad gateway",
+        "detail": "the legacy system could not be reached",
     }
     assert response.headers["X-Served-By"] == "legacy"
 
@@ -387,8 +415,9 @@ def test_request_bodies_are_streamed_to_legacy_not_buffered(
     upstream.add(responses.PUT, f"{LEGACY}/upload", status=201, body=b"stored")
     payload = bytes(range(256)) * 4096  # 1 MiB
 
-    response = app.test_client().put("/upload", data=payload,
-                                     headers={"Content-Type": "application/octet-stream"})
+    response = app.test_client().put(
+        "/upload", data=payload, headers={"Content-Type": "application/octet-stream"}
+    )
 
     assert (response.status_code, response.data) == (201, b"stored")
     [data] = sent_data
@@ -406,10 +435,15 @@ def test_a_chunked_request_body_is_streamed_chunked(
     upstream.add(responses.POST, f"{LEGACY}/events", body=b"ok")
 
     # what a server hands over for a chunked request: no length, input terminated
-    client.post("/events", input_stream=io.BytesIO(b"a" * 100_000), environ_overrides={
-        "wsgi.input_terminated": True, "CONTENT_LENGTH": "",
-        "HTTP_TRANSFER_ENCODING": "chunked",
-    })
+    client.post(
+        "/events",
+        input_stream=io.BytesIO(b"a" * 100_000),
+        environ_overrides={
+            "wsgi.input_terminated": True,
+            "CONTENT_LENGTH": "",
+            "HTTP_TRANSFER_ENCODING": "chunked",
+        },
+    )
 
     sent = upstream.calls[0].request
     assert sent.headers["Transfer-Encoding"] == "chunked"
@@ -420,12 +454,15 @@ def test_a_chunked_request_body_is_streamed_chunked(
 def test_connect_is_refused_and_never_reaches_legacy(
     client: FlaskClient, upstream: responses.RequestsMock
 ) -> None:
-    response = client.open("/", method="CONNECT",
-                           environ_overrides={"REQUEST_URI": "evil.example:443"})
+    response = client.open(
+        "/", method="CONNECT", environ_overrides={"REQUEST_URI": "evil.example:443"}
+    )
 
     assert response.status_code == 405
-    assert response.get_json() == {"error": "method not allowed",
-                                   "detail": "the facade is not a forward proxy"}
+    assert response.get_json() == {
+        "error": "method not allowed",
+        "detail": "the facade is not a forward proxy",
+    }
     assert len(upstream.calls) == 0
 
 
@@ -433,18 +470,22 @@ def test_connect_is_refused_and_never_reaches_legacy(
     "target", ["/a/../b", "/a/%2e%2e/b", "/..%2F..%2Fevil", "/./x", "/shop/%2E%2E"]
 )
 def test_dot_segments_are_refused_so_nothing_climbs_out_of_the_legacy_base_path(
-    upstream: responses.RequestsMock, table: RouteTable, read_model: FakeReadModel,
+    upstream: responses.RequestsMock,
+    table: RouteTable,
+    read_model: FakeReadModel,
     target: str,
 ) -> None:
-    app = create_app("http://legacy.test:8080/shop", "sqlite://", route_table=table,
-                     read_model=read_model)
+    app = create_app(
+        "http://legacy.test:8080/shop", "sqlite://", route_table=table, read_model=read_model
+    )
     upstream.add(responses.GET, ANY_LEGACY_URL, body=b"ok")
 
     response = app.test_client().get(target)
 
     assert response.status_code == 400
     assert response.get_json() == {
-        "error": "bad request", "detail": "paths with '.' or '..' segments are not forwarded",
+        "error": "bad request",
+        "detail": "paths with '.' or '..' segments are not forwarded",
     }
     assert len(upstream.calls) == 0
 
@@ -461,7 +502,9 @@ def test_dots_inside_segments_are_fine(
 
 
 def test_a_route_set_to_new_is_answered_by_the_read_model(
-    client: FlaskClient, table: RouteTable, upstream: responses.RequestsMock,
+    client: FlaskClient,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
     read_model: FakeReadModel,
 ) -> None:
     table.set("GET", ROUTE, Mode.NEW, by="ops", reason="cutover")
@@ -472,7 +515,8 @@ def test_a_route_set_to_new_is_answered_by_the_read_model(
     assert response.headers["X-Served-By"] == "new"
     assert response.mimetype == "application/json"
     assert response.get_json() == [
-        {"sku": "BLUE-TABLE", "batchref": "b-2"}, {"sku": "RED-CHAIR", "batchref": "b-1"},
+        {"sku": "BLUE-TABLE", "batchref": "b-2"},
+        {"sku": "RED-CHAIR", "batchref": "b-1"},
     ]
     assert read_model.asked == ["order-1"]
     assert len(upstream.calls) == 0
@@ -490,7 +534,9 @@ def test_the_new_not_found_is_byte_for_byte_the_legacy_one(
     assert legacy.headers["X-Served-By"] == "legacy"
     assert new.headers["X-Served-By"] == "new"
     assert (new.status_code, new.mimetype, new.data) == (
-        legacy.status_code, legacy.mimetype, legacy.data
+        legacy.status_code,
+        legacy.mimetype,
+        legacy.data,
     )
     assert new.get_json() == NOT_FOUND_BODY
 
@@ -553,8 +599,7 @@ def test_everything_is_legacy_while_the_route_table_cannot_be_read(
     tmp_path: Path, read_model: FakeReadModel, upstream: responses.RequestsMock
 ) -> None:
     unmigrated = create_engine(f"sqlite:///{tmp_path / 'empty.db'}")
-    app = create_app(LEGACY, "sqlite://", route_table=RouteTable(unmigrated),
-                     read_model=read_model)
+    app = create_app(LEGACY, "sqlite://", route_table=RouteTable(unmigrated), read_model=read_model)
     upstream.add(responses.GET, ANY_LEGACY_URL, json=[{"from": "legacy"}])
 
     response = app.test_client().get("/allocations/order-1")
@@ -584,7 +629,8 @@ def test_the_reserved_prefix_is_never_proxied(
 
     assert missing.status_code == 404
     assert missing.get_json() == {
-        "error": "not found", "detail": "no facade endpoint at /_strangler/secrets",
+        "error": "not found",
+        "detail": "no facade endpoint at /_strangler/secrets",
     }
     assert wrong_method.status_code == 405
     assert wrong_method.get_json()["error"] == "method not allowed"
@@ -615,12 +661,15 @@ def test_an_unexpected_facade_failure_is_a_500_json(
 
     assert response.status_code == 500
     assert response.get_json() == {
-        "error": "internal server error", "detail": "unexpected KeyError; see the facade's log",
+        "error": "internal server error",
+        "detail": "unexpected KeyError; see the facade's log",
     }
 
 
 def test_the_real_read_model_is_opened_once_and_only_when_a_new_route_needs_it(
-    table: RouteTable, read_model: FakeReadModel, upstream: responses.RequestsMock,
+    table: RouteTable,
+    read_model: FakeReadModel,
+    upstream: responses.RequestsMock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     opened: list[str] = []
@@ -648,8 +697,9 @@ def test_the_real_read_model_is_opened_once_and_only_when_a_new_route_needs_it(
 def test_a_request_that_cannot_be_forwarded_is_a_502_json(
     client: FlaskClient, upstream: responses.RequestsMock
 ) -> None:
-    upstream.add(responses.GET, ANY_LEGACY_URL,
-                 body=requests.exceptions.InvalidHeader("bad header value"))
+    upstream.add(
+        responses.GET, ANY_LEGACY_URL, body=requests.exceptions.InvalidHeader("bad header value")
+    )
 
     response = client.get("/odd")
 

@@ -53,8 +53,11 @@ def read_model() -> FakeReadModel:
 @pytest.fixture
 def upstream() -> Iterator[responses.RequestsMock]:
     with responses.RequestsMock(assert_all_requests_are_fired=False) as mock:
-        mock.add_callback(responses.GET, ANY_LEGACY,
-                          callback=legacy_json([{"sku": "RED-CHAIR", "batchref": "b-1"}]))
+        mock.add_callback(
+            responses.GET,
+            ANY_LEGACY,
+            callback=legacy_json([{"sku": "RED-CHAIR", "batchref": "b-1"}]),
+        )
         yield mock
 
 
@@ -66,8 +69,14 @@ def lag() -> Lag:
 @pytest.fixture
 def app(table: RouteTable, read_model: FakeReadModel, lag: Lag) -> Iterator[Flask]:
     settings = FacadeSettings(new_timeout=0.3, max_lag=5.0, lag_check_interval=0.0)
-    app = create_app(LEGACY, "sqlite://", route_table=table, read_model=read_model,
-                     settings=settings, lag_provider=lag)
+    app = create_app(
+        LEGACY,
+        "sqlite://",
+        route_table=table,
+        read_model=read_model,
+        settings=settings,
+        lag_provider=lag,
+    )
     app.test_client_class = BufferedClient
     yield app
     close_app(app)
@@ -75,8 +84,9 @@ def app(table: RouteTable, read_model: FakeReadModel, lag: Lag) -> Iterator[Flas
 
 def served_by(app: Flask, orders: list[str], **headers: str) -> dict[str, str]:
     client = app.test_client()
-    return {o: client.get(f"/allocations/{o}", headers=headers).headers["X-Served-By"]
-            for o in orders}
+    return {
+        o: client.get(f"/allocations/{o}", headers=headers).headers["X-Served-By"] for o in orders
+    }
 
 
 # -- the split -------------------------------------------------------------------------
@@ -88,8 +98,9 @@ def test_the_bucket_is_a_stable_hash_of_route_and_key() -> None:
 
     assert bucket("GET", ROUTE, "order-1") == expected
     keys = [f"o-{n}" for n in range(5)]
-    assert [bucket("GET", "/other/<id>", k) for k in keys] != [bucket("GET", ROUTE, k)
-                                                               for k in keys]
+    assert [bucket("GET", "/other/<id>", k) for k in keys] != [
+        bucket("GET", ROUTE, k) for k in keys
+    ]
     assert not serves_new("GET", ROUTE, "order-1", 0)
     assert serves_new("GET", ROUTE, "order-1", 100)
     assert serves_new("GET", ROUTE, "order-1", expected / 100 + 0.01)
@@ -113,8 +124,9 @@ def test_canary_sends_about_its_share_to_new_and_a_key_stays_where_it_is(
     assert new_at_10 <= new_at_50  # served by new at 10% -> still new at 50%
     assert set(at_50.values()) == {"legacy", "new"}
     route = f"GET {ROUTE}"
-    assert metric(app, "strangler_facade_requests_total", route=route, mode="canary",
-                  served_by="new") == len(new_at_10) * 2 + len(new_at_50)
+    assert metric(
+        app, "strangler_facade_requests_total", route=route, mode="canary", served_by="new"
+    ) == len(new_at_10) * 2 + len(new_at_50)
 
 
 def test_canary_0_and_100_are_all_legacy_and_all_new(
@@ -165,8 +177,9 @@ def test_a_failing_new_system_falls_back_to_legacy_and_is_counted(
 
     assert (response.status_code, response.headers["X-Served-By"]) == (200, "legacy")
     assert response.get_json() == [{"sku": "RED-CHAIR", "batchref": "b-1"}]
-    assert metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}",
-                  reason="error") == 1
+    assert (
+        metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}", reason="error") == 1
+    )
 
 
 def test_a_slow_new_system_falls_back_to_legacy_after_its_timeout(
@@ -179,13 +192,18 @@ def test_a_slow_new_system_falls_back_to_legacy_after_its_timeout(
 
     release.set()
     assert (response.status_code, response.headers["X-Served-By"]) == (200, "legacy")
-    assert metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}",
-                  reason="timeout") == 1
+    assert (
+        metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}", reason="timeout") == 1
+    )
 
 
 @pytest.mark.parametrize("mode", ["new", "canary 100"])
 def test_new_and_canary_serve_from_legacy_while_the_lag_is_too_high(
-    app: Flask, table: RouteTable, upstream: responses.RequestsMock, lag: Lag, mode: str,
+    app: Flask,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    lag: Lag,
+    mode: str,
     read_model: FakeReadModel,
 ) -> None:
     table.set("GET", ROUTE, mode, by="ops", force=True)
@@ -203,8 +221,7 @@ def test_new_and_canary_serve_from_legacy_while_the_lag_is_too_high(
     assert lagging.headers["X-Served-By"] == "legacy"
     assert recovered.headers["X-Served-By"] == "new"
     assert read_model.asked == ["order-1", "order-1"]
-    assert metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}",
-                  reason="lag") == 1
+    assert metric(app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}", reason="lag") == 1
 
 
 def test_an_unreadable_lag_counts_as_too_high_and_an_unknown_one_does_not(
@@ -228,8 +245,14 @@ def test_the_lag_is_read_at_most_once_per_check_interval(
         calls.append(1)
         return 0.0
 
-    app = create_app(LEGACY, "sqlite://", route_table=table, read_model=read_model,
-                     settings=FacadeSettings(lag_check_interval=60.0), lag_provider=lag)
+    app = create_app(
+        LEGACY,
+        "sqlite://",
+        route_table=table,
+        read_model=read_model,
+        settings=FacadeSettings(lag_check_interval=60.0),
+        lag_provider=lag,
+    )
     table.set("GET", ROUTE, "new", by="ops")
     client = app.test_client()
     for _ in range(5):
@@ -245,8 +268,12 @@ def test_the_lag_guard_defaults_to_the_read_models_lag_seconds(
         def lag_seconds(self) -> float | None:
             return 600.0
 
-    app = create_app(LEGACY, "sqlite://", route_table=table,
-                     read_model=LaggingReadModel({"order-1": [Allocation("A", "b")]}))
+    app = create_app(
+        LEGACY,
+        "sqlite://",
+        route_table=table,
+        read_model=LaggingReadModel({"order-1": [Allocation("A", "b")]}),
+    )
     table.set("GET", ROUTE, "new", by="ops")
 
     assert app.test_client().get("/allocations/order-1").headers["X-Served-By"] == "legacy"
@@ -272,12 +299,24 @@ def test_a_failed_write_on_the_new_system_is_not_retried_on_legacy(
     def fine(read_model: ReadModel, request: NewRequest) -> Response:
         return jsonify({"echo": request.body.decode()})
 
-    table = RouteTable(engine, refresh_interval=0.0,
-                       movable=[("POST", "/orders/<orderid>"), ("PUT", "/orders/<orderid>")])
-    handlers = {**NEW_HANDLERS, ("POST", "/orders/<orderid>"): failing,
-                ("PUT", "/orders/<orderid>"): fine}
-    app = create_app(LEGACY, "sqlite://", route_table=table, read_model=read_model,
-                     new_handlers=handlers, lag_provider=None)
+    table = RouteTable(
+        engine,
+        refresh_interval=0.0,
+        movable=[("POST", "/orders/<orderid>"), ("PUT", "/orders/<orderid>")],
+    )
+    handlers = {
+        **NEW_HANDLERS,
+        ("POST", "/orders/<orderid>"): failing,
+        ("PUT", "/orders/<orderid>"): fine,
+    }
+    app = create_app(
+        LEGACY,
+        "sqlite://",
+        route_table=table,
+        read_model=read_model,
+        new_handlers=handlers,
+        lag_provider=None,
+    )
     table.set("POST", "/orders/<orderid>", "new", by="ops")
     table.set("PUT", "/orders/<orderid>", "new", by="ops")
     client = app.test_client()
@@ -286,8 +325,10 @@ def test_a_failed_write_on_the_new_system_is_not_retried_on_legacy(
     put = client.put("/orders/o-1", data=b"payload")
 
     assert (failed.status_code, failed.headers["X-Served-By"]) == (502, "new")
-    assert failed.get_json() == {"error": "bad gateway",
-                                 "detail": "the new system failed to answer POST /orders/o-1"}
+    assert failed.get_json() == {
+        "error": "bad gateway",
+        "detail": "the new system failed to answer POST /orders/o-1",
+    }
     assert put.get_json() == {"echo": "payload"}
     assert len(upstream.calls) == 0
     close_app(app)

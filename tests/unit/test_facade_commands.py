@@ -49,8 +49,18 @@ def test_routes_list_shows_movable_routes_never_set(runner: CliRunner) -> None:
 
     assert result.exit_code == 0, result.output
     header, row = result.output.splitlines()
-    assert header.split() == ["METHOD", "PATTERN", "MODE", "PARITY", "SAMPLES", "NOISE",
-                              "OPTIONS", "UPDATED_AT", "BY", "REASON"]
+    assert header.split() == [
+        "METHOD",
+        "PATTERN",
+        "MODE",
+        "PARITY",
+        "SAMPLES",
+        "NOISE",
+        "OPTIONS",
+        "UPDATED_AT",
+        "BY",
+        "REASON",
+    ]
     assert row.split() == ["GET", ROUTE, "legacy", "-", "0", "-", "-", "-", "-", "-"]
 
 
@@ -66,10 +76,17 @@ def test_routes_set_then_list_and_history(runner: CliRunner, new_db_url: str) ->
     assert listing[1].split()[:3] == ["GET", ROUTE, "canary:25"]
     assert listing[1].split()[8:] == ["tester", "first", "quarter"]
     history = runner.invoke(commands.routes, ["history", "GET", ROUTE]).output.splitlines()
-    assert history[0].split() == ["AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "FORCED",
-                                  "REASON"]
-    assert history[1].split()[1:] == ["GET", ROUTE, "-", "canary:25", "tester", "yes", "first",
-                                      "quarter"]
+    assert history[0].split() == ["AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "FORCED", "REASON"]
+    assert history[1].split()[1:] == [
+        "GET",
+        ROUTE,
+        "-",
+        "canary:25",
+        "tester",
+        "yes",
+        "first",
+        "quarter",
+    ]
     assert RouteTable(new_db_url).mode_for("GET", "/allocations/o-1") is Mode.CANARY
 
 
@@ -80,20 +97,47 @@ def test_routes_set_takes_who_from_the_option(runner: CliRunner, new_db_url: str
 
 
 def test_routes_set_changes_route_options(runner: CliRunner, new_db_url: str) -> None:
-    result = runner.invoke(commands.routes, [
-        "set", "GET", ROUTE, "shadow", "--ignore-field", "generated_at", "--ignore-field",
-        "etag", "--unordered-lists", "--allow-mutating-shadow", "--canary-key",
-        "header:X-Customer", "--sample-rate", "0.5",
-    ])
+    result = runner.invoke(
+        commands.routes,
+        [
+            "set",
+            "GET",
+            ROUTE,
+            "shadow",
+            "--ignore-field",
+            "generated_at",
+            "--ignore-field",
+            "etag",
+            "--unordered-lists",
+            "--allow-mutating-shadow",
+            "--canary-key",
+            "header:X-Customer",
+            "--sample-rate",
+            "0.5",
+        ],
+    )
     assert result.exit_code == 0, result.output
     options = RouteTable(new_db_url).get("GET", ROUTE).options
-    assert options == RouteOptions(allow_mutating_shadow=True,
-                                   ignore_fields=("etag", "generated_at"),
-                                   unordered_lists=True, canary_key="header:X-Customer",
-                                   sample_rate=0.5)
+    assert options == RouteOptions(
+        allow_mutating_shadow=True,
+        ignore_fields=("etag", "generated_at"),
+        unordered_lists=True,
+        canary_key="header:X-Customer",
+        sample_rate=0.5,
+    )
 
-    runner.invoke(commands.routes, ["set", "GET", ROUTE, "shadow", "--no-ignore-fields",
-                                    "--ordered-lists", "--no-allow-mutating-shadow"])
+    runner.invoke(
+        commands.routes,
+        [
+            "set",
+            "GET",
+            ROUTE,
+            "shadow",
+            "--no-ignore-fields",
+            "--ordered-lists",
+            "--no-allow-mutating-shadow",
+        ],
+    )
 
     options = RouteTable(new_db_url).get("GET", ROUTE).options
     assert options == RouteOptions(canary_key="header:X-Customer", sample_rate=0.5)
@@ -104,8 +148,7 @@ def test_routes_set_changes_route_options(runner: CliRunner, new_db_url: str) ->
 def test_routes_set_new_is_refused_by_the_gate_unless_forced(
     runner: CliRunner, new_db_url: str
 ) -> None:
-    refused = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new"],
-                            standalone_mode=False)
+    refused = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new"], standalone_mode=False)
 
     assert isinstance(refused.exception, click.ClickException)
     message = refused.exception.format_message()
@@ -116,8 +159,9 @@ def test_routes_set_new_is_refused_by_the_gate_unless_forced(
     )
     assert RouteTable(new_db_url).history() == []
 
-    forced = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new", "--force",
-                                             "--reason", "hotfix"])
+    forced = runner.invoke(
+        commands.routes, ["set", "GET", ROUTE, "new", "--force", "--reason", "hotfix"]
+    )
 
     assert forced.exit_code == 0, forced.output
     assert forced.output.splitlines() == [
@@ -132,8 +176,9 @@ def test_routes_set_new_is_refused_by_the_gate_unless_forced(
 def test_the_gate_thresholds_are_options(runner: CliRunner, new_db_url: str) -> None:
     _write_results(new_db_url, {"match": 19, "mismatch": 1})
 
-    result = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new", "--min-parity", "95",
-                                             "--min-samples", "10"])
+    result = runner.invoke(
+        commands.routes, ["set", "GET", ROUTE, "new", "--min-parity", "95", "--min-samples", "10"]
+    )
 
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[1] == (
@@ -152,48 +197,70 @@ def test_routes_list_and_history_as_json(runner: CliRunner, new_db_url: str) -> 
 
     [route] = listed["routes"]
     assert (route["mode"], route["setting"], route["reason"]) == ("shadow", "shadow", "compare")
-    assert route["parity"] == {"matches": 3, "mismatches": 1, "errors": 0, "samples": 4,
-                               "percent": 75.0}
+    assert route["parity"] == {
+        "matches": 3,
+        "mismatches": 1,
+        "errors": 0,
+        "samples": 4,
+        "percent": 75.0,
+    }
     assert route["noise"]["percent"] == 100.0
     [entry] = history["entries"]
     assert (entry["from_mode"], entry["to_mode"], entry["by"], entry["forced"]) == (
-        None, "shadow", "tester", False)
+        None,
+        "shadow",
+        "tester",
+        False,
+    )
 
 
 def test_routes_mismatches_shows_the_newest_diffs(runner: CliRunner, new_db_url: str) -> None:
     _write_results(new_db_url, {"match": 3})
-    ShadowResults(create_engine(new_db_url)).write([
-        ShadowResult(at=datetime.now(UTC), method="GET", pattern=ROUTE, kind="shadow",
-                     outcome="mismatch", path="/allocations/o-7", legacy_status=200,
-                     legacy_ms=2.5, new_status=404, new_ms=1.25,
-                     diff="status: legacy 200, new 404"),
-    ])
+    ShadowResults(create_engine(new_db_url)).write(
+        [
+            ShadowResult(
+                at=datetime.now(UTC),
+                method="GET",
+                pattern=ROUTE,
+                kind="shadow",
+                outcome="mismatch",
+                path="/allocations/o-7",
+                legacy_status=200,
+                legacy_ms=2.5,
+                new_status=404,
+                new_ms=1.25,
+                diff="status: legacy 200, new 404",
+            ),
+        ]
+    )
 
     result = runner.invoke(commands.routes, ["mismatches", "get", ROUTE])
 
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
     assert lines[0] == f"GET {ROUTE} shadow: 75.00% over 4 samples (1 mismatches, 0 errors)"
-    assert lines[2].endswith("mismatch /allocations/o-7: legacy 200 in 2.5 ms, new 404 in "
-                             "1.2 ms")
+    assert lines[2].endswith("mismatch /allocations/o-7: legacy 200 in 2.5 ms, new 404 in 1.2 ms")
     assert lines[3] == "    status: legacy 200, new 404"
-    as_json = json.loads(runner.invoke(commands.routes, ["mismatches", "GET", ROUTE,
-                                                         "--json"]).output)
+    as_json = json.loads(
+        runner.invoke(commands.routes, ["mismatches", "GET", ROUTE, "--json"]).output
+    )
     assert [m["path"] for m in as_json["mismatches"]] == ["/allocations/o-7"]
 
 
 def test_routes_rollback_moves_everything_back_in_one_command(
     runner: CliRunner, new_db_url: str
 ) -> None:
-    runner.invoke(commands.routes, ["set", "GET", ROUTE, "canary", "10", "--force",
-                                    "--reason", "test"])
+    runner.invoke(
+        commands.routes, ["set", "GET", ROUTE, "canary", "10", "--force", "--reason", "test"]
+    )
     runner.invoke(commands.routes, ["set", "POST", "/allocate", "aa"])
 
     result = runner.invoke(commands.routes, ["rollback", "--reason", "incident"])
 
     assert result.exit_code == 0, result.output
     assert sorted(result.output.splitlines()) == [
-        f"GET {ROUTE} -> legacy", "POST /allocate -> legacy",
+        f"GET {ROUTE} -> legacy",
+        "POST /allocate -> legacy",
     ]
     assert {r.mode for r in RouteTable(new_db_url).list()} == {Mode.LEGACY}
     again = runner.invoke(commands.routes, ["rollback"])
@@ -203,16 +270,22 @@ def test_routes_rollback_moves_everything_back_in_one_command(
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["set", "GET", "/batches/<ref>", "new"],
-         "GET /batches/<ref> cannot be served by the new system"),
-        (["set", "GET", ROUTE, "sideways"],
-         "unknown mode 'sideways' (known: legacy, aa, shadow, canary, new)"),
+        (
+            ["set", "GET", "/batches/<ref>", "new"],
+            "GET /batches/<ref> cannot be served by the new system",
+        ),
+        (
+            ["set", "GET", ROUTE, "sideways"],
+            "unknown mode 'sideways' (known: legacy, aa, shadow, canary, new)",
+        ),
         (["set", "GET", "nope", "legacy"], "it must start with '/'"),
         (["set", "GET", ROUTE, "canary"], "canary needs a percentage"),
         (["set", "GET", ROUTE, "canary", "x"], "not a percentage: 'x'"),
         (["set", "GET", ROUTE, "shadow", "--canary-key", "body"], "invalid canary key"),
-        (["set", "GET", ROUTE, "shadow", "--ignore-field", "a", "--no-ignore-fields"],
-         "exclude each other"),
+        (
+            ["set", "GET", ROUTE, "shadow", "--ignore-field", "a", "--no-ignore-fields"],
+            "exclude each other",
+        ),
         (["rollback", "GET"], "give METHOD and PATTERN, or neither"),
     ],
 )
@@ -228,12 +301,22 @@ def test_routes_commands_refuse_with_one_line(
 
 def _write_results(url: str, outcomes: dict[str, int], kind: str = "shadow") -> None:
     engine = create_engine(url)
-    ShadowResults(engine).write([
-        ShadowResult(at=datetime.now(UTC), method="GET", pattern=ROUTE, kind=kind,
-                     outcome=outcome, path="/allocations/o", legacy_status=200, legacy_ms=1.0)
-        for outcome, count in outcomes.items()
-        for _ in range(count)
-    ])
+    ShadowResults(engine).write(
+        [
+            ShadowResult(
+                at=datetime.now(UTC),
+                method="GET",
+                pattern=ROUTE,
+                kind=kind,
+                outcome=outcome,
+                path="/allocations/o",
+                legacy_status=200,
+                legacy_ms=1.0,
+            )
+            for outcome, count in outcomes.items()
+            for _ in range(count)
+        ]
+    )
     engine.dispose()
 
 
@@ -319,24 +402,46 @@ def test_serve_gives_the_workers_a_metrics_folder_and_removes_it_after(
 def test_serve_passes_guards_shadow_admin_and_gate_settings(
     started: _Recorder, new_db_url: str
 ) -> None:
-    env = {"LEGACY_URL": "http://127.0.0.1:5001", "NEW_DB_URL": new_db_url,
-           "ADMIN_TOKEN": "s3cret"}
-    result = CliRunner(env=env).invoke(commands.serve, [
-        "--port", "8080", "--max-lag", "30", "--new-timeout", "0.5", "--shadow-queue-size",
-        "50", "--shadow-sample-rate", "0.1", "--shadow-max-body", "4096", "--min-parity",
-        "99", "--min-samples", "500", "--parity-window", "3600",
-    ])
+    env = {"LEGACY_URL": "http://127.0.0.1:5001", "NEW_DB_URL": new_db_url, "ADMIN_TOKEN": "s3cret"}
+    result = CliRunner(env=env).invoke(
+        commands.serve,
+        [
+            "--port",
+            "8080",
+            "--max-lag",
+            "30",
+            "--new-timeout",
+            "0.5",
+            "--shadow-queue-size",
+            "50",
+            "--shadow-sample-rate",
+            "0.1",
+            "--shadow-max-body",
+            "4096",
+            "--min-parity",
+            "99",
+            "--min-samples",
+            "500",
+            "--parity-window",
+            "3600",
+        ],
+    )
 
     assert result.exit_code == 0, result.output
     [(factory, _)] = started.runs
     app = factory()
     settings = facade_of(app).settings
-    assert (settings.max_lag, settings.new_timeout, settings.admin_token) == (30.0, 0.5,
-                                                                               "s3cret")
-    assert (settings.shadow_queue_size, settings.shadow_sample_rate,
-            settings.shadow_max_body) == (50, 0.1, 4096)
-    assert (settings.gate.min_parity, settings.gate.min_samples,
-            settings.gate.window.seconds) == (99.0, 500, 3600.0)
+    assert (settings.max_lag, settings.new_timeout, settings.admin_token) == (30.0, 0.5, "s3cret")
+    assert (settings.shadow_queue_size, settings.shadow_sample_rate, settings.shadow_max_body) == (
+        50,
+        0.1,
+        4096,
+    )
+    assert (settings.gate.min_parity, settings.gate.min_samples, settings.gate.window.seconds) == (
+        99.0,
+        500,
+        3600.0,
+    )
     assert facade_of(app).table.gate == settings.gate
     close_app(app)
     result = CliRunner(env=env).invoke(commands.serve, ["--port", "8080", "--no-lag-guard"])
@@ -350,10 +455,16 @@ def test_serve_passes_guards_shadow_admin_and_gate_settings(
     [
         (["--port", "8080"], {"NEW_DB_URL": "sqlite://"}, "Missing option '--legacy-url'"),
         (["--port", "8080"], {"LEGACY_URL": "http://h"}, "Missing option '--new-db-url'"),
-        (["--port", "8080", "--legacy-url", "ftp://h"], {"NEW_DB_URL": "sqlite://"},
-         "legacy URL must be http(s)://host[:port][/path]"),
-        (["--port", "8080", "--new-db-url", "nonsense"], {"LEGACY_URL": "http://h"},
-         "not a database URL"),
+        (
+            ["--port", "8080", "--legacy-url", "ftp://h"],
+            {"NEW_DB_URL": "sqlite://"},
+            "legacy URL must be http(s)://host[:port][/path]",
+        ),
+        (
+            ["--port", "8080", "--new-db-url", "nonsense"],
+            {"LEGACY_URL": "http://h"},
+            "not a database URL",
+        ),
         ([], {"LEGACY_URL": "http://h", "NEW_DB_URL": "sqlite://"}, "Missing option '--port'"),
     ],
 )
@@ -372,16 +483,18 @@ def test_serve_refuses_bad_configuration(
 # -- attacks: deleting routes, forged audit lines, credentials in errors ---------------
 
 
-def test_routes_delete_is_audited_and_needs_a_reason(
-    runner: CliRunner, new_db_url: str
-) -> None:
+def test_routes_delete_is_audited_and_needs_a_reason(runner: CliRunner, new_db_url: str) -> None:
     runner.invoke(commands.routes, ["set", "GET", "/things/<id>", "aa"])
 
     no_reason = runner.invoke(commands.routes, ["delete", "GET", "/things/<id>"])
-    deleted = runner.invoke(commands.routes, ["delete", "get", "/things/<id>", "--reason",
-                                              "unused", "--by", "oncall"])
-    missing = runner.invoke(commands.routes, ["delete", "GET", "/things/<id>", "--reason",
-                                              "again"], standalone_mode=False)
+    deleted = runner.invoke(
+        commands.routes, ["delete", "get", "/things/<id>", "--reason", "unused", "--by", "oncall"]
+    )
+    missing = runner.invoke(
+        commands.routes,
+        ["delete", "GET", "/things/<id>", "--reason", "again"],
+        standalone_mode=False,
+    )
 
     assert no_reason.exit_code == 2 and "--reason" in no_reason.output
     assert deleted.exit_code == 0, deleted.output
@@ -389,7 +502,11 @@ def test_routes_delete_is_audited_and_needs_a_reason(
     assert all(r.pattern != "/things/<id>" for r in RouteTable(new_db_url).list())
     last = RouteTable(new_db_url).history()[-1]
     assert (last.from_mode, last.to_mode, last.by, last.reason) == (
-        "aa", "deleted", "oncall", "unused")
+        "aa",
+        "deleted",
+        "oncall",
+        "unused",
+    )
     assert isinstance(missing.exception, click.ClickException)
     assert missing.exception.format_message() == "no stored route GET /things/<id>"
 
@@ -399,10 +516,19 @@ def test_history_prints_stored_text_escaped(runner: CliRunner, new_db_url: str) 
 
     engine = create_engine(new_db_url)
     with engine.begin() as conn:  # written before fields were checked, or by hand
-        conn.execute(facade_route_audit.insert().values(
-            at=datetime.now(UTC), method="GET", pattern=ROUTE, from_mode=None,
-            to_mode="aa", by="eve\x1b[1A", reason="ok\r\n2026-01-01T00:00:00+00:00  GET  "
-            "/x  legacy  new  admin  no  forged", options="{}", forced=False))
+        conn.execute(
+            facade_route_audit.insert().values(
+                at=datetime.now(UTC),
+                method="GET",
+                pattern=ROUTE,
+                from_mode=None,
+                to_mode="aa",
+                by="eve\x1b[1A",
+                reason="ok\r\n2026-01-01T00:00:00+00:00  GET  /x  legacy  new  admin  no  forged",
+                options="{}",
+                forced=False,
+            )
+        )
     engine.dispose()
 
     result = runner.invoke(commands.routes, ["history"])
@@ -410,37 +536,76 @@ def test_history_prints_stored_text_escaped(runner: CliRunner, new_db_url: str) 
     lines = result.output.splitlines()
     assert len(lines) == 2, lines
     assert "\x1b" not in result.output and "\r" not in result.output
-    assert lines[1].endswith("ok\\r\\n2026-01-01T00:00:00+00:00  GET  /x  legacy  new  admin  "
-                             "no  forged")
+    assert lines[1].endswith(
+        "ok\\r\\n2026-01-01T00:00:00+00:00  GET  /x  legacy  new  admin  no  forged"
+    )
     assert "eve\\x1b[1A" in lines[1]
 
 
-@pytest.mark.parametrize(("args", "env"), [
-    (["serve", "--port", "1", "--legacy-url", "http://u:s3cr3t-pw@legacy.test"], {}),
-    (["serve", "--port", "1"], {"LEGACY_URL": "https://u:s3cr3t-pw@legacy.test/?q"}),
-    (["serve", "--port", "1", "--legacy-url", "http://legacy.test",
-      "--new-db-url", "nodriver://u:s3cr3t-pw@db/x"], {}),
-    (["serve", "--port", "1", "--legacy-url", "http://legacy.test"],
-     {"NEW_DB_URL": "postgresql://u:s3cr3t-pw@db:port/x"}),
-    (["routes", "list", "--new-db-url", "postgresql+psycopg://u:s3cr3t-pw@127.0.0.1:1/x"], {}),
-    (["serve", "--port", "1", "--legacy-url", "http://legacy.test",
-      "--admin-tokens", "alice:s3cr3t-pw,bob"], {}),
-    (["bridge", "status", "--legacy-db-url", "nodriver://u:s3cr3t-pw@db/x"], {}),
-    (["bridge", "status", "--legacy-db-url",
-      "postgresql+psycopg://u:s3cr3t-pw@127.0.0.1:1/x"], {}),
-    (["dlq", "list", "--broker-url", "amqp://u:s3cr3t-pw@127.0.0.1:1/"], {}),
-    (["status", "--new-db-url", "postgresql+psycopg://u:s3cr3t-pw@127.0.0.1:1/x"], {}),
-])
+@pytest.mark.parametrize(
+    ("args", "env"),
+    [
+        (["serve", "--port", "1", "--legacy-url", "http://u:s3cr3t-pw@legacy.test"], {}),
+        (["serve", "--port", "1"], {"LEGACY_URL": "https://u:s3cr3t-pw@legacy.test/?q"}),
+        (
+            [
+                "serve",
+                "--port",
+                "1",
+                "--legacy-url",
+                "http://legacy.test",
+                "--new-db-url",
+                "nodriver://u:s3cr3t-pw@db/x",
+            ],
+            {},
+        ),
+        (
+            ["serve", "--port", "1", "--legacy-url", "http://legacy.test"],
+            {"NEW_DB_URL": "postgresql://u:s3cr3t-pw@db:port/x"},
+        ),
+        (["routes", "list", "--new-db-url", "postgresql+psycopg://u:s3cr3t-pw@127.0.0.1:1/x"], {}),
+        (
+            [
+                "serve",
+                "--port",
+                "1",
+                "--legacy-url",
+                "http://legacy.test",
+                "--admin-tokens",
+                "alice:s3cr3t-pw,bob",
+            ],
+            {},
+        ),
+        (["bridge", "status", "--legacy-db-url", "nodriver://u:s3cr3t-pw@db/x"], {}),
+        (
+            [
+                "bridge",
+                "status",
+                "--legacy-db-url",
+                "postgresql+psycopg://u:s3cr3t-pw@127.0.0.1:1/x",
+            ],
+            {},
+        ),
+        (["dlq", "list", "--broker-url", "amqp://u:s3cr3t-pw@127.0.0.1:1/"], {}),
+        (["status", "--new-db-url", "postgresql+psycopg://u:s3cr3t-pw@127.0.0.1:1/x"], {}),
+    ],
+)
 def test_no_command_prints_a_credential(args: list[str], env: dict[str, str]) -> None:
     import subprocess
     import sys
 
-    environment = {k: v for k, v in os.environ.items()
-                   if k not in ("LEGACY_URL", "NEW_DB_URL", "LEGACY_DB_URL", "BROKER_URL")}
+    environment = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("LEGACY_URL", "NEW_DB_URL", "LEGACY_DB_URL", "BROKER_URL")
+    }
     environment.setdefault("NEW_DB_URL", "sqlite://")
     result = subprocess.run(
         [sys.executable, "-c", "from skeleton_app.composition.cli import main; main()", *args],
-        env={**environment, **env}, capture_output=True, text=True, timeout=60,
+        env={**environment, **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
     assert result.returncode != 0

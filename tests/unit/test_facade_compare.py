@@ -18,8 +18,11 @@ from skeleton_app.shadow_results import ShadowResult
 JSON = (("Content-Type", "application/json"),)
 
 
-def answer(body: object, status: int = 200, headers: tuple[tuple[str, str], ...] = JSON,
-           ) -> Answer:
+def answer(
+    body: object,
+    status: int = 200,
+    headers: tuple[tuple[str, str], ...] = JSON,
+) -> Answer:
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
     return Answer(status, headers, raw, 0.01)
 
@@ -49,12 +52,15 @@ def test_ignored_fields_are_dropped_at_any_depth() -> None:
 
 
 def test_status_and_media_type_count() -> None:
-    result = compare(answer({"x": 1}), answer({"x": 1}, 201, (("Content-Type", "text/plain"),)),
-                     RouteOptions())
+    result = compare(
+        answer({"x": 1}), answer({"x": 1}, 201, (("Content-Type", "text/plain"),)), RouteOptions()
+    )
 
     assert result.outcome == "mismatch"
-    assert result.diff == "status: legacy 200, new 201\ncontent type: legacy application/json, " \
+    assert (
+        result.diff == "status: legacy 200, new 201\ncontent type: legacy application/json, "
         "new text/plain"
+    )
 
 
 def test_compressed_bodies_are_decoded_before_comparing() -> None:
@@ -70,8 +76,9 @@ def test_compressed_bodies_are_decoded_before_comparing() -> None:
 
 def test_other_bodies_compare_byte_for_byte_with_the_first_difference_shown() -> None:
     text = (("Content-Type", "text/plain"),)
-    result = compare(answer(b"hello world", headers=text), answer(b"hello there", headers=text),
-                     RouteOptions())
+    result = compare(
+        answer(b"hello world", headers=text), answer(b"hello there", headers=text), RouteOptions()
+    )
 
     assert result.diff == (
         "body: 11 bytes from legacy, 11 from new, first difference at byte 6: "
@@ -98,8 +105,19 @@ def results(tmp_path: Path) -> ShadowResults:
 
 
 def _rows(outcome: str, count: int, at: datetime, pattern: str = "/a") -> list[ShadowResult]:
-    return [ShadowResult(at=at, method="GET", pattern=pattern, kind="shadow", outcome=outcome,
-                         path="/a", legacy_status=200, legacy_ms=1.0) for _ in range(count)]
+    return [
+        ShadowResult(
+            at=at,
+            method="GET",
+            pattern=pattern,
+            kind="shadow",
+            outcome=outcome,
+            path="/a",
+            legacy_status=200,
+            legacy_ms=1.0,
+        )
+        for _ in range(count)
+    ]
 
 
 def test_parity_counts_the_window_and_pruning_keeps_it(results: ShadowResults) -> None:

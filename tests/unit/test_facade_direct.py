@@ -84,8 +84,15 @@ def lag() -> Lag:
 
 def make_app(table: RouteTable, read_model: ReadModel, lag: Lag, **options: object) -> Flask:
     settings = FacadeSettings(new_timeout=0.3, max_lag=5.0, lag_check_interval=0.0)
-    app = create_app(LEGACY, "sqlite://", route_table=table, read_model=read_model,
-                     settings=settings, lag_provider=lag, **options)  # type: ignore[arg-type]
+    app = create_app(
+        LEGACY,
+        "sqlite://",
+        route_table=table,
+        read_model=read_model,
+        settings=settings,
+        lag_provider=lag,
+        **options,
+    )  # type: ignore[arg-type]
     app.test_client_class = BufferedClient
     return app
 
@@ -108,16 +115,25 @@ def answered_here(read_model: BoundedReadModel) -> bool:
     return read_model.threads[-1] == threading.get_ident()
 
 
-@pytest.mark.parametrize("path", ["/allocations/order-1", "/allocations/order-%C3%A9",
-                                  "/allocations/nobody", "/allocations/a%20b"])
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/allocations/order-1",
+        "/allocations/order-%C3%A9",
+        "/allocations/nobody",
+        "/allocations/a%20b",
+    ],
+)
 def test_the_direct_path_answers_exactly_as_the_general_path(
     table: RouteTable, lag: Lag, upstream: responses.RequestsMock, path: str
 ) -> None:
     table.set("GET", ROUTE, "new", by="ops", force=True)
     direct_model = BoundedReadModel(ALLOCATIONS)
     general_model = FakeReadModel(ALLOCATIONS)  # no time limit: the general path
-    direct_app, general_app = make_app(table, direct_model, lag), make_app(table, general_model,
-                                                                           lag)
+    direct_app, general_app = (
+        make_app(table, direct_model, lag),
+        make_app(table, general_model, lag),
+    )
     try:
         direct = direct_app.test_client().get(path)
         general = general_app.test_client().get(path)
@@ -150,17 +166,38 @@ def test_a_direct_answer_is_counted_like_any_new_answer(
         assert client.get("/allocations/order-1").status_code == 200
 
     assert answered_here(bounded)
-    assert metric(direct_app, "strangler_facade_requests_total", route=f"GET {ROUTE}",
-                  mode="new", served_by="new") == 3
-    assert metric(direct_app, "strangler_facade_upstream_seconds_count", system="new",
-                  route=f"GET {ROUTE}") == 3
+    assert (
+        metric(
+            direct_app,
+            "strangler_facade_requests_total",
+            route=f"GET {ROUTE}",
+            mode="new",
+            served_by="new",
+        )
+        == 3
+    )
+    assert (
+        metric(
+            direct_app,
+            "strangler_facade_upstream_seconds_count",
+            system="new",
+            route=f"GET {ROUTE}",
+        )
+        == 3
+    )
 
 
-@pytest.mark.parametrize(("error", "reason"), [(RuntimeError("database down"), "error"),
-                                               (TimeoutError("statement timeout"), "timeout")])
+@pytest.mark.parametrize(
+    ("error", "reason"),
+    [(RuntimeError("database down"), "error"), (TimeoutError("statement timeout"), "timeout")],
+)
 def test_a_failed_direct_read_falls_back_to_legacy_and_is_counted(
-    direct_app: Flask, table: RouteTable, bounded: BoundedReadModel,
-    upstream: responses.RequestsMock, error: Exception, reason: str,
+    direct_app: Flask,
+    table: RouteTable,
+    bounded: BoundedReadModel,
+    upstream: responses.RequestsMock,
+    error: Exception,
+    reason: str,
 ) -> None:
     table.set("GET", ROUTE, "new", by="ops", force=True)
     bounded.error = error
@@ -170,14 +207,27 @@ def test_a_failed_direct_read_falls_back_to_legacy_and_is_counted(
     assert (response.status_code, response.headers["X-Served-By"]) == (200, "legacy")
     assert response.get_json() == LEGACY_ANSWER
     assert len(bounded.threads) == 1  # asked once, on the direct path; not again in Flask
-    assert metric(direct_app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}",
-                  reason=reason) == 1
-    assert metric(direct_app, "strangler_facade_requests_total", route=f"GET {ROUTE}",
-                  mode="new", served_by="legacy") == 1
+    assert (
+        metric(direct_app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}", reason=reason)
+        == 1
+    )
+    assert (
+        metric(
+            direct_app,
+            "strangler_facade_requests_total",
+            route=f"GET {ROUTE}",
+            mode="new",
+            served_by="legacy",
+        )
+        == 1
+    )
 
 
 def test_a_tripped_lag_guard_sends_the_route_to_legacy(
-    direct_app: Flask, table: RouteTable, bounded: BoundedReadModel, lag: Lag,
+    direct_app: Flask,
+    table: RouteTable,
+    bounded: BoundedReadModel,
+    lag: Lag,
     upstream: responses.RequestsMock,
 ) -> None:
     table.set("GET", ROUTE, "new", by="ops", force=True)
@@ -187,14 +237,19 @@ def test_a_tripped_lag_guard_sends_the_route_to_legacy(
 
     assert response.headers["X-Served-By"] == "legacy"
     assert bounded.threads == []
-    assert metric(direct_app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}",
-                  reason="lag") == 1
+    assert (
+        metric(direct_app, "strangler_facade_fallbacks_total", route=f"GET {ROUTE}", reason="lag")
+        == 1
+    )
 
 
 @pytest.mark.parametrize("mode", ["canary 100", "shadow", "legacy"])
 def test_only_mode_new_takes_the_direct_path(
-    direct_app: Flask, table: RouteTable, bounded: BoundedReadModel,
-    upstream: responses.RequestsMock, mode: str,
+    direct_app: Flask,
+    table: RouteTable,
+    bounded: BoundedReadModel,
+    upstream: responses.RequestsMock,
+    mode: str,
 ) -> None:
     table.set("GET", ROUTE, mode, by="ops", force=True)
 
@@ -204,7 +259,9 @@ def test_only_mode_new_takes_the_direct_path(
 
 
 def test_head_and_dot_segments_take_the_general_path(
-    direct_app: Flask, table: RouteTable, bounded: BoundedReadModel,
+    direct_app: Flask,
+    table: RouteTable,
+    bounded: BoundedReadModel,
     upstream: responses.RequestsMock,
 ) -> None:
     table.set("GET", ROUTE, "new", by="ops", force=True)
@@ -236,8 +293,9 @@ def test_a_replaced_handler_is_never_bypassed(
 
 def test_on_sqlite_reads_are_not_bounded_so_the_general_path_serves() -> None:
     on_sqlite = create_app(LEGACY, "sqlite://", settings=FacadeSettings())
-    on_postgres = create_app(LEGACY, "postgresql+psycopg://nowhere.invalid/x",
-                             settings=FacadeSettings())
+    on_postgres = create_app(
+        LEGACY, "postgresql+psycopg://nowhere.invalid/x", settings=FacadeSettings()
+    )
     try:
         assert not isinstance(on_sqlite.wsgi_app, DirectPath)
         assert isinstance(on_postgres.wsgi_app, DirectPath)

@@ -65,8 +65,9 @@ class Lag:
         return self.value
 
 
-def legacy_json(body: object, status: int = 200) -> Callable[..., tuple[int, dict[str, str],
-                                                                        bytes]]:
+def legacy_json(
+    body: object, status: int = 200
+) -> Callable[..., tuple[int, dict[str, str], bytes]]:
     """A ``responses`` callback answering ``body`` as Flask's jsonify writes it."""
     text = json.dumps(body, separators=(",", ":"), sort_keys=True) + "\n"
 

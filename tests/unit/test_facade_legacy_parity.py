@@ -46,8 +46,11 @@ def facade(tmp_path: Path) -> Iterator[tuple[FlaskClient, RouteTable]]:
     def via_legacy(request: PreparedRequest) -> tuple[int, list[tuple[str, str]], bytes]:
         url = urlsplit(request.url or "")
         answer = legacy.open(
-            url.path, query_string=url.query, method=request.method,
-            headers=dict(request.headers), data=request.body,
+            url.path,
+            query_string=url.query,
+            method=request.method,
+            headers=dict(request.headers),
+            data=request.body,
         )
         return answer.status_code, list(answer.headers.items()), answer.get_data()
 
@@ -63,8 +66,12 @@ def facade(tmp_path: Path) -> Iterator[tuple[FlaskClient, RouteTable]]:
     app = create_app(LEGACY, "sqlite://", route_table=table, read_model=read_model)
     with responses.RequestsMock(assert_all_requests_are_fired=False) as upstream:
         for method in ("GET", "POST"):
-            upstream.add_callback(method, re.compile(r"http://legacy\.test:5001/.*"),
-                                  callback=via_legacy, content_type=None)
+            upstream.add_callback(
+                method,
+                re.compile(r"http://legacy\.test:5001/.*"),
+                callback=via_legacy,
+                content_type=None,
+            )
         yield app.test_client(), table
     engine.dispose()
 
@@ -83,8 +90,12 @@ def test_new_answers_equal_legacy_answers(facade: tuple[FlaskClient, RouteTable]
         assert response.status_code == 201, response.data
         assert response.headers["X-Served-By"] == "legacy"
 
-    paths = ["/allocations/order-1", "/allocations/order%202%20%C3%A9", "/allocations/nobody",
-             "/allocations/%22quoted%22"]
+    paths = [
+        "/allocations/order-1",
+        "/allocations/order%202%20%C3%A9",
+        "/allocations/nobody",
+        "/allocations/%22quoted%22",
+    ]
     legacy = [client.get(path) for path in paths]
     table.set("GET", ROUTE, Mode.NEW, by="test")
     new = [client.get(path) for path in paths]
@@ -94,5 +105,7 @@ def test_new_answers_equal_legacy_answers(facade: tuple[FlaskClient, RouteTable]
     assert [r.status_code for r in legacy] == [200, 200, 404, 404]
     for old, now in zip(legacy, new, strict=True):
         assert (now.status_code, now.content_type, now.data) == (
-            old.status_code, old.content_type, old.data
+            old.status_code,
+            old.content_type,
+            old.data,
         )

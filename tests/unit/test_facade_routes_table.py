@@ -86,8 +86,7 @@ def test_migration_revisions_follow_the_new_domain_and_branch_off_the_route_tabl
     routes, shadow = (load_migration(path) for path in MIGRATIONS)
 
     assert (routes.revision, routes.down_revision) == ("0002_facade_routes", "0001_new_domain")
-    assert (shadow.revision, shadow.down_revision) == ("0004_facade_shadow",
-                                                       "0002_facade_routes")
+    assert (shadow.revision, shadow.down_revision) == ("0004_facade_shadow", "0002_facade_routes")
 
 
 def test_migration_creates_exactly_the_tables_the_code_uses(engine: Engine) -> None:
@@ -118,10 +117,12 @@ def test_rows_written_before_the_shadow_revision_get_default_options(tmp_path: P
     routes, shadow = (load_migration(path) for path in MIGRATIONS)
     with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
         routes.upgrade()
-        conn.execute(text(
-            "INSERT INTO facade_route VALUES ('GET', '/allocations/<orderid>', 'new', "
-            "'2026-01-01 00:00:00', 'ops', 'cutover')"
-        ))
+        conn.execute(
+            text(
+                "INSERT INTO facade_route VALUES ('GET', '/allocations/<orderid>', 'new', "
+                "'2026-01-01 00:00:00', 'ops', 'cutover')"
+            )
+        )
     with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
         shadow.upgrade()
 
@@ -159,8 +160,15 @@ def test_setting_a_route_stores_it_and_writes_an_audit_entry(table: RouteTable) 
     assert listed.updated_at == AT
     assert (listed.updated_by, listed.reason) == ("alice", "read model caught up")
     [entry] = table.history()
-    assert (entry.at, entry.method, entry.pattern, entry.from_mode, entry.to_mode, entry.by,
-            entry.reason) == (AT, "GET", ROUTE, None, "new", "alice", "read model caught up")
+    assert (
+        entry.at,
+        entry.method,
+        entry.pattern,
+        entry.from_mode,
+        entry.to_mode,
+        entry.by,
+        entry.reason,
+    ) == (AT, "GET", ROUTE, None, "new", "alice", "read model caught up")
 
 
 def test_every_change_is_audited_with_the_mode_it_replaced(table: RouteTable) -> None:
@@ -176,7 +184,8 @@ def test_every_change_is_audited_with_the_mode_it_replaced(table: RouteTable) ->
     assert history[0].id < history[1].id
     assert len(table.history()) == 3
     assert {(r.method, r.pattern): r.mode for r in table.list()} == {
-        ("GET", ROUTE): Mode.LEGACY, ("POST", "/allocate"): Mode.LEGACY,
+        ("GET", ROUTE): Mode.LEGACY,
+        ("POST", "/allocate"): Mode.LEGACY,
     }
 
 
@@ -195,8 +204,13 @@ def test_a_route_the_new_system_cannot_serve_is_refused(table: RouteTable) -> No
 @pytest.mark.parametrize(
     ("method", "pattern", "mode", "by", "message"),
     [
-        ("GET", ROUTE, "sideways", "a",
-         "unknown mode 'sideways' (known: legacy, aa, shadow, canary, new)"),
+        (
+            "GET",
+            ROUTE,
+            "sideways",
+            "a",
+            "unknown mode 'sideways' (known: legacy, aa, shadow, canary, new)",
+        ),
         ("GET", ROUTE, "canary", "a", "canary needs a percentage"),
         ("GET", ROUTE, "canary 100.5", "a", "canary percentage must be 0-100"),
         ("GET", ROUTE, "canary -1", "a", "canary percentage must be 0-100"),
@@ -223,9 +237,7 @@ def test_bad_changes_are_refused_with_one_clear_line(
     assert table.history() == []
 
 
-def test_route_and_audit_are_written_in_one_transaction(
-    table: RouteTable, engine: Engine
-) -> None:
+def test_route_and_audit_are_written_in_one_transaction(table: RouteTable, engine: Engine) -> None:
     table.set("GET", ROUTE, Mode.NEW, by="alice")
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE facade_route_audit"))
@@ -278,9 +290,7 @@ def test_the_cache_is_reread_only_after_the_refresh_interval(
     assert table.mode_for("GET", "/allocations/o") is Mode.NEW
 
 
-def test_a_change_through_the_same_table_is_seen_at_once(
-    table: RouteTable, clock: Clock
-) -> None:
+def test_a_change_through_the_same_table_is_seen_at_once(table: RouteTable, clock: Clock) -> None:
     assert table.mode_for("GET", "/allocations/o") is Mode.LEGACY
 
     table.set("GET", ROUTE, Mode.NEW, by="ops")
@@ -304,12 +314,27 @@ def test_unknown_or_unservable_stored_modes_fall_back_to_legacy(
     table: RouteTable, engine: Engine
 ) -> None:
     with engine.begin() as conn:
-        conn.execute(insert(facade_route), [
-            {"method": "GET", "pattern": ROUTE, "mode": "canary-from-the-future",
-             "updated_at": AT, "updated_by": "x", "reason": ""},
-            {"method": "GET", "pattern": "/batches/<ref>", "mode": "new",
-             "updated_at": AT, "updated_by": "x", "reason": ""},
-        ])
+        conn.execute(
+            insert(facade_route),
+            [
+                {
+                    "method": "GET",
+                    "pattern": ROUTE,
+                    "mode": "canary-from-the-future",
+                    "updated_at": AT,
+                    "updated_by": "x",
+                    "reason": "",
+                },
+                {
+                    "method": "GET",
+                    "pattern": "/batches/<ref>",
+                    "mode": "new",
+                    "updated_at": AT,
+                    "updated_by": "x",
+                    "reason": "",
+                },
+            ],
+        )
 
     assert table.mode_for("GET", "/allocations/o") is Mode.LEGACY
     assert table.mode_for("GET", "/batches/b") is Mode.LEGACY
@@ -337,7 +362,10 @@ def test_every_mode_is_stored_and_audited_as_text(table: RouteTable) -> None:
 
     assert (canary.mode, canary.percent, canary.setting) == (Mode.CANARY, 50.0, "canary 50")
     assert [(e.from_mode, e.to_mode) for e in table.history()] == [
-        (None, "aa"), ("aa", "shadow"), ("shadow", "canary 12.5"), ("canary 12.5", "canary 50"),
+        (None, "aa"),
+        ("aa", "shadow"),
+        ("shadow", "canary 12.5"),
+        ("canary 12.5", "canary 50"),
         ("canary 50", "new"),
     ]
     table.set("GET", ROUTE, "canary 20", by="ops")
@@ -358,18 +386,25 @@ def test_aa_suits_any_route_and_the_others_only_routes_the_new_system_serves(
 
 
 def test_options_change_one_at_a_time_and_each_change_is_audited(table: RouteTable) -> None:
-    table.set("GET", ROUTE, "shadow", by="ops",
-              options={"ignore_fields": ["generated_at", "etag"], "unordered_lists": True})
+    table.set(
+        "GET",
+        ROUTE,
+        "shadow",
+        by="ops",
+        options={"ignore_fields": ["generated_at", "etag"], "unordered_lists": True},
+    )
     route = table.set("GET", ROUTE, "shadow", by="ops", options={"sample_rate": 0.25})
 
-    assert route.options == RouteOptions(ignore_fields=("etag", "generated_at"),
-                                         unordered_lists=True, sample_rate=0.25)
+    assert route.options == RouteOptions(
+        ignore_fields=("etag", "generated_at"), unordered_lists=True, sample_rate=0.25
+    )
     assert table.get("GET", ROUTE).options == route.options
     match = table.match("GET", "/allocations/o")
     assert match is not None and match.options == route.options
     first, second = table.history()
-    assert first.options == RouteOptions(ignore_fields=("etag", "generated_at"),
-                                         unordered_lists=True)
+    assert first.options == RouteOptions(
+        ignore_fields=("etag", "generated_at"), unordered_lists=True
+    )
     assert second.options == route.options
     table.set("GET", ROUTE, "legacy", by="ops")
     assert table.get("GET", ROUTE).options == route.options  # kept across mode changes
@@ -402,7 +437,8 @@ def test_rollback_sets_every_route_not_on_legacy_back_to_legacy(table: RouteTabl
     changed = table.rollback(by="oncall", reason="incident 42")
 
     assert sorted((r.method, r.pattern) for r in changed) == [
-        ("GET", ROUTE), ("POST", "/allocate"),
+        ("GET", ROUTE),
+        ("POST", "/allocate"),
     ]
     assert {r.mode for r in table.list()} == {Mode.LEGACY}
     last = table.history()[-2:]
@@ -416,11 +452,20 @@ def test_rollback_sets_every_route_not_on_legacy_back_to_legacy(table: RouteTabl
 # -- the cutover gate ------------------------------------------------------------------
 
 
-def _results(engine: Engine, outcomes: dict[str, int], at: datetime = AT,
-             kind: str = "shadow") -> None:
+def _results(
+    engine: Engine, outcomes: dict[str, int], at: datetime = AT, kind: str = "shadow"
+) -> None:
     rows = [
-        ShadowResult(at=at, method="GET", pattern=ROUTE, kind=kind, outcome=outcome,
-                     path="/allocations/o", legacy_status=200, legacy_ms=1.0)
+        ShadowResult(
+            at=at,
+            method="GET",
+            pattern=ROUTE,
+            kind=kind,
+            outcome=outcome,
+            path="/allocations/o",
+            legacy_status=200,
+            legacy_ms=1.0,
+        )
         for outcome, count in outcomes.items()
         for _ in range(count)
     ]
@@ -488,9 +533,7 @@ def test_force_overrides_the_gate_and_the_audit_says_so(gated: RouteTable) -> No
     )
 
 
-def test_only_results_of_the_window_count_for_the_gate(
-    gated: RouteTable, engine: Engine
-) -> None:
+def test_only_results_of_the_window_count_for_the_gate(gated: RouteTable, engine: Engine) -> None:
     _results(engine, {"match": 500}, at=AT - timedelta(hours=2))
     _results(engine, {"mismatch": 50}, at=AT - timedelta(minutes=5))
     _results(engine, {"match": 99}, at=AT - timedelta(minutes=1), kind="aa")
@@ -545,8 +588,12 @@ def test_growing_a_canary_is_not_judged_again(gated: RouteTable, engine: Engine)
 def test_thresholds_below_the_floor_count_as_forcing(
     engine: Engine, clock: Clock, min_samples: int, min_parity: float
 ) -> None:
-    table = RouteTable(engine, clock=clock, now=lambda: AT,
-                       gate=CutoverGate(min_parity, min_samples, Window(3600, 1000)))
+    table = RouteTable(
+        engine,
+        clock=clock,
+        now=lambda: AT,
+        gate=CutoverGate(min_parity, min_samples, Window(3600, 1000)),
+    )
     _results(engine, {"match": 200})
 
     with pytest.raises(CutoverRefused, match="below the floor"):

@@ -78,13 +78,20 @@ class AppFactory:
         self.apps: list[Flask] = []
 
     def __call__(self, **settings: object) -> Flask:
-        extra = {k: settings.pop(k) for k in ("new_handlers", "lag_provider", "sample",
-                                              "results") if k in settings}
+        extra = {
+            k: settings.pop(k)
+            for k in ("new_handlers", "lag_provider", "sample", "results")
+            if k in settings
+        }
         options = {"shadow_flush_interval": 0.05, "new_timeout": 2.0, **settings}
-        app = create_app(LEGACY, "sqlite://", route_table=self.table,
-                         read_model=self.read_model,
-                         settings=FacadeSettings(**options),  # type: ignore[arg-type]
-                         **extra)  # type: ignore[arg-type]
+        app = create_app(
+            LEGACY,
+            "sqlite://",
+            route_table=self.table,
+            read_model=self.read_model,
+            settings=FacadeSettings(**options),  # type: ignore[arg-type]
+            **extra,
+        )  # type: ignore[arg-type]
         app.test_client_class = BufferedClient
         self.apps.append(app)
         return app
@@ -101,19 +108,24 @@ def facade(table: RouteTable, read_model: FakeReadModel) -> Iterator[AppFactory]
 def stored(engine: Engine) -> list[ShadowResult]:
     with engine.connect() as conn:
         rows = conn.execute(select(facade_shadow_result).order_by(facade_shadow_result.c.id))
-        return [ShadowResult(**{k: v for k, v in row._mapping.items() if k != "id"})
-                for row in rows]
+        return [
+            ShadowResult(**{k: v for k, v in row._mapping.items() if k != "id"}) for row in rows
+        ]
 
 
 # -- shadow ----------------------------------------------------------------------------
 
 
 def test_shadow_serves_legacy_and_records_a_match_with_both_timings(
-    facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock, engine: Engine,
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    engine: Engine,
     read_model: FakeReadModel,
 ) -> None:
-    upstream.add_callback(responses.GET, f"{LEGACY}/allocations/order-1",
-                          callback=legacy_json(ORDER_1))
+    upstream.add_callback(
+        responses.GET, f"{LEGACY}/allocations/order-1", callback=legacy_json(ORDER_1)
+    )
     table.set("GET", ROUTE, "shadow", by="ops")
     app = facade()
 
@@ -125,28 +137,48 @@ def test_shadow_serves_legacy_and_records_a_match_with_both_timings(
     drain(app)
     [result] = stored(engine)
     assert (result.kind, result.outcome, result.method, result.pattern, result.path) == (
-        "shadow", "match", "GET", ROUTE, "/allocations/order-1?x=1")
+        "shadow",
+        "match",
+        "GET",
+        ROUTE,
+        "/allocations/order-1?x=1",
+    )
     assert (result.legacy_status, result.new_status, result.diff) == (200, 200, None)
     assert result.legacy_ms > 0 and result.new_ms is not None and result.new_ms > 0
     assert read_model.asked == ["order-1"]
     assert len(upstream.calls) == 1
     route = f"GET {ROUTE}"
-    assert metric(app, "strangler_facade_shadow_results_total", route=route, kind="shadow",
-                  outcome="match") == 1
-    assert metric(app, "strangler_facade_requests_total", route=route, mode="shadow",
-                  served_by="legacy") == 1
-    assert metric(app, "strangler_facade_upstream_seconds_count", system="new",
-                  route=route) == 1
+    assert (
+        metric(
+            app,
+            "strangler_facade_shadow_results_total",
+            route=route,
+            kind="shadow",
+            outcome="match",
+        )
+        == 1
+    )
+    assert (
+        metric(
+            app, "strangler_facade_requests_total", route=route, mode="shadow", served_by="legacy"
+        )
+        == 1
+    )
+    assert metric(app, "strangler_facade_upstream_seconds_count", system="new", route=route) == 1
 
 
 def test_shadow_records_a_mismatch_with_a_readable_diff(
     facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock, engine: Engine
 ) -> None:
     changed = [{"batchref": "b-9", "sku": "BLUE-TABLE"}, ORDER_1[1]]
-    upstream.add_callback(responses.GET, f"{LEGACY}/allocations/order-1",
-                          callback=legacy_json(changed))
-    upstream.add_callback(responses.GET, f"{LEGACY}/allocations/nobody",
-                          callback=legacy_json([{"sku": "X", "batchref": "y"}]))
+    upstream.add_callback(
+        responses.GET, f"{LEGACY}/allocations/order-1", callback=legacy_json(changed)
+    )
+    upstream.add_callback(
+        responses.GET,
+        f"{LEGACY}/allocations/nobody",
+        callback=legacy_json([{"sku": "X", "batchref": "y"}]),
+    )
     table.set("GET", ROUTE, "shadow", by="ops")
     app = facade()
     client = app.test_client()
@@ -158,20 +190,23 @@ def test_shadow_records_a_mismatch_with_a_readable_diff(
     first, second = stored(engine)
     assert first.outcome == second.outcome == "mismatch"
     assert first.diff == (
-        "body (legacy -> new):\n"
-        "  Value of root[0]['batchref'] changed from \"b-9\" to \"b-2\"."
+        'body (legacy -> new):\n  Value of root[0][\'batchref\'] changed from "b-9" to "b-2".'
     )
     assert second.new_status == 404
     assert second.diff is not None and second.diff.startswith("status: legacy 200, new 404\n")
     parity = ShadowResults(engine).parity("GET", ROUTE)
     assert (parity.matches, parity.mismatches, parity.percent) == (0, 2, 0.0)
     assert [r.path for r in ShadowResults(engine).recent("GET", ROUTE)] == [
-        "/allocations/nobody", "/allocations/order-1",
+        "/allocations/nobody",
+        "/allocations/order-1",
     ]
 
 
 def test_new_system_errors_in_shadow_are_recorded_and_legacy_still_answers(
-    facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock, engine: Engine,
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    engine: Engine,
     read_model: FakeReadModel,
 ) -> None:
     upstream.add_callback(responses.GET, ANY_LEGACY, callback=legacy_json(ORDER_1))
@@ -190,7 +225,10 @@ def test_new_system_errors_in_shadow_are_recorded_and_legacy_still_answers(
 
 
 def test_a_slow_new_system_never_slows_legacy_and_times_out_in_shadow(
-    facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock, engine: Engine,
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    engine: Engine,
     read_model: FakeReadModel,
 ) -> None:
     upstream.add_callback(responses.GET, ANY_LEGACY, callback=legacy_json(ORDER_1))
@@ -239,12 +277,13 @@ def _writes_handler(seen: list[NewRequest]) -> dict[tuple[str, str], object]:
 
 @pytest.fixture
 def write_table(engine: Engine) -> RouteTable:
-    return RouteTable(engine, refresh_interval=0.0,
-                      movable=[("GET", ROUTE), ("POST", WRITE_ROUTE)])
+    return RouteTable(engine, refresh_interval=0.0, movable=[("GET", ROUTE), ("POST", WRITE_ROUTE)])
 
 
 def test_shadow_never_sends_a_mutating_request_unless_the_route_allows_it(
-    write_table: RouteTable, read_model: FakeReadModel, upstream: responses.RequestsMock,
+    write_table: RouteTable,
+    read_model: FakeReadModel,
+    upstream: responses.RequestsMock,
     engine: Engine,
 ) -> None:
     upstream.add_callback(responses.POST, ANY_LEGACY, callback=legacy_json({"ok": True}, 201))
@@ -257,17 +296,23 @@ def test_shadow_never_sends_a_mutating_request_unless_the_route_allows_it(
     drain(app)
     assert seen == [] and stored(engine) == []
 
-    write_table.set("POST", WRITE_ROUTE, "shadow", by="ops",
-                    options={"allow_mutating_shadow": True})
-    response = client.post("/orders/o-2?dry=0", data=b'{"qty": 2}',
-                           headers={"Content-Type": "application/json"})
+    write_table.set(
+        "POST", WRITE_ROUTE, "shadow", by="ops", options={"allow_mutating_shadow": True}
+    )
+    response = client.post(
+        "/orders/o-2?dry=0", data=b'{"qty": 2}', headers={"Content-Type": "application/json"}
+    )
     drain(app)
 
     assert (response.status_code, response.headers["X-Served-By"]) == (201, "legacy")
     assert upstream.calls[-1].request.body == b'{"qty": 2}'
     [request] = seen
     assert (request.method, request.path, request.query_string, request.body) == (
-        "POST", "/orders/o-2", b"dry=0", b'{"qty": 2}')
+        "POST",
+        "/orders/o-2",
+        b"dry=0",
+        b'{"qty": 2}',
+    )
     assert dict(request.args) == {"orderid": "o-2"}
     [result] = stored(engine)
     assert (result.method, result.pattern, result.outcome) == ("POST", WRITE_ROUTE, "match")
@@ -299,8 +344,11 @@ def test_no_mutating_method_is_shadowed_by_default(
 
 
 def test_a_full_shadow_queue_drops_and_counts_without_touching_legacy(
-    facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock,
-    read_model: FakeReadModel, engine: Engine,
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    read_model: FakeReadModel,
+    engine: Engine,
 ) -> None:
     upstream.add_callback(responses.GET, ANY_LEGACY, callback=legacy_json(ORDER_1))
     table.set("GET", ROUTE, "shadow", by="ops")
@@ -317,8 +365,12 @@ def test_a_full_shadow_queue_drops_and_counts_without_touching_legacy(
     release.set()
     drain(app)
     assert len(stored(engine)) == 2
-    assert metric(app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}",
-                  reason="queue_full") == 2
+    assert (
+        metric(
+            app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}", reason="queue_full"
+        )
+        == 2
+    )
     assert facade_of(app).shadow.stats()["dropped"] == 2
 
 
@@ -356,12 +408,19 @@ def test_answers_too_large_to_compare_stream_through_and_are_counted(
     assert response.data == body
     drain(app)
     assert stored(engine) == []
-    assert metric(app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}",
-                  reason="too_large") == 1
+    assert (
+        metric(
+            app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}", reason="too_large"
+        )
+        == 1
+    )
 
 
 def test_results_are_written_in_batches(
-    facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock, engine: Engine,
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    engine: Engine,
     read_model: FakeReadModel,
 ) -> None:
     class Recording(ShadowResults):
@@ -374,8 +433,7 @@ def test_results_are_written_in_batches(
     upstream.add_callback(responses.GET, ANY_LEGACY, callback=legacy_json(ORDER_1))
     table.set("GET", ROUTE, "shadow", by="ops")
     release = read_model.block()
-    app = facade(shadow_batch_size=3, shadow_flush_interval=5.0,
-                 results=Recording(engine))
+    app = facade(shadow_batch_size=3, shadow_flush_interval=5.0, results=Recording(engine))
     client = app.test_client()
 
     for _ in range(8):
@@ -401,8 +459,15 @@ def test_a_failing_results_database_is_counted_and_never_reaches_clients(
 
     assert app.test_client().get("/allocations/order-1").status_code == 200
     drain(app)
-    assert metric(app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}",
-                  reason="write_failed") == 1
+    assert (
+        metric(
+            app,
+            "strangler_facade_shadow_dropped_total",
+            route=f"GET {ROUTE}",
+            reason="write_failed",
+        )
+        == 1
+    )
     assert facade_of(app).shadow.stats()["write_failures"] == 1
 
 
@@ -418,8 +483,10 @@ def test_shadow_pauses_while_the_read_model_lags(
     client.get("/allocations/order-1")
     drain(app)
     assert stored(engine) == []
-    assert metric(app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}",
-                  reason="lag") == 1
+    assert (
+        metric(app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}", reason="lag")
+        == 1
+    )
 
     lag.value = 0.5
     client.get("/allocations/order-1")
@@ -441,8 +508,13 @@ def test_ignored_fields_and_unordered_lists_are_per_route(
 
     client.get("/allocations/order-1")
     drain(app)
-    table.set("GET", ROUTE, "shadow", by="ops",
-              options={"ignore_fields": ["generated_at"], "unordered_lists": True})
+    table.set(
+        "GET",
+        ROUTE,
+        "shadow",
+        by="ops",
+        options={"ignore_fields": ["generated_at"], "unordered_lists": True},
+    )
     client.get("/allocations/order-1")
     drain(app)
 
@@ -453,7 +525,10 @@ def test_ignored_fields_and_unordered_lists_are_per_route(
 
 
 def test_aa_compares_legacy_with_itself_to_measure_noise(
-    facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock, engine: Engine,
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    engine: Engine,
     read_model: FakeReadModel,
 ) -> None:
     counter = itertools.count()
@@ -488,7 +563,10 @@ def test_aa_compares_legacy_with_itself_to_measure_noise(
 
 
 def test_a_route_in_legacy_mode_is_never_compared(
-    facade: AppFactory, table: RouteTable, upstream: responses.RequestsMock, engine: Engine,
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    engine: Engine,
     read_model: FakeReadModel,
 ) -> None:
     upstream.add_callback(responses.GET, ANY_LEGACY, callback=legacy_json(ORDER_1))

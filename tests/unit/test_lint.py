@@ -16,7 +16,6 @@ ROOT = Path(__file__).resolve().parents[2]
 LINT_IMPORTS = Path(sys.executable).parent / "lint-imports"
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
 CONFIG = PYPROJECT["tool"]["importlinter"]
-NOT_YET_FORMATTED = PYPROJECT["tool"]["ruff"]["format"]["exclude"]
 CONTRACTS = [contract["name"] for contract in CONFIG["contracts"]]
 
 
@@ -34,14 +33,6 @@ def test_ruff_finds_nothing() -> None:
 def test_ruff_format_finds_nothing() -> None:
     result = _run("ruff", "format", "--check", ".")
     assert result.returncode == 0, result.stdout + result.stderr
-
-
-def test_only_unformatted_files_are_left_out_of_the_format_check() -> None:
-    """A formatted file leaves ``[tool.ruff.format] exclude``, so the check covers it."""
-    result = _run("ruff", "format", "--check", "--output-format", "concise", *NOT_YET_FORMATTED)
-    unformatted = {line.split(":", 1)[0] for line in result.stdout.splitlines() if ":" in line}
-    formatted = sorted(set(NOT_YET_FORMATTED) - unformatted)
-    assert formatted == [], f"formatted now, remove from [tool.ruff.format] exclude: {formatted}"
 
 
 def test_mypy_finds_nothing() -> None:
