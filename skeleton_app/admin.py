@@ -174,7 +174,12 @@ def routes_with_parity(facade: Facade) -> list[dict[str, Any]]:
 
 
 def list_routes(facade: Facade) -> Response:
-    return jsonify({"routes": routes_with_parity(facade)})
+    return jsonify(
+        {
+            "routes": routes_with_parity(facade),
+            "decision_parity": facade.new_system.decision_parity(),
+        }
+    )
 
 
 def set_route(facade: Facade) -> Response:

@@ -36,7 +36,7 @@ from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
 from skeleton_app.patterns import RouteError
 from skeleton_app.proxy import validate_base_url
-from skeleton_app.read_model import open_new_read_model
+from skeleton_app.read_model import decision_parity_of, open_new_read_model
 from skeleton_app.routes_table import RouteTable
 from skeleton_app.server import FacadeServer, gunicorn_options
 from skeleton_app.settings import FacadeSettings
@@ -411,22 +411,13 @@ def _decision_parity(new_db_url: str) -> dict[str, dict[str, Any]]:
     """Decision parity per write route, as the consumer judged legacy's decisions."""
     read_model = open_new_read_model(new_db_url)
     try:
-        counts = read_model.decision_parity() if hasattr(read_model, "decision_parity") else {}
+        return decision_parity_of(read_model)
     except SQLAlchemyError as exc:  # the routes are still worth showing
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         logging.getLogger(__name__).warning("decision parity unavailable: %s", printable(reason))
-        counts = {}
+        return {}
     finally:
         read_model.close()
-    return {
-        route: {
-            "agree": c.agree,
-            "differ": c.differ,
-            "samples": c.samples,
-            "percent": round(100.0 * c.agree / c.samples, 4) if c.samples else 0.0,
-        }
-        for route, c in sorted(counts.items(), key=lambda item: item[0] == "unclassified")
-    }
 
 
 @routes.command("set", short_help="Set a route's mode (legacy, aa, shadow, canary N, new).")

@@ -7,18 +7,23 @@ take the threads that serve clients.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
+from typing import Any
 
 from flask import Flask, Response
 
 from skeleton_app.compare import Answer
+from skeleton_app.errors import printable
 from skeleton_app.new_routes import NewHandler, NewRequest
 from skeleton_app.patterns import RouteKey
-from skeleton_app.read_model import ReadModel
+from skeleton_app.read_model import ReadModel, decision_parity_of
+
+log = logging.getLogger(__name__)
 
 
 class NewSystemTimeout(Exception):
@@ -48,6 +53,15 @@ class NewSystem:
     @property
     def routes(self) -> frozenset[RouteKey]:
         return frozenset(self._handlers)
+
+    def decision_parity(self) -> dict[str, dict[str, Any]]:
+        """The write routes' decision parity; empty (and one log line) when the new
+        database cannot say."""
+        try:
+            return decision_parity_of(self._read_model)
+        except Exception as exc:  # noqa: BLE001 - the route table is still worth showing
+            log.warning("decision parity unavailable: %s", printable(str(exc).split("\n")[0]))
+            return {}
 
     def handler(self, method: str, pattern: str) -> NewHandler | None:
         return self._handlers.get((method, pattern))

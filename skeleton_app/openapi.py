@@ -266,19 +266,36 @@ _DOCUMENT: dict[str, Any] = {
         },
         "/_strangler/routes": {
             "get": {
-                "summary": "Every route, its mode, options, shadow parity and A/A noise",
+                "summary": "Every route, its mode, options, shadow parity and A/A noise, and "
+                "the write routes' decision parity",
                 "operationId": "listRoutes",
                 "security": _ADMIN,
                 "responses": {
                     "200": _json(
                         {
                             "type": "object",
-                            "required": ["routes"],
+                            "required": ["routes", "decision_parity"],
                             "properties": {
                                 "routes": {
                                     "type": "array",
                                     "items": {"$ref": "#/components/schemas/Route"},
-                                }
+                                },
+                                "decision_parity": {
+                                    "type": "object",
+                                    "description": "Per write route (and 'unclassified'): "
+                                    "legacy decisions the new rules took the same way "
+                                    "(agree) and differently (differ).",
+                                    "additionalProperties": {
+                                        "type": "object",
+                                        "required": ["agree", "differ", "samples", "percent"],
+                                        "properties": {
+                                            "agree": {"type": "integer"},
+                                            "differ": {"type": "integer"},
+                                            "samples": {"type": "integer"},
+                                            "percent": {"type": "number"},
+                                        },
+                                    },
+                                },
                             },
                         },
                         "The route table",

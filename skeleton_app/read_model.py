@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Sequence
-from typing import Protocol, cast
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, Protocol, cast
 
 
 class AllocationView(Protocol):
@@ -25,6 +25,25 @@ class ReadModel(Protocol):
     def allocations_for(self, orderid: str) -> Sequence[AllocationView]: ...
 
     def close(self) -> None: ...
+
+
+def decision_parity_of(read_model: object) -> dict[str, dict[str, Any]]:
+    """The write routes' decision parity as the read model reports it (``agree``,
+    ``differ``, ``samples``, ``percent`` per route; ``unclassified`` last); empty when it
+    reports none."""
+    parity = getattr(read_model, "decision_parity", None)
+    counts: Mapping[str, Any] = {} if parity is None else parity()
+    return {
+        route: {
+            "agree": c.agree,
+            "differ": c.differ,
+            "samples": c.samples,
+            "percent": round(100.0 * c.agree / c.samples, 4) if c.samples else 0.0,
+        }
+        for route, c in sorted(
+            counts.items(), key=lambda item: (item[0] == "unclassified", item[0])
+        )
+    }
 
 
 def time_limit_of(read_model: object) -> float | None:
@@ -74,6 +93,11 @@ class LazyReadModel:
         """The real read model's lag; None while it has no ``lag_seconds``."""
         lag = getattr(self._get(), "lag_seconds", None)
         return None if lag is None else cast("float | None", lag())
+
+    def decision_parity(self) -> Mapping[str, Any]:
+        """The real read model's decision parity per write route; empty while it has none."""
+        parity = getattr(self._get(), "decision_parity", None)
+        return {} if parity is None else cast("Mapping[str, Any]", parity())
 
     def close(self) -> None:
         with self._lock:

@@ -12,7 +12,9 @@ from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.commands import decisions
 from new_domain.ingest import apply_changes, parse_change
 from new_domain.ingest.decisions import ADD_BATCH, ALLOCATE
+from skeleton_app import close_app, create_app
 from skeleton_app.commands import routes
+from skeleton_app.settings import FacadeSettings
 from tests.integration.consumer_streams import LegacyShopStream
 from tests.unit.test_decision_parity import applied, by_route
 
@@ -67,3 +69,28 @@ def test_verdicts_are_stored_once_and_listed(pg_url: str) -> None:
         str(differ),
     ]
     assert "unclassified legacy transactions: 0" in listed.output
+
+
+def test_the_admin_api_lists_decision_parity_with_the_routes(pg_url: str) -> None:
+    upgrade_database(pg_url)
+    stream = LegacyShopStream(seed=5)
+    stream.add_batch("b1", "LAMP", 10, None)
+    stream.allocate("o1", "LAMP", 2)
+    bus = bootstrap(pg_url)
+    try:
+        apply_changes(bus, [parse_change(m.body, m.message_id) for m in stream.messages])
+    finally:
+        bus.uow.close()
+    app = create_app(
+        "http://legacy.invalid", pg_url, settings=FacadeSettings(admin_token="t0ken-for-tests")
+    )
+    try:
+        answer = app.test_client().get(
+            "/_strangler/routes", headers={"Authorization": "Bearer t0ken-for-tests"}
+        )
+    finally:
+        close_app(app)
+    assert answer.status_code == 200, answer.get_data(as_text=True)
+    parity = answer.get_json()["decision_parity"]
+    assert parity[ADD_BATCH] == {"agree": 1, "differ": 0, "samples": 1, "percent": 100.0}
+    assert parity[ALLOCATE] == {"agree": 1, "differ": 0, "samples": 1, "percent": 100.0}
