@@ -20,11 +20,11 @@ from broker import Broker, Delivery
 from new_domain.ingest import (
     ChangeFailed,
     FailedMessage,
-    FailurePolicy,
     LegacyChange,
     apply_changes,
     describe_error,
     parse_message,
+    publish_dead_letters,
 )
 from new_domain.service_layer.messagebus import MessageBus
 
@@ -123,14 +123,10 @@ def _failed_again(
     with bus.uow as uow:
         uow.dead_letters.record_failure(failed, error, dead=True)
         uow.commit()
-    FailurePolicy(bus.uow, _failed, f"{queue}.dlx").publish_dead_letters(broker)
+    publish_dead_letters(bus.uow, broker, f"{queue}.dlx")
     broker.ack(delivery.delivery_tag)
     report.failed.append((failed.key, describe_error(error)))
     logger.warning("replaying %s failed again: %s", failed.key, describe_error(error))
-
-
-def _failed(item: object) -> FailedMessage:
-    raise TypeError("a replay only publishes dead letters")  # nothing is retried here
 
 
 def _is_reason(header: str) -> bool:

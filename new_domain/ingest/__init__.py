@@ -37,6 +37,7 @@ from new_domain.ingest.failures import (
     Interrupted,
     dead_letter_headers,
     dead_letter_message,
+    publish_dead_letters,
 )
 from new_domain.ingest.legacy_shop import LEGACY_SHOP
 from new_domain.ingest.ports import DeadLetter, FailedMessage, describe_error
@@ -66,4 +67,5 @@ __all__ = [
     "describe_error",
     "parse_change",
     "parse_message",
+    "publish_dead_letters",
 ]

@@ -139,7 +139,7 @@ class FailurePolicy(Generic[Item]):
     def publish_dead_letters(self, broker: Broker) -> int:
         """Publish every dead row not published yet to :attr:`exchange` (confirmed), then
         mark them published; how many were published."""
-        published = self.with_db_retry(publish_dead_letters, self, broker)
+        published = self.with_db_retry(publish_dead_letters, self.uow, broker, self.exchange)
         self.dead_letters_waiting = False
         return published
 
@@ -269,16 +269,16 @@ class FailurePolicy(Generic[Item]):
         )
 
 
-def publish_dead_letters(policy: FailurePolicy[Any], broker: Broker) -> int:
-    """Publish the dead-letter store's unpublished rows to the policy's exchange
-    (confirmed), then mark them published; how many were published."""
-    uow, total = policy.uow, 0
+def publish_dead_letters(uow: AbstractUnitOfWork, broker: Broker, exchange: str) -> int:
+    """Publish the dead-letter store's unpublished rows to ``exchange`` (confirmed), then
+    mark them published; how many were published."""
+    total = 0
     while True:
         with uow:
             rows = uow.dead_letters.unpublished()
         if not rows:
             return total
-        broker.publish(policy.exchange, [dead_letter_message(row) for row in rows])
+        broker.publish(exchange, [dead_letter_message(row) for row in rows])
         with uow:
             uow.dead_letters.mark_published([row.id for row in rows])
             uow.commit()
