@@ -33,6 +33,7 @@ can apply the batch without it; database failures are raised as they are.
 from __future__ import annotations
 
 import logging
+from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -216,12 +217,15 @@ class _Parity:
         tie_break: TieBreak,
     ) -> None:
         self.uow = uow
-        self.pending = sorted(decisions.items())
+        self.pending = deque(sorted(decisions.items()))
         self.tie_break = tie_break
+        self.counted: Counter[tuple[str, str]] = Counter()
+        if self.pending:  # the metric moves once per batch, after its commit
+            uow.after_commit(self._publish_counts)
 
     def before(self, index: int, change_id: str | None) -> None:
         while self.pending and self.pending[0][0] <= index:
-            start, decision = self.pending.pop(0)
+            start, decision = self.pending.popleft()
             if decision is None or start < index:  # its changes were not applied here
                 self._unclassified()
                 continue
@@ -241,7 +245,11 @@ class _Parity:
         self._count(UNCLASSIFIED, "differ")
 
     def _count(self, route: str, verdict: str) -> None:
-        self.uow.after_commit(metrics.DECISIONS.labels(route, verdict).inc)
+        self.counted[route, verdict] += 1
+
+    def _publish_counts(self) -> None:
+        for (route, verdict), count in self.counted.items():
+            metrics.DECISIONS.labels(route, verdict).inc(count)
 
 
 def _record_heartbeats(uow: AbstractUnitOfWork, heartbeats: Iterable[Heartbeat]) -> None:
