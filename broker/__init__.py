@@ -9,9 +9,11 @@ Public API:
   RabbitMQ via pika (``amqp://``).
 - :func:`connect`: build the implementation named by a ``BROKER_URL``.
 - :class:`BrokerError`: the broker is unreachable or refused a publish.
+- :class:`BrokerRefused`: a :class:`BrokerError` no retry cures (credentials, virtual
+  host, URL).
 """
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, BrokerRefused
 from broker.port import Broker, Delivery, Message, QueueSpec
 
 
@@ -28,7 +30,10 @@ def connect(url: str) -> Broker:
         from broker.rabbitmq import RabbitBroker
 
         return RabbitBroker(url)
-    raise BrokerError(f"unsupported BROKER_URL {url!r}: use memory:// or amqp://")
+    scheme = url.partition("://")[0] if "://" in url else url[:20]
+    raise BrokerRefused(
+        f"unsupported BROKER_URL scheme {scheme!r}: use amqp://, amqps:// or memory://"
+    )
 
 
 def is_in_process(url: str) -> bool:
@@ -39,6 +44,7 @@ def is_in_process(url: str) -> bool:
 __all__ = [
     "Broker",
     "BrokerError",
+    "BrokerRefused",
     "Delivery",
     "Message",
     "QueueSpec",

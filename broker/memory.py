@@ -40,6 +40,7 @@ def topic_matches(binding_key: str, routing_key: str) -> bool:
 class _Queue:
     name: str
     ready: deque[tuple[str, Message, bool]] = field(default_factory=deque)
+    consumers: set[int] = field(default_factory=set)  # sessions that took from it
 
 
 @dataclass
@@ -152,6 +153,7 @@ class MemoryBroker:
             q = self._state.queues.get(queue)
             if q is None:
                 raise BrokerError(f"NOT_FOUND - no queue {queue!r}")
+            q.consumers.add(id(self))
             # the prefetch window: unacknowledged deliveries of this queue count against it
             room = max_messages - sum(1 for name, _, _ in self._unacked.values() if name == queue)
             while not q.ready or room <= 0:
@@ -194,6 +196,14 @@ class MemoryBroker:
                 raise BrokerError(f"NOT_FOUND - no queue {queue!r}")
             return len(q.ready)
 
+    def queue_consumers(self, queue: str) -> int:
+        self._check_open()
+        with self._state.lock:
+            q = self._state.queues.get(queue)
+            if q is None:
+                raise BrokerError(f"NOT_FOUND - no queue {queue!r}")
+            return len(q.consumers)
+
     def delete_queue(self, queue: str) -> None:
         self._check_open()
         with self._state.lock:
@@ -211,5 +221,7 @@ class MemoryBroker:
                 if queue in self._state.queues:
                     self._state.queues[queue].ready.appendleft((exchange, message, True))
             self._unacked.clear()
+            for q in self._state.queues.values():
+                q.consumers.discard(id(self))
             self._state.lock.notify_all()
         self._closed = True

@@ -35,12 +35,16 @@ class QueueSpec:
     """A durable queue bound to topic exchanges.
 
     ``bindings`` are ``(exchange, binding_key)`` pairs; the exchanges are declared too.
-    ``single_active_consumer`` keeps per-queue order when several consumers run.
+    ``single_active_consumer`` keeps per-queue order when several consumers run. The
+    queue's type (quorum or classic) is the broker's setting (``queue_type`` in the URL).
     """
 
     name: str
     bindings: Sequence[tuple[str, str]] = ()
     single_active_consumer: bool = True
+    dead_letter_exchange: str | None = None
+    """Where the broker itself dead-letters a message (a quorum queue's delivery limit);
+    the kit's consumers dead-letter what they cannot apply to the same exchange."""
 
 
 class Broker(Protocol):
@@ -81,6 +85,9 @@ class Broker(Protocol):
 
     def queue_depth(self, queue: str) -> int:
         """Messages ready in ``queue`` (not counting unacknowledged ones)."""
+
+    def queue_consumers(self, queue: str) -> int:
+        """Consumers taking messages from ``queue`` now (sessions of any process)."""
 
     def delete_queue(self, queue: str) -> None:
         """Delete a queue (used by tests and uninstall)."""

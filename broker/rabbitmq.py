@@ -18,19 +18,20 @@ their queues on the server side.
 from __future__ import annotations
 
 import functools
+import logging
 import time
 from collections import deque
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs, urlsplit
+from urllib.parse import parse_qs, parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pika
 from pika import exceptions as pika_exceptions
 from pika.adapters.blocking_connection import BlockingChannel, BlockingConnection
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, BrokerRefused
 from broker.port import Delivery, Message, QueueSpec
 
 DEFAULT_HEARTBEAT = 30
@@ -46,19 +47,91 @@ _PIKA_ERRORS: tuple[type[BaseException], ...] = (
     pika_exceptions.ReentrancyError,
     OSError,
 )
+log = logging.getLogger(__name__)
+
 _NOT_FOUND = 404
+_PRECONDITION_FAILED = 406
+
+
+QUEUE_TYPES = ("quorum", "classic")
+DEFAULT_QUEUE_TYPE = "quorum"
+DELIVERY_LIMIT = 1000
+"""Deliveries of one message to a quorum queue's consumers before the broker dead-letters
+it (a consumer crashing on it again and again); RabbitMQ 4 would otherwise drop it after
+20. The kit's consumers dead-letter what they cannot apply long before that."""
+QUEUE_TYPE_DOC = "docs/rabbitmq.md#queue-types"
+
+
+def node_urls(url: str) -> list[str]:
+    """The nodes of a cluster named in one ``BROKER_URL``: URLs separated by commas
+    (``amqp://u:p@rabbit-1/%2F,amqp://u:p@rabbit-2/%2F``), tried in that order."""
+    urls = [part.strip() for part in url.split(",")]
+    if any(not u.startswith(("amqp://", "amqps://")) for u in urls):
+        raise BrokerError("invalid BROKER_URL: every node's URL must start with amqp://")
+    return urls
+
+
+def split_queue_type(url: str) -> tuple[str, str]:
+    """``url`` without its ``queue_type`` query argument, and that argument (``quorum``,
+    the default, or ``classic``): the type of every queue this adapter declares. For a
+    list of nodes (:func:`node_urls`), the first node's that says."""
+    if "," in url:
+        urls = node_urls(url)
+        found = [split_queue_type(u) for u in urls]
+        named = {t for u, (_, t) in zip(urls, found, strict=True) if "queue_type=" in u}
+        if len(named) > 1:
+            raise BrokerError("invalid BROKER_URL: the nodes' URLs name different queue types")
+        return ",".join(u for u, _ in found), named.pop() if named else DEFAULT_QUEUE_TYPE
+    parts = urlsplit(url)
+    pairs = parse_qsl(parts.query, keep_blank_values=True)
+    given = [value for key, value in pairs if key == "queue_type"]
+    queue_type = given[-1] if given else DEFAULT_QUEUE_TYPE
+    if queue_type not in QUEUE_TYPES:
+        raise BrokerError(
+            f"invalid BROKER_URL: queue_type must be quorum or classic, got {queue_type[:40]!r}"
+        )
+    query = urlencode([(key, value) for key, value in pairs if key != "queue_type"])
+    return urlunsplit(parts._replace(query=query)), queue_type
+
+
+def queue_arguments(queue_type: str, dead_letter_exchange: str | None) -> dict[str, Any]:
+    """The arguments a queue of ``queue_type`` is declared with: a quorum queue gives a
+    message that reached the delivery limit to ``dead_letter_exchange`` (at least once:
+    the broker keeps it until the dead-letter queue confirmed it) instead of dropping it."""
+    if queue_type == "classic":
+        return {"x-queue-type": "classic"}
+    arguments: dict[str, Any] = {"x-queue-type": "quorum", "x-delivery-limit": DELIVERY_LIMIT}
+    if dead_letter_exchange is not None:
+        arguments |= {
+            "x-dead-letter-exchange": dead_letter_exchange,
+            "x-dead-letter-strategy": "at-least-once",
+            "x-overflow": "reject-publish",
+        }
+    return arguments
+
+
+_REFUSALS: tuple[type[BaseException], ...] = (
+    pika_exceptions.ProbableAuthenticationError,
+    pika_exceptions.ProbableAccessDeniedError,
+    pika_exceptions.AuthenticationError,
+)
+"""The broker turned the credentials or the virtual host down: retrying cannot help."""
 
 
 def connection_parameters(url: str) -> Any:
     """``pika.URLParameters`` for ``url`` with this adapter's defaults.
 
     Query arguments of the URL (``heartbeat``, ``blocked_connection_timeout``,
-    ``connection_attempts``) win over the defaults.
+    ``connection_attempts``) win over the defaults; ``queue_type`` is this adapter's
+    own (:func:`split_queue_type`).
     """
+    url, _ = split_queue_type(url)
+    if "," in url:
+        raise BrokerError("invalid BROKER_URL: one node's URL expected here")
     try:
         params = pika.URLParameters(url)
     except (ValueError, TypeError) as exc:
-        raise BrokerError(f"invalid BROKER_URL: {_one_line(str(exc))}") from None
+        raise BrokerRefused(f"invalid BROKER_URL: {_one_line(str(exc))}") from None
     given = parse_qs(urlsplit(url).query)
     if "heartbeat" not in given:
         params.heartbeat = DEFAULT_HEARTBEAT
@@ -118,14 +191,18 @@ class RabbitBroker:
         confirm_timeout: float = DEFAULT_CONFIRM_TIMEOUT,
         confirm_window: int = DEFAULT_CONFIRM_WINDOW,
     ) -> None:
-        """Connect to ``url`` (``amqp://user:password@host:port/vhost``).
+        """Connect to ``url`` (``amqp://user:password@host:port/vhost``, or several
+        nodes' URLs separated by commas, tried in turn).
 
         ``confirm_timeout``: a publish fails when no confirm arrived for that long.
         ``confirm_window``: the most messages in flight before waiting for confirms.
         """
         if confirm_window < 1:
             raise ValueError("confirm_window must be at least 1")
-        params = connection_parameters(url)
+        plain, self.queue_type = split_queue_type(url)
+        self._queue_type_named = "queue_type=" in url
+        self._kept: set[str] = set()
+        nodes = [connection_parameters(u) for u in node_urls(plain)]
         self._confirm_timeout = confirm_timeout
         self._window = confirm_window
         self._closed = False
@@ -145,9 +222,16 @@ class RabbitBroker:
         self._consumers: dict[str, _Consumer] = {}
         self._buffers: dict[str, deque[Delivery]] = {}
         self._handed_out: dict[int, str] = {}  # delivery tag -> queue
-        where = f"{params.host}:{params.port}"
+        where = ", ".join(f"{params.host}:{params.port}" for params in nodes)
         try:
-            self._connection: BlockingConnection = pika.BlockingConnection(params)
+            # the nodes in turn: the first that accepts the connection
+            self._connection: BlockingConnection = pika.BlockingConnection(nodes)
+        except _REFUSALS as exc:
+            self._closed = True
+            raise BrokerRefused(
+                f"RabbitMQ at {where} refused the connection: {_describe(exc)} "
+                f"(check the user, password and virtual host of BROKER_URL)"
+            ) from None
         except _PIKA_ERRORS as exc:
             self._closed = True
             raise BrokerError(f"cannot connect to RabbitMQ at {where}: {_describe(exc)}") from None
@@ -161,7 +245,8 @@ class RabbitBroker:
                 return
             admin = self._admin_channel()
             admin.exchange_declare(alternate_exchange, exchange_type="fanout", durable=True)
-            admin.queue_declare(alternate_exchange, durable=True)
+            self._declare(alternate_exchange, queue_arguments(self.queue_type, None))
+            admin = self._admin_channel()
             admin.queue_bind(alternate_exchange, alternate_exchange, routing_key="")
             admin.exchange_declare(
                 name,
@@ -174,11 +259,52 @@ class RabbitBroker:
         with self._guard(f"declare queue {spec.name!r}"):
             for exchange in dict.fromkeys(exchange for exchange, _ in spec.bindings):
                 self._ensure_exchange(exchange)
-            arguments = {"x-single-active-consumer": True} if spec.single_active_consumer else None
+            arguments = queue_arguments(self.queue_type, spec.dead_letter_exchange)
+            if spec.single_active_consumer:
+                arguments["x-single-active-consumer"] = True
+            self._declare(spec.name, arguments)
             admin = self._admin_channel()
-            admin.queue_declare(spec.name, durable=True, arguments=arguments)
             for exchange, key in spec.bindings:
                 admin.queue_bind(spec.name, exchange, routing_key=key)
+
+    def _declare(self, queue: str, arguments: dict[str, Any]) -> None:
+        """Declare a durable ``queue``. One that exists with other arguments (RabbitMQ
+        cannot change them in place) is kept as it is, with one warning: an install from
+        before quorum queues were the default, or from before an argument was added.
+        Only a queue of the other type than the one ``BROKER_URL`` names explicitly is an
+        error."""
+        try:
+            self._admin_channel().queue_declare(queue, durable=True, arguments=arguments)
+        except pika_exceptions.ChannelClosedByBroker as exc:
+            self._admin = None
+            if exc.reply_code != _PRECONDITION_FAILED:
+                raise
+            of_type = "x-queue-type" in exc.reply_text
+            other = "classic" if self.queue_type == "quorum" else "quorum"
+            if of_type and self._queue_type_named:
+                raise BrokerError(
+                    f"queue {queue!r} exists as a {other} queue and a queue's type cannot "
+                    f"change: add queue_type={other} to BROKER_URL to keep it, or migrate it "
+                    f"({QUEUE_TYPE_DOC})"
+                ) from None
+            if queue not in self._kept:
+                self._kept.add(queue)
+                if of_type:
+                    log.warning(
+                        "queue %r exists as a %s queue: kept as it is (new queues are %s; "
+                        "to move it, see %s)",
+                        queue,
+                        other,
+                        self.queue_type,
+                        QUEUE_TYPE_DOC,
+                    )
+                else:
+                    log.warning(
+                        "queue %r exists with other arguments: kept as it is (%s)",
+                        queue,
+                        _one_line(exc.reply_text)[:300],
+                    )
+            self._admin_channel().queue_declare(queue, passive=True)
 
     def publish(self, exchange: str, messages: Sequence[Message]) -> None:
         """Publish with many confirms outstanding at once.
@@ -270,6 +396,11 @@ class RabbitBroker:
         with self._guard(f"queue depth of {queue!r}"):
             frame = self._admin_channel().queue_declare(queue, passive=True)
             return int(frame.method.message_count)
+
+    def queue_consumers(self, queue: str) -> int:
+        with self._guard(f"consumers of {queue!r}"):
+            frame = self._admin_channel().queue_declare(queue, passive=True)
+            return int(frame.method.consumer_count)
 
     def delete_queue(self, queue: str) -> None:
         with self._guard(f"delete queue {queue!r}"):
@@ -437,7 +568,11 @@ class RabbitBroker:
             message_id=properties.message_id or "",
             type=properties.type or "",
             content_type=properties.content_type or "",
-            headers=dict(properties.headers or {}),
+            # a quorum queue counts redeliveries in a header of its own: the message is
+            # what was published (``redelivered`` says it came again)
+            headers={
+                k: v for k, v in (properties.headers or {}).items() if k != "x-delivery-count"
+            },
             timestamp=properties.timestamp,
         )
         delivery = Delivery(

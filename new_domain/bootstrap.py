@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import os
 from collections.abc import Callable, Mapping
@@ -46,9 +47,13 @@ def bootstrap(
 
 def _inject(handler: Callable[..., Any], dependencies: Mapping[str, Any]) -> Callable[[Any], Any]:
     """``handler`` with the dependencies its parameters name filled in."""
-    wanted = {
-        name: dependency
-        for name, dependency in dependencies.items()
-        if name in inspect.signature(handler).parameters
-    }
+    parameters = _parameters(handler)
+    wanted = {name: dependency for name, dependency in dependencies.items() if name in parameters}
     return lambda message: handler(message, **wanted)
+
+
+@functools.cache
+def _parameters(handler: Callable[..., Any]) -> frozenset[str]:
+    """The names of ``handler``'s parameters (a bus is built per decision of the write
+    path: the signature is read once per handler, not once per bus)."""
+    return frozenset(inspect.signature(handler).parameters)

@@ -48,3 +48,13 @@ DECISIONS = Counter(
     " (agree, differ; route unclassified: transactions that are no one decision).",
     ["route", "verdict"],
 )
+OWNERSHIP_VIOLATIONS = Counter(
+    "strangler_ownership_violations",
+    "Legacy changes (not echoes) to products the new system owns, recorded and not"
+    " applied, by write group.",
+    ["group"],
+)
+ECHO_ANOMALIES = Counter(
+    "strangler_echo_anomalies",
+    "Echoes of the new system's decisions whose legacy rows show another decision.",
+)

@@ -25,13 +25,16 @@ from sqlalchemy.pool import NullPool
 from new_domain.views import ReadModel
 
 DEFAULT_LEGACY_ORDERS_SQL = "SELECT DISTINCT order_no FROM cust_order_line"
-MATCH, DIFFER, ONLY_LEGACY, ONLY_NEW, ERROR = (
+MATCH, DIFFER, ONLY_LEGACY, ONLY_NEW, ERROR, UNASKED = (
     "match",
     "differ",
     "only_legacy",
     "only_new",
     "error",
+    "legacy_unreachable",
 )
+"""Outcomes of one order; ``legacy_unreachable``: legacy could not be asked (connection
+refused, timeout ...), so nothing is known about the order."""
 
 Answer = tuple[int, Any]
 """HTTP status and JSON body."""
@@ -46,6 +49,8 @@ class Comparison:
 
     def explain(self) -> str:
         """The difference, readably."""
+        if self.outcome == UNASKED:
+            return f"legacy could not be asked: {self.legacy[1]}"
         if self.outcome == ERROR:
             return f"legacy answered {self.legacy[0]}: {self.legacy[1]}"
         if self.outcome in (ONLY_LEGACY, ONLY_NEW):
@@ -63,6 +68,8 @@ class Report:
     checked: int = 0
     counts: dict[str, int] = field(default_factory=dict)
     differences: list[Comparison] = field(default_factory=list)
+    unasked_reason: str | None = None
+    """Why legacy could not be asked, for the first order it could not be asked about."""
 
     @property
     def matching(self) -> int:
@@ -78,7 +85,13 @@ class Report:
             f"checked {self.checked} orders: {c.get(MATCH, 0)} matching,"
             f" {c.get(DIFFER, 0)} differing, {c.get(ONLY_LEGACY, 0)} only in legacy,"
             f" {c.get(ONLY_NEW, 0)} only in the new system, {c.get(ERROR, 0)} errors"
+            + (f", {c[UNASKED]} not asked (legacy unreachable)" if c.get(UNASKED) else "")
         )
+
+    @property
+    def unasked(self) -> int:
+        """Orders legacy could not be asked about."""
+        return self.counts.get(UNASKED, 0)
 
 
 def legacy_orderids(legacy_db_url: str, sql: str = DEFAULT_LEGACY_ORDERS_SQL) -> set[str]:
@@ -161,7 +174,9 @@ class LegacyClient:
 
 
 def compare(orderid: str, legacy: Answer, new: Answer) -> Comparison:
-    if legacy == new:
+    if legacy[0] == 0:
+        outcome = UNASKED
+    elif legacy == new:
         outcome = MATCH
     elif legacy[0] not in (200, 404):
         outcome = ERROR
@@ -189,6 +204,8 @@ def reconcile(
         result = compare(orderid, legacy_answers[orderid], new_answers_[orderid])
         report.checked += 1
         report.counts[result.outcome] = report.counts.get(result.outcome, 0) + 1
+        if result.outcome == UNASKED and report.unasked_reason is None:
+            report.unasked_reason = str(result.legacy[1])
         if result.outcome != MATCH and len(report.differences) < keep:
             report.differences.append(result)
     return report

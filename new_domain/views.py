@@ -20,6 +20,9 @@ from new_domain.adapters.chunks import chunked
 from new_domain.adapters.database import create_engine, retry_on_disconnect
 from new_domain.adapters.decisions import decision_counts
 from new_domain.adapters.lag import lag_seconds
+from new_domain.adapters.ownership import read_ownership
+from new_domain.adapters.ownership_records import ECHO_ANOMALY, VIOLATION, unresolved_counts
+from new_domain.domain.ownership import Ownership
 from new_domain.ingest.ports import DecisionCount
 
 T = TypeVar("T")
@@ -136,6 +139,31 @@ class ReadModel:
         def query() -> dict[str, DecisionCount]:
             with self.engine.connect() as connection:
                 return {count.route: count for count in decision_counts(connection)}
+
+        return self._bounded(query)
+
+    def write_ownership(self, group: str) -> Ownership:
+        """The write group's ownership: its rule, epoch and state (``legacy``, epoch 0,
+        when it never moved)."""
+
+        def query() -> Ownership:
+            with self.engine.connect() as connection:
+                return read_ownership(connection, group)
+
+        return self._bounded(query)
+
+    def ownership_problems(self) -> dict[str, int]:
+        """How many ownership violations (``ownership_violations``) and echo anomalies
+        (``echo_anomalies``) nobody resolved yet: while any exists, a write group's gate
+        refuses to give the new system more products."""
+
+        def query() -> dict[str, int]:
+            with self.engine.connect() as connection:
+                counts = unresolved_counts(connection)
+            return {
+                "ownership_violations": counts[VIOLATION],
+                "echo_anomalies": counts[ECHO_ANOMALY],
+            }
 
         return self._bounded(query)
 

@@ -16,8 +16,8 @@ from new_domain.adapters import orm
 from new_domain.adapters.bulk import fetch, insert_rows, member, update_rows
 from new_domain.ingest.ports import LOADING, AbstractChangePositions, stream_of
 
-State = tuple[int | None, str | None]
-"""A stream's position and snapshot state."""
+State = tuple[int | None, str | None, str | None]
+"""A stream's position, snapshot state and echo (transaction id)."""
 
 
 class SqlAlchemyChangePositions(AbstractChangePositions):
@@ -40,17 +40,17 @@ class SqlAlchemyChangePositions(AbstractChangePositions):
         if not wanted:
             return
         for stream in wanted:  # until the rows arrive (pipelined reads come later)
-            self._known[stream] = self._stored[stream] = (None, None)
+            self._known[stream] = self._stored[stream] = (None, None, None)
 
         def found(rows: list[Any]) -> None:
-            for stream, position, state in rows:
-                self._known[stream] = self._stored[stream] = (int(position), state)
+            for stream, position, state, echo in rows:
+                self._known[stream] = self._stored[stream] = (int(position), state, echo)
 
         fetch(
             c,
             "positions",
             lambda: (
-                select(table.c.stream, table.c.position, table.c.snapshot_state)
+                select(table.c.stream, table.c.position, table.c.snapshot_state, table.c.echo_txid)
                 .where(member(table.c.stream, "streams", c))
                 .order_by(table.c.stream)
                 .with_for_update()
@@ -72,7 +72,18 @@ class SqlAlchemyChangePositions(AbstractChangePositions):
     def set(self, stream: str, position: int, snapshot_state: str | None = None) -> None:
         if stream not in self._known:
             self.preload([stream])
-        self._known[stream] = (position, snapshot_state)
+        self._known[stream] = (position, snapshot_state, self._known[stream][2])
+
+    def echo(self, stream: str) -> str | None:
+        if stream not in self._known:
+            self.preload([stream])
+        return self._known[stream][2]
+
+    def set_echo(self, stream: str, transaction_id: str | None) -> None:
+        if stream not in self._known:
+            self.preload([stream])
+        position, state, _ = self._known[stream]
+        self._known[stream] = (position, state, transaction_id)
 
     def snapshot_loaded(self, source: str) -> None:
         table = orm.applied_change_position
@@ -83,21 +94,22 @@ class SqlAlchemyChangePositions(AbstractChangePositions):
             .with_for_update()
         ).scalars()
         self.preload([stream for stream in loading if stream_of(stream, source)])
-        for stream, (position, state) in list(self._known.items()):
+        for stream, (position, state, echo) in list(self._known.items()):
             if state == LOADING and position is not None and stream_of(stream, source):
-                self._known[stream] = (position, None)
+                self._known[stream] = (position, None, echo)
 
     def flush(self) -> None:
         """Store the positions set since the last flush."""
         table = orm.applied_change_position
         new: list[dict[str, object]] = []
         changed: list[dict[str, object]] = []
-        for stream, (position, state) in self._known.items():
+        for stream, (position, state, echo) in self._known.items():
             stored = self._stored.get(stream)
-            if position is None or (position, state) == stored:
+            if position is None or (position, state, echo) == stored:
                 continue
             row = {"stream": stream, "position": position, "snapshot_state": state}
+            row["echo_txid"] = echo
             (new if stored is None or stored[0] is None else changed).append(row)
-            self._stored[stream] = (position, state)
+            self._stored[stream] = (position, state, echo)
         insert_rows(self.connection, table, new)
         update_rows(self.connection, table, changed, key=["stream"])

@@ -4,7 +4,9 @@ Verdicts are kept in memory and written just before the unit of work commits: th
 counts by adding to ``decision_parity`` (one ``INSERT ... ON CONFLICT`` adding the
 batch's counts on PostgreSQL and SQLite), the differences as rows of
 ``decision_difference``. Agreements leave no row of their own, so judging every legacy
-decision costs the consumer one statement per batch.
+decision costs the consumer one statement per batch. With journaling on, each decision's
+journal entry is a row of ``decision_journal`` (:mod:`new_domain.ingest.journal`),
+inserted with the batch's other rows.
 """
 
 from __future__ import annotations
@@ -34,8 +36,20 @@ class SqlAlchemyDecisionLog(AbstractDecisionLog):
         self._agree: Counter[str] = Counter()
         self._differ: Counter[str] = Counter()
         self._differences: list[dict[str, Any]] = []
+        self._journal: list[dict[str, Any]] = []
 
-    def record(self, verdict: Verdict, change_id: str | None) -> None:
+    def record(self, verdict: Verdict, change_id: str | None, journal: str | None = None) -> None:
+        if journal is not None:
+            self._journal.append(
+                {
+                    "recorded_at": datetime.now(UTC),
+                    "route": verdict.route,
+                    "sku": verdict.sku,
+                    "agreed": verdict.agree,
+                    "entry": journal,
+                    "change_id": change_id,
+                }
+            )
         if verdict.agree:
             self._agree[verdict.route] += 1
             return
@@ -63,6 +77,8 @@ class SqlAlchemyDecisionLog(AbstractDecisionLog):
             ]
             _add_counts(self.connection, rows)
         insert_rows(self.connection, orm.decision_difference, self._differences)
+        insert_rows(self.connection, orm.decision_journal, self._journal)
+        self._journal.clear()
         self._agree.clear()
         self._differ.clear()
         self._differences.clear()
@@ -134,9 +150,38 @@ def latest_differences(
     ]
 
 
-def reset_decisions(connection: Connection) -> int:
-    """Forget every count and difference (before a replay); how many differences went."""
-    gone = connection.scalar(select(func.count()).select_from(orm.decision_difference)) or 0
-    connection.execute(orm.decision_difference.delete())
-    connection.execute(orm.decision_parity.delete())
-    return int(gone)
+@dataclass(frozen=True)
+class JournalRow:
+    id: int
+    recorded_at: datetime
+    route: str
+    sku: str
+    agreed: bool
+    entry: str
+    change_id: str | None
+
+
+def journal_size(connection: Connection, route: str | None = None) -> int:
+    """How many decisions the journal holds (of ``route``)."""
+    t = orm.decision_journal
+    statement = select(func.count()).select_from(t)
+    if route is not None:
+        statement = statement.where(t.c.route == route)
+    return int(connection.scalar(statement) or 0)
+
+
+def journal_rows(
+    connection: Connection, after: int, limit: int, route: str | None = None
+) -> list[JournalRow]:
+    """The next ``limit`` journaled decisions (of ``route``) after id ``after``, oldest
+    first (read them chunk by chunk: the journal can be large)."""
+    t = orm.decision_journal
+    statement = select(t).where(t.c.id > after).order_by(t.c.id).limit(limit)
+    if route is not None:
+        statement = statement.where(t.c.route == route)
+    return [
+        JournalRow(
+            row.id, row.recorded_at, row.route, row.sku, bool(row.agreed), row.entry, row.change_id
+        )
+        for row in connection.execute(statement)
+    ]

@@ -55,6 +55,10 @@ class AbstractProgress:
         commit, heartbeat = self.seen.get(source, (None, None))
         self.seen[source] = (_newest(commit, commit_ms), _newest(heartbeat, heartbeat_ms))
 
+    def sources(self) -> set[str]:
+        """Every source known: observed here, or stored."""
+        return set(self.seen)
+
 
 class SqlAlchemyProgress(AbstractProgress):
     """Observations are kept in memory and merged into the table before the commit."""
@@ -62,6 +66,10 @@ class SqlAlchemyProgress(AbstractProgress):
     def __init__(self, connection: Connection) -> None:
         super().__init__()
         self.connection = connection
+
+    def sources(self) -> set[str]:
+        stored = self.connection.scalars(select(orm.consumer_progress.c.source))
+        return super().sources() | set(stored)
 
     def flush(self) -> None:
         """Merge what was observed into the table: the newer time wins."""

@@ -1,11 +1,11 @@
 """Translation state of the anti-corruption layer: legacy integer keys -> our names.
 
 Kept in the new database (``legacy_product_map``, ``legacy_lot_map``,
-``legacy_line_map``) and written in the unit of work's transaction, so it commits with
-the effect of the change that taught it. The SQL implementation reads the keys a batch
-of changes refers to in one query per map (:meth:`~AbstractLegacyKeys.preload`), serves
-everything else from memory, and writes what changed with one statement per map just
-before the commit.
+``legacy_line_map``, ``legacy_allocation_map``) and written in the unit of work's
+transaction, so it commits with the effect of the change that taught it. The SQL
+implementation reads the keys a batch of changes refers to in one query per map
+(:meth:`~AbstractLegacyKeys.preload`), serves everything else from memory, and writes
+what changed with one statement per map just before the commit.
 """
 
 from __future__ import annotations
@@ -19,11 +19,13 @@ from sqlalchemy.engine import Connection
 from new_domain.adapters import orm
 from new_domain.adapters.bulk import delete_rows, fetch, insert_rows, member
 from new_domain.ingest.ports import (
+    ALLOCATION,
     LINE,
     LOT,
     PRODUCT,
     AbstractLegacyKeys,
     KeyIds,
+    LegacyAllocation,
     LegacyLine,
     LegacyLot,
 )
@@ -37,6 +39,8 @@ class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
         self._products: dict[int, str | None] = {}
         self._lots: dict[int, LegacyLot | None] = {}
         self._lines: dict[int, LegacyLine | None] = {}
+        self._allocations: dict[int, LegacyAllocation | None] = {}
+        self._dirty_allocations: set[int] = set()
         self._dirty_products: set[int] = set()
         self._dirty_lots: set[int] = set()
         self._dirty_lines: set[int] = set()
@@ -45,6 +49,7 @@ class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
         self._load_products(ids.get(PRODUCT, ()))
         self._load_lots(ids.get(LOT, ()))
         self._load_lines(ids.get(LINE, ()))
+        self._load_allocations(ids.get(ALLOCATION, ()))
 
     def product_sku(self, prod_id: int) -> str | None:
         if prod_id not in self._products:
@@ -77,6 +82,19 @@ class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
         self._lines[line_id] = None
         self._dirty_lines.add(line_id)
 
+    def allocation(self, alloc_id: int) -> LegacyAllocation | None:
+        if alloc_id not in self._allocations:
+            self._load_allocations([alloc_id])
+        return self._allocations[alloc_id]
+
+    def remember_allocation(self, alloc_id: int, allocation: LegacyAllocation) -> None:
+        self._allocations[alloc_id] = allocation
+        self._dirty_allocations.add(alloc_id)
+
+    def forget_allocation(self, alloc_id: int) -> None:
+        self._allocations[alloc_id] = None
+        self._dirty_allocations.add(alloc_id)
+
     def flush(self) -> None:
         """Write every key remembered or forgotten since the last flush."""
         c = self.connection
@@ -97,6 +115,22 @@ class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
             if line is not None
         ]
         insert_rows(c, orm.legacy_line_map, kept, key=["line_id"], on_conflict="update")
+        allocations = [(i, self._allocations[i]) for i in sorted(self._dirty_allocations)]
+        delete_rows(
+            c, orm.legacy_allocation_map, [{"alloc_id": i} for i, a in allocations if a is None]
+        )
+        insert_rows(
+            c,
+            orm.legacy_allocation_map,
+            [
+                {"alloc_id": i, "line_id": a.line_id, "lot_id": a.lot_id}
+                for i, a in allocations
+                if a is not None
+            ],
+            key=["alloc_id"],
+            on_conflict="update",
+        )
+        self._dirty_allocations.clear()
         self._dirty_products.clear()
         self._dirty_lots.clear()
         self._dirty_lines.clear()
@@ -133,6 +167,18 @@ class SqlAlchemyLegacyKeys(AbstractLegacyKeys):
                 member(t.c.line_id, "ids", self.connection)
             ),
             lambda row: (int(row[0]), LegacyLine(row[1], row[2], int(row[3]))),
+        )
+
+    def _load_allocations(self, ids: Iterable[int]) -> None:
+        t = orm.legacy_allocation_map
+        self._load(
+            "legacy_keys.allocations",
+            ids,
+            self._allocations,
+            lambda: select(t.c.alloc_id, t.c.line_id, t.c.lot_id).where(
+                member(t.c.alloc_id, "ids", self.connection)
+            ),
+            lambda row: (int(row[0]), LegacyAllocation(int(row[1]), int(row[2]))),
         )
 
     def _load(

@@ -12,8 +12,12 @@ quantity cut can deallocate a batch's most recent allocations.
 
 from __future__ import annotations
 
+from decimal import Decimal
+from typing import Any
+
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     Column,
     Date,
     DateTime,
@@ -22,10 +26,13 @@ from sqlalchemy import (
     Integer,
     LargeBinary,
     MetaData,
+    Numeric,
     String,
     Table,
     Text,
 )
+from sqlalchemy.engine import Dialect
+from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING_CONVENTION = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",
@@ -40,6 +47,29 @@ metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 BigId = BigInteger().with_variant(Integer(), "sqlite")
 """A 64-bit key that SQLite still numbers itself (only INTEGER keys are row ids there)."""
+
+
+class Position(TypeDecorator[int]):
+    """A stream position: a non-negative integer of up to 40 digits (Debezium's are wider
+    than 64 bits, see ``new_domain/ingest/debezium.py``). ``NUMERIC(40)`` where the
+    database has it; on SQLite, whose integers stop at 64 bits, its decimal digits."""
+
+    impl = Numeric(40, 0)
+    cache_ok = True
+
+    def load_dialect_impl(self, dialect: Dialect) -> TypeEngine[Any]:
+        if dialect.name == "sqlite":
+            return dialect.type_descriptor(String(40))
+        return dialect.type_descriptor(Numeric(40, 0))
+
+    def process_bind_param(self, value: Any, dialect: Dialect) -> Any:
+        if value is None:
+            return None
+        return str(int(value)) if dialect.name == "sqlite" else Decimal(int(value))
+
+    def process_result_value(self, value: Any, dialect: Dialect) -> int | None:
+        return None if value is None else int(value)
+
 
 # -- write model --------------------------------------------------------------------------
 
@@ -109,15 +139,28 @@ legacy_line_map = Table(
     Column("qty", Integer, nullable=False),
 )
 
+legacy_allocation_map = Table(
+    "legacy_allocation_map",
+    metadata,
+    Column("alloc_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("line_id", BigInteger, nullable=False),
+    Column("lot_id", BigInteger, nullable=False),
+)
+"""Which order line an allocation row allocates to which lot: a delete that carries only
+the row's key (Debezium under PostgreSQL's default REPLICA IDENTITY) is resolved here."""
+
 # -- consumer bookkeeping -----------------------------------------------------------------
 
 applied_change_position = Table(
     "applied_change_position",
     metadata,
     Column("stream", Text, primary_key=True),
-    Column("position", BigInteger, nullable=False),
+    Column("position", Position, nullable=False),
     Column("snapshot_state", String(16), nullable=True),
+    Column("echo_txid", String(64), nullable=True),
 )
+"""Per stream: the last applied position, the snapshot state, and the legacy transaction
+id of the echo the last applied change belongs to (see ``ingest/origin.py``)."""
 
 dead_letter = Table(
     "dead_letter",
@@ -126,7 +169,7 @@ dead_letter = Table(
     Column("message_key", String(255), nullable=False, unique=True),
     Column("message_id", String(255), nullable=True),
     Column("stream", Text, nullable=True),
-    Column("position", BigInteger, nullable=True),
+    Column("position", Position, nullable=True),
     Column("routing_key", String(255), nullable=False),
     Column("message_type", String(64), nullable=True),
     Column("content_type", String(128), nullable=True),
@@ -188,6 +231,67 @@ decision_difference = Table(
     Index("ix_decision_difference_route", "route", "id"),
 )
 
+decision_journal = Table(
+    "decision_journal",
+    metadata,
+    Column("id", BigId, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("route", String(64), nullable=False),
+    Column("sku", String(255), nullable=False),
+    Column("agreed", Boolean, nullable=False),
+    Column("entry", Text, nullable=False),
+    Column("change_id", String(255), nullable=True),
+)
+
+write_ownership = Table(
+    "write_ownership",
+    metadata,
+    Column("group_name", String(64), primary_key=True),
+    Column("rule", String(32), nullable=False),
+    Column("previous_rule", String(32), nullable=True),
+    Column("epoch", Integer, nullable=False),
+    Column("state", String(16), nullable=False),
+    Column("changed_at", DateTime(timezone=True), nullable=False),
+    Column("changed_by", String(255), nullable=True),
+)
+"""Each write group's ownership of products (see docs/write-path.md)."""
+
+ownership_violation = Table(
+    "ownership_violation",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("group_name", String(64), nullable=False),
+    Column("sku", String(255), nullable=False),
+    Column("change_id", String(255), nullable=True),
+    Column("stream", String(255), nullable=True),
+    Column("position", Position, nullable=True),
+    Column("detail", Text, nullable=False),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("resolved_by", String(255), nullable=True),
+    Column("resolution", Text, nullable=True),
+    Index("ix_ownership_violation_resolved_at", "resolved_at"),
+)
+"""A legacy change to a product the new system owns that was not its own echo."""
+
+echo_anomaly = Table(
+    "echo_anomaly",
+    metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    Column("decision_id", String(64), nullable=True),
+    Column("route", String(64), nullable=True),
+    Column("sku", String(255), nullable=True),
+    Column("expected", Text, nullable=False),
+    Column("found", Text, nullable=False),
+    Column("change_id", String(255), nullable=True),
+    Column("resolved_at", DateTime(timezone=True), nullable=True),
+    Column("resolved_by", String(255), nullable=True),
+    Column("resolution", Text, nullable=True),
+    Index("ix_echo_anomaly_resolved_at", "resolved_at"),
+)
+"""An echo of the new system's decision whose legacy rows show something else."""
+
 outbox = Table(
     "outbox",
     metadata,
@@ -206,6 +310,7 @@ NEW_DOMAIN_STATE = (
     batches,
     products,
     allocations_view,
+    legacy_allocation_map,
     legacy_line_map,
     legacy_lot_map,
     legacy_product_map,

@@ -9,6 +9,12 @@ published; a crash in between publishes them again with the same ``message_id``.
 
 Published events and their routing keys; bodies are described by
 ``docs/schemas/new-domain-<event>.schema.json``.
+
+**Decision blocks.** Every body has ``decision``: null for an event mirrored from legacy
+(or the ownership's own ``OwnershipMoved``); for the events of one decision of the new
+write path (one command, one transaction), the block :meth:`AbstractOutbox.decision`
+stamps on them: ``{"id", "route", "sku", "summary", "events", "index"}``, the same id on
+each, ``events`` how many there are, ``index`` their order.
 """
 
 from __future__ import annotations
@@ -16,9 +22,10 @@ from __future__ import annotations
 import abc
 import json
 import uuid
-from collections.abc import Collection
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from collections.abc import Collection, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import UTC, date, datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, func, select, update
@@ -32,9 +39,11 @@ from new_domain.domain import events
 EVENTS_EXCHANGE = "new_domain.events"
 
 ROUTING_KEYS: dict[type[events.Event], str] = {
+    events.BatchCreated: "batch.created",
     events.Allocated: "allocation.allocated",
     events.Deallocated: "allocation.deallocated",
     events.BatchQuantityChanged: "batch.quantity_changed",
+    events.OwnershipMoved: "ownership.moved",
 }
 
 
@@ -49,39 +58,105 @@ class OutboxMessage:
     body: str
 
 
+@dataclass
+class Decision:
+    """One decision of the new write path: the events it raised share this block.
+    ``summary`` (decision parity's words for what was decided) is set once it is known,
+    before the decision's block ends."""
+
+    route: str
+    sku: str
+    summary: str = ""
+    id: str = field(default_factory=lambda: str(uuid.uuid4()))
+
+    def block(self, events: int, index: int) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "route": self.route,
+            "sku": self.sku,
+            "summary": self.summary,
+            "events": events,
+            "index": index,
+        }
+
+
 def event_body(
-    event: events.Event, message_id: str, occurred_at: datetime, cause: str | None
+    event: events.Event,
+    message_id: str,
+    occurred_at: datetime,
+    cause: str | None,
+    decision: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The published JSON of ``event`` (see the schemas)."""
+    """The published JSON of ``event`` (see the schemas); dates as ``YYYY-MM-DD``."""
     return {
         "type": type(event).__name__,
         "message_id": message_id,
         "occurred_at": occurred_at.isoformat(),
         "legacy_change": cause,
-        "data": dict(vars(event)),
+        "decision": decision,
+        "data": {
+            name: value.isoformat() if isinstance(value, date) else value
+            for name, value in vars(event).items()
+        },
     }
 
 
+_Held = list[tuple[events.Event, str, datetime, str | None]]
+
+
 class AbstractOutbox(abc.ABC):
+    _held: _Held | None = None
+
     def add(self, event: events.Event, cause: str | None) -> str:
         """Queue ``event`` for publication; returns its ``message_id``.
 
         ``cause`` is the ``message_id`` of the legacy change that led to it, if any.
+        Inside :meth:`decision` the event waits for the decision's block.
         """
         message_id = str(uuid.uuid4())
         now = datetime.now(UTC)
-        row = {
-            "message_id": message_id,
-            "event_type": type(event).__name__,
-            "routing_key": ROUTING_KEYS[type(event)],
-            "body": json.dumps(event_body(event, message_id, now, cause), sort_keys=True),
-            "created_at": now,
-        }
-        self._add(row)
+        if self._held is not None:
+            self._held.append((event, message_id, now, cause))
+        else:
+            self._add(_row(event, message_id, now, cause, None))
         return message_id
+
+    @contextmanager
+    def decision(self, route: str, sku: str) -> Iterator[Decision]:
+        """The events added inside the block are one decision's: when the block ends
+        normally they are queued with its decision block (``events``, ``index``); when
+        it raises, they are dropped."""
+        if self._held is not None:
+            raise RuntimeError("a decision is open already")
+        decision = Decision(route, sku)
+        held: _Held = []
+        self._held = held
+        try:
+            yield decision
+        finally:
+            self._held = None
+        for index, (event, message_id, at, cause) in enumerate(held):
+            self._add(_row(event, message_id, at, cause, decision.block(len(held), index)))
 
     @abc.abstractmethod
     def _add(self, row: dict[str, Any]) -> None: ...
+
+
+def _row(
+    event: events.Event,
+    message_id: str,
+    at: datetime,
+    cause: str | None,
+    decision: dict[str, Any] | None,
+) -> dict[str, Any]:
+    body = event_body(event, message_id, at, cause, decision)
+    return {
+        "message_id": message_id,
+        "event_type": type(event).__name__,
+        "routing_key": ROUTING_KEYS[type(event)],
+        "body": json.dumps(body, sort_keys=True),
+        "created_at": at,
+    }
 
 
 class SqlAlchemyOutbox(AbstractOutbox):

@@ -58,6 +58,12 @@ class AbstractRepository(abc.ABC):
             self.seen.add(product)
         return product
 
+    def sku_of_batch(self, batchref: str) -> str | None:
+        """The sku of the product batch ``batchref`` belongs to (None: no such batch),
+        without handing out (or locking) the aggregate."""
+        product = self._get_by_batchref(batchref)
+        return None if product is None else product.sku
+
     def preload(
         self,
         skus: Collection[str] = (),
@@ -113,6 +119,13 @@ class SqlAlchemyRepository(AbstractRepository):
             self._load([], [batchref], [])
         sku = self._owner[batchref]
         return None if sku is None else self._get(sku)
+
+    def sku_of_batch(self, batchref: str) -> str | None:
+        if batchref in self._owner:
+            return self._owner[batchref]
+        b = orm.batches
+        sku = self.connection.scalar(select(b.c.sku).where(b.c.reference == batchref))
+        return None if sku is None else str(sku)
 
     def preload(
         self,

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from functools import lru_cache
 from importlib.resources import files
 
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import create_engine
+from sqlalchemy import Connection, create_engine
 from sqlalchemy.pool import NullPool
 
 MIGRATIONS_PACKAGE = "migrations"
@@ -40,3 +41,24 @@ def pending_revisions(new_db_url: str) -> tuple[set[str], set[str]]:
     finally:
         engine.dispose()
     return current, heads
+
+
+@lru_cache(maxsize=1)
+def schema_heads() -> frozenset[str]:
+    """The head revisions of the migration scripts (read once per process)."""
+    return frozenset(ScriptDirectory.from_config(alembic_config("sqlite://")).get_heads())
+
+
+def schema_problem(connection: Connection) -> str | None:
+    """Why the database behind ``connection`` is not at every head revision (None: it
+    is): ``not migrated`` when it has no revision at all, else the revisions it is at."""
+    current = set(MigrationContext.configure(connection).get_current_heads())
+    heads = schema_heads()
+    if heads <= current:
+        return None
+    if not current:
+        return "not migrated (no schema revision): run 'strangler db upgrade'"
+    return (
+        f"not migrated to the latest revision (at {', '.join(sorted(current))}): "
+        "run 'strangler db upgrade'"
+    )

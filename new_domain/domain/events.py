@@ -46,6 +46,17 @@ class OutOfStock(Event):
 
 
 @dataclass(frozen=True)
+class OwnershipMoved(Event):
+    """A write group's ownership rule changed (epoch ``epoch``); its fence comes back
+    through legacy (see docs/write-path.md)."""
+
+    group: str
+    epoch: int
+    rule: str
+    previous_rule: str
+
+
+@dataclass(frozen=True)
 class LegacyInvariantViolated(Event):
     """The legacy system did something the new model forbids; its fact was kept anyway.
 

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from broker import Delivery
-from new_domain.ingest import FailedMessage, Heartbeat, LegacyChange, parse_message
+from new_domain.ingest import FailedMessage, LegacyChange, Parsed, Tombstone, parse_message
 
 logger = logging.getLogger(__name__)
 
@@ -19,11 +19,14 @@ class Item:
     """A delivery and what it decoded to (or why it could not be)."""
 
     delivery: Delivery
-    parsed: LegacyChange | Heartbeat | None = None
+    parsed: Parsed | None = None
     error: Exception | None = None
+    after_end: bool = True  # a tombstone: did the message before it end a transaction?
 
     @property
     def ends_transaction(self) -> bool:
+        if isinstance(self.parsed, Tombstone):  # it follows its delete, inside a transaction
+            return self.after_end
         return not isinstance(self.parsed, LegacyChange) or self.parsed.ends_transaction
 
     def failed_message(self) -> FailedMessage:
@@ -38,14 +41,29 @@ class Item:
             message_type=message.type or None,
             content_type=message.content_type or None,
             stream=stream,
-            position=change.position if isinstance(change, LegacyChange) else None,
+            position=_position(change),
         )
 
 
-def decode(delivery: Delivery) -> Item:
+def _position(change: Parsed | None) -> int | None:
+    """The position a failure is recorded at: none for what has none, nor for a row of a
+    Debezium snapshot (all its rows share one position)."""
+    if not isinstance(change, LegacyChange) or (change.debezium and change.op == "r"):
+        return None
+    return change.position
+
+
+def decode(delivery: Delivery, tombstone: bytes | None = None) -> Item:
+    """The delivery parsed (a body equal to ``tombstone`` is a tombstone)."""
     message = delivery.message
     try:
-        parsed = parse_message(message.body, message.message_id, message.type)
+        parsed = parse_message(
+            message.body,
+            message.message_id or None,
+            message.type or None,
+            tombstone=tombstone,
+            topic=message.routing_key or delivery.exchange,
+        )
     except Exception as error:  # decoding is pure: any failure is the message's own
         return Item(delivery, error=error)
     return Item(delivery, parsed)
@@ -57,11 +75,15 @@ class Pending:
 
     items: list[Item] = field(default_factory=list)
     since: float = 0.0  # when the oldest of them arrived
+    tombstone: bytes | None = None  # the body a sink sends for a null value
 
     def extend(self, deliveries: Sequence[Delivery]) -> None:
         if not self.items:
             self.since = time.monotonic()
-        self.items.extend(decode(delivery) for delivery in deliveries)
+        for delivery in deliveries:
+            item = decode(delivery, self.tombstone)
+            item.after_end = not self.items or self.items[-1].ends_transaction
+            self.items.append(item)
 
     def has_boundary(self) -> bool:
         """Does a legacy transaction end among them?"""

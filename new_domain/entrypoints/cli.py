@@ -14,7 +14,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import broker
 from new_domain.adapters.database import create_engine, safe_url
 from new_domain.adapters.outbox import EVENTS_EXCHANGE
-from new_domain.adapters.schema import upgrade_database
+from new_domain.adapters.schema import pending_revisions, upgrade_database
 from new_domain.bootstrap import bootstrap
 from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.consumer import (
@@ -49,13 +49,29 @@ def db() -> None:
 @new_db_url_option
 def upgrade(new_db_url: str) -> None:
     """Migrate the new database to the latest revision."""
+    shown = safe_url(new_db_url)
     try:
-        upgrade_database(new_db_url)
+        before, _ = pending_revisions(new_db_url)
     except SQLAlchemyError as error:
         raise click.ClickException(
-            f"cannot upgrade {safe_url(new_db_url)}: {first_line(error)}"
+            f"cannot reach the new database {shown}: {first_line(error)}"
         ) from error
-    click.echo(f"new database {safe_url(new_db_url)} is up to date")
+    try:
+        upgrade_database(new_db_url)
+        after, _ = pending_revisions(new_db_url)
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"cannot upgrade {shown}: {first_line(error)}") from error
+    now = _revisions(after)
+    if not before:
+        click.echo(f"new database {shown}: schema created (was empty; now at {now})")
+    elif before == after:
+        click.echo(f"new database {shown} is up to date ({now})")
+    else:
+        click.echo(f"new database {shown}: upgraded from {_revisions(before)} to {now}")
+
+
+def _revisions(revisions: set[str]) -> str:
+    return f"revision{'s' if len(revisions) > 1 else ''} {', '.join(sorted(revisions))}"
 
 
 @click.command()
@@ -67,6 +83,22 @@ def upgrade(new_db_url: str) -> None:
     default=DEFAULT_EXCHANGE,
     show_default=True,
     help="Topic exchange the legacy changes are published to.",
+)
+@click.option(
+    "--bind-exchange",
+    "bind_exchanges",
+    multiple=True,
+    metavar="EXCHANGE",
+    help="One more exchange whose messages the queue takes (repeatable): each per-topic "
+    "exchange Debezium Server's RabbitMQ sink publishes to when its `exchange` is not set "
+    "(docs/debezium.md).",
+)
+@click.option(
+    "--tombstone-body",
+    default=None,
+    metavar="TEXT",
+    help="The body a sink publishes in place of a tombstone's null value (an empty body "
+    "and `null` are tombstones anyway).",
 )
 @click.option(
     "--batch-size",
@@ -115,12 +147,20 @@ def upgrade(new_db_url: str) -> None:
     help="The new rules' order between batches of equal eta (decision parity judges "
     "legacy's decisions with it).",
 )
+@click.option(
+    "--journal-decisions",
+    is_flag=True,
+    help="Keep each legacy write decision with the state the new rules read (table "
+    "decision_journal), for `strangler decisions replay`.",
+)
 @click.option("--once", is_flag=True, help="Apply one batch (if any) and exit.")
 def consume(
     new_db_url: str,
     broker_url: str,
     queue: str,
     exchange: str,
+    bind_exchanges: tuple[str, ...],
+    tombstone_body: str | None,
     batch_size: int,
     batch_timeout: float,
     max_attempts: int,
@@ -128,19 +168,18 @@ def consume(
     outbox_relay: bool,
     metrics_port: int | None,
     tie_break: str,
+    journal_decisions: bool,
     once: bool,
 ) -> None:
     """Apply legacy change events from the broker to the new domain.
 
-    The outbox relay runs beside it with its own broker connection, publishing the
-    domain events the changes raise to --events-exchange.
+    The changes come from the kit's bridge or from Debezium (docs/debezium.md). The
+    outbox relay runs beside it with its own broker connection, publishing the domain
+    events the changes raise to --events-exchange.
     """
-    require_amqp(broker_url)
+    _require_amqp_url(broker_url)
     require_current_schema(new_db_url)
-    if metrics_port is not None:
-        from prometheus_client import start_http_server
-
-        start_http_server(metrics_port)
+    _serve_metrics(metrics_port)
     rule = TieBreak(tie_break)
     bus = bootstrap(new_db_url, tie_break=rule)
     consumer = Consumer(
@@ -148,27 +187,54 @@ def consume(
         lambda: broker.connect(broker_url),
         queue,
         exchange=exchange,
+        bind_exchanges=bind_exchanges,
+        tombstone=None if tombstone_body is None else tombstone_body.encode(),
         batch_size=batch_size,
         batch_timeout=batch_timeout,
         max_attempts=max_attempts,
         tie_break=rule,
+        journal_decisions=journal_decisions,
     )
     relay = _outbox_relay(new_db_url, broker_url, events_exchange) if outbox_relay else None
     try:
-        if once:
-            _consume_once(consumer, relay)
-            return
-        stop = threading.Event()
-        with stop_on_signals(stop), _relaying(relay, stop):
-            logger.info("consuming %s into %s", queue, safe_url(new_db_url))
-            consumer.run(stop)
-        logger.info("consumer stopped")
+        _run_consumer(consumer, relay, once, safe_url(new_db_url))
     finally:
         consumer.close()
         bus.uow.close()
         if relay is not None:
             relay.close()
             relay.engine.dispose()
+
+
+def _run_consumer(consumer: Consumer, relay: OutboxRelay | None, once: bool, into: str) -> None:
+    """One batch (``once``), or until a signal; the outbox relay beside it."""
+    try:
+        if once:
+            _consume_once(consumer, relay)
+            return
+        stop = threading.Event()
+        with stop_on_signals(stop), _relaying(relay, stop):
+            logger.info("connecting to the broker to consume %s into %s", consumer.queue, into)
+            consumer.run(stop)
+        logger.info("consumer stopped")
+    except broker.BrokerRefused as error:
+        raise click.ClickException(f"broker: {first_line(error)}") from error
+
+
+def _require_amqp_url(broker_url: str) -> None:
+    require_amqp(broker_url)
+    if not broker_url.startswith(("amqp://", "amqps://")):
+        scheme = broker_url.partition("://")[0] if "://" in broker_url else broker_url[:20]
+        raise click.UsageError(
+            f"--broker-url must be an amqp:// or amqps:// URL (got scheme {scheme!r})"
+        )
+
+
+def _serve_metrics(port: int | None) -> None:
+    if port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(port)
 
 
 def _outbox_relay(new_db_url: str, broker_url: str, exchange: str) -> OutboxRelay:

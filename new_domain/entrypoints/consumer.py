@@ -1,18 +1,20 @@
-"""The consumer of legacy change events: a broker queue -> ingestion, in batches.
+"""The consumer of legacy change events: a broker queue -> ingestion, in batches. The
+queue and its bindings: :mod:`~new_domain.entrypoints.topology`.
 
 Deliveries are applied in batches, bounded by size (``batch_size``) and by time
 (``batch_timeout`` to fill one); a batch is applied as soon as the broker has nothing
-more ready and a legacy transaction ends in it (Debezium's ``transaction`` block marks
-the ends). The prefetch window is twice the batch size, so the next batch is arriving
-while one is applied (see :class:`~new_domain.entrypoints.batches.Pending`).
+more ready and a legacy transaction ends in it (the bridge's ``transaction.last`` marks
+the ends, Debezium's END events). The prefetch window is twice the batch size, so the
+next batch is arriving while one is applied (see
+:class:`~new_domain.entrypoints.batches.Pending`).
 
 Per batch: decode every message; apply them with the failure policy of
-:mod:`new_domain.ingest.failures` (one transaction, or in order around failing
-changes, which are retried and then dead-lettered); publish the dead letters
-(confirmed); THEN ack the batch with one multiple-ack. Acking only after the commit
-gives at-least-once; the position stored with each effect makes a redelivered change
-a no-op. When the database is unreachable the batch is handed back to the queue; when
-the broker is, :meth:`Consumer.run` reconnects through the factory.
+:mod:`new_domain.ingest.failures` (one transaction, or in order around failing changes,
+which are retried and then dead-lettered); publish the dead letters (confirmed); THEN
+ack the batch with one multiple-ack. Acking only after the commit gives at-least-once;
+the position stored with each effect makes a redelivered change a no-op. When the
+database is unreachable the batch is handed back to the queue; when the broker is,
+:meth:`Consumer.run` reconnects through the factory.
 """
 
 from __future__ import annotations
@@ -20,29 +22,28 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from tenacity import RetryCallState
 
-from broker import Broker, BrokerError, QueueSpec
+from broker import Broker, BrokerError, BrokerRefused
 from new_domain import metrics
 from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.batches import Item, Pending
 from new_domain.entrypoints.retrying import failure_of, reconnecting
+from new_domain.entrypoints.topology import declare_consumer
 from new_domain.ingest import (
     LEGACY_SHOP,
     DatabaseUnavailable,
     FailurePolicy,
-    Heartbeat,
     Interrupted,
-    LegacyChange,
+    Parsed,
     Translators,
     apply_changes,
 )
 from new_domain.service_layer.messagebus import MessageBus
 
 logger = logging.getLogger(__name__)
-
 
 DEFAULT_QUEUE = "new_domain.legacy_cdc"
 DEFAULT_EXCHANGE = "legacy.cdc"
@@ -71,6 +72,9 @@ class Consumer:
         reconnect_delay: float = 1.0,
         translators: Translators = LEGACY_SHOP,
         tie_break: TieBreak = TieBreak.CREATED,
+        journal_decisions: bool = False,
+        bind_exchanges: Collection[str] = (),
+        tombstone: bytes | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
@@ -81,10 +85,9 @@ class Consumer:
         self.batch_size = batch_size
         self.batch_timeout = batch_timeout
         self.prefetch = min(prefetch or 2 * batch_size, MAX_PREFETCH)
-        self.transaction_hold = transaction_hold
-        self.reconnect_delay = reconnect_delay
+        self.transaction_hold, self.reconnect_delay = transaction_hold, reconnect_delay
         self.translators = translators
-        self.tie_break = tie_break
+        self.tie_break, self.journal_decisions = tie_break, journal_decisions
         self.failures: FailurePolicy[Item] = FailurePolicy(
             bus.uow,
             Item.failed_message,
@@ -93,8 +96,11 @@ class Consumer:
             retry_backoff=retry_backoff,
             db_retry_timeout=db_retry_timeout,
         )
+        self.bind_exchanges = tuple(x for x in bind_exchanges if x != exchange)
+        self.tombstone = tombstone
         self._broker: Broker | None = None
-        self._pending = Pending()
+        self._pending = Pending(tombstone=tombstone)
+        self._connections = 0
 
     @property
     def dead_letter_exchange(self) -> str:
@@ -107,9 +113,11 @@ class Consumer:
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first. While the
         broker or the database is unavailable, retry with back-off (``reconnect_delay``,
-        doubling up to 30 s; back to ``reconnect_delay`` after a batch went through)."""
+        doubling up to 30 s; back to ``reconnect_delay`` after a batch went through); a
+        broker refusing the credentials or the virtual host (``BrokerRefused``) ends it."""
         self.failures.stop = stop
-        retrying = reconnecting(stop, self.reconnect_delay, self._after_failure, unless=Interrupted)
+        unless = (Interrupted, BrokerRefused)
+        retrying = reconnecting(stop, self.reconnect_delay, self._after_failure, unless=unless)
         try:
             while not stop.is_set():
                 retrying(self.run_once)
@@ -196,10 +204,11 @@ class Consumer:
         logger.debug("acked %d messages", len(items))
 
     def _apply(self, items: Sequence[Item]) -> None:
-        parsed: list[LegacyChange | Heartbeat] = [i.parsed for i in items if i.parsed]
+        parsed: list[Parsed] = [i.parsed for i in items if i.parsed is not None]
         done = apply_changes(
-            self.bus, parsed, translators=self.translators, tie_break=self.tie_break
-        )
+            self.bus, parsed, translators=self.translators, tie_break=self.tie_break,
+            journal_decisions=self.journal_decisions,
+        )  # fmt: skip
         metrics.CHANGES_APPLIED.inc(done.applied)
         metrics.CHANGES_SKIPPED.inc(done.skipped)
 
@@ -212,17 +221,18 @@ class Consumer:
                 broker.close()
                 raise
             self._broker = broker
+            self._connections += 1
+            again = "reconnected to the broker: consuming %s again"
+            first = "consuming %s (connected to the broker)"
+            logger.info(again if self._connections > 1 else first, self.queue)
         return self._broker
 
     def _declare(self, broker: Broker) -> None:
-        broker.declare_exchange(self.exchange, alternate_exchange=f"{self.exchange}.unrouted")
-        broker.declare_queue(QueueSpec(self.queue, [(self.exchange, "#")]))
-        broker.declare_exchange(self.dead_letter_exchange)
-        broker.declare_queue(QueueSpec(self.dead_letter_queue, [(self.dead_letter_exchange, "#")]))
+        declare_consumer(broker, self.queue, self.exchange, self.bind_exchanges)
 
     def _hand_back(self, broker: Broker) -> None:
         """Requeue every pending delivery, in its original order."""
-        items, self._pending = self._pending.items, Pending()
+        items, self._pending = self._pending.items, Pending(tombstone=self.tombstone)
         try:
             for item in reversed(items):
                 broker.reject(item.delivery.delivery_tag, requeue=True)
@@ -231,7 +241,7 @@ class Consumer:
 
     def _disconnect(self) -> None:
         broker, self._broker = self._broker, None
-        self._pending = Pending()  # their delivery tags mean nothing on a new connection
+        self._pending = Pending(tombstone=self.tombstone)  # tags mean nothing on a new connection
         if broker is not None:
             try:
                 broker.close()

@@ -15,8 +15,9 @@ from __future__ import annotations
 import logging
 from collections.abc import Collection
 from dataclasses import dataclass, field
+from typing import Any
 
-from broker import Broker, Delivery
+from broker import Broker, Delivery, Message
 from new_domain.ingest import (
     ChangeFailed,
     FailedMessage,
@@ -31,6 +32,21 @@ from new_domain.service_layer.messagebus import MessageBus
 logger = logging.getLogger(__name__)
 
 PEEK_TIMEOUT = 0.5
+
+
+def dead_letter_fields(message: Message) -> dict[str, Any]:
+    """What a dead letter's headers say about it: its message id, routing key, stream
+    position, attempts, when it first failed, and why (error type and reason)."""
+    headers: dict[str, Any] = dict(message.headers)
+    return {
+        "message_id": message.message_id,
+        "routing_key": message.routing_key,
+        "seq": headers.get("x-legacy-seq"),
+        "attempts": headers.get("x-attempts"),
+        "first_failed_at": headers.get("x-first-failed-at"),
+        "error_type": headers.get("x-error-type"),
+        "error": headers.get("x-error"),
+    }
 
 
 def peek(broker: Broker, dead_letter_queue: str, limit: int) -> list[Delivery]:

@@ -8,7 +8,7 @@ import click
 
 import broker
 from new_domain.bootstrap import bootstrap
-from new_domain.entrypoints.dead_letter_queue import peek, replay
+from new_domain.entrypoints.dead_letter_queue import dead_letter_fields, peek, replay
 from new_domain.entrypoints.options import (
     broker_url_option,
     first_line,
@@ -98,11 +98,15 @@ def _connect(broker_url: str) -> broker.Broker:
 
 
 def _describe(message: broker.Message) -> str:
-    headers: dict[str, Any] = dict(message.headers)
-    seq = headers.get("x-legacy-seq", "-")
+    fields = dead_letter_fields(message)
+    seq = "-" if fields["seq"] is None else fields["seq"]
     return (
         f"{message.message_id or '-'}  {message.routing_key}  seq={seq}"
-        f"  attempts={headers.get('x-attempts', '?')}"
-        f"  first failed {headers.get('x-first-failed-at', '?')}"
-        f"  {headers.get('x-error-type', '?')}: {headers.get('x-error', '?')}"
+        f"  attempts={_shown(fields['attempts'])}"
+        f"  first failed {_shown(fields['first_failed_at'])}"
+        f"  {_shown(fields['error_type'])}: {_shown(fields['error'])}"
     )
+
+
+def _shown(value: Any) -> Any:
+    return "?" if value is None else value

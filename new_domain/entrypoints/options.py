@@ -23,14 +23,14 @@ new_db_url_option = click.option(
     "--new-db-url",
     envvar="NEW_DB_URL",
     required=True,
-    help="SQLAlchemy URL of the new domain's database [env NEW_DB_URL].",
+    help="SQLAlchemy URL of the new domain's database (env NEW_DB_URL).",
 )
 
 broker_url_option = click.option(
     "--broker-url",
     envvar="BROKER_URL",
     required=True,
-    help="amqp:// URL of RabbitMQ [env BROKER_URL].",
+    help="amqp:// URL of RabbitMQ (env BROKER_URL).",
 )
 
 queue_option = click.option(
@@ -42,11 +42,17 @@ queue_option = click.option(
 
 
 def require_amqp(broker_url: str) -> None:
-    """Refuse the in-process broker, which only reaches this process."""
+    """Refuse the in-process broker, which only reaches this process, and any URL that
+    is not amqp:// or amqps://."""
     if broker.is_in_process(broker_url):
         raise click.UsageError(
             "--broker-url memory:// only reaches this process: use amqp://... "
             "(or `strangler demo` for the embedded setup)"
+        )
+    if not broker_url.startswith(("amqp://", "amqps://")):
+        scheme = broker_url.partition("://")[0] if "://" in broker_url else broker_url[:20]
+        raise click.UsageError(
+            f"--broker-url must be an amqp:// or amqps:// URL (got scheme {scheme!r})"
         )
 
 

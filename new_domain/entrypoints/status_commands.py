@@ -5,6 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import click
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 import broker
@@ -13,6 +14,14 @@ from new_domain.adapters.database import create_engine, safe_url
 from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
 from new_domain.adapters.lag import read_progress
 from new_domain.adapters.outbox import backlog
+from new_domain.adapters.ownership import read_ownership
+from new_domain.adapters.ownership_records import (
+    ECHO_ANOMALY,
+    VIOLATION,
+    unresolved_counts,
+    write_ownerships,
+)
+from new_domain.domain.ownership import Ownership, State
 from new_domain.entrypoints.options import (
     broker_url_option,
     first_line,
@@ -21,6 +30,7 @@ from new_domain.entrypoints.options import (
     require_amqp,
     require_current_schema,
 )
+from new_domain.ingest import LEGACY_SHOP
 from new_domain.ingest.ports import DEAD
 
 
@@ -29,7 +39,8 @@ from new_domain.ingest.ports import DEAD
 @broker_url_option
 @queue_option
 def status(new_db_url: str, broker_url: str, queue: str) -> None:
-    """End-to-end lag, queue depth, dead letters, outbox and anomalies.
+    """End-to-end lag, queue depth and whether a consumer is connected, dead letters,
+    outbox, anomalies and write ownership.
 
     Exits non-zero when the new database is not migrated or the broker is unreachable.
     """
@@ -43,6 +54,7 @@ def status(new_db_url: str, broker_url: str, queue: str) -> None:
             dead = SqlAlchemyDeadLetters(connection).count(DEAD)
             waiting = backlog(connection)
             kinds = anomaly_counts(connection)
+            ownership = _ownership_lines(connection, now)
     except SQLAlchemyError as error:
         raise click.ClickException(f"cannot read the new database: {first_line(error)}") from error
     finally:
@@ -65,10 +77,13 @@ def status(new_db_url: str, broker_url: str, queue: str) -> None:
     total = sum(kinds.values())
     detail = ", ".join(f"{kind} {count}" for kind, count in kinds.items())
     click.echo(f"anomalies       {total}" + (f" ({detail})" if detail else ""))
+    for line in ownership:
+        click.echo(line)
     try:
         connection_ = broker.connect(broker_url)
         try:
             depth = connection_.queue_depth(queue)
+            consumers = connection_.queue_consumers(queue)
             dead_depth = connection_.queue_depth(f"{queue}.dlq")
         finally:
             connection_.close()
@@ -76,7 +91,42 @@ def status(new_db_url: str, broker_url: str, queue: str) -> None:
         click.echo(f"dead letters    {dead} in the new database")
         raise click.ClickException(f"cannot read queue {queue}: {error}") from error
     click.echo(f"queue           {queue}: {depth} message(s) waiting")
+    if consumers:
+        click.echo(f"consumer        connected ({consumers} on {queue})")
+    else:
+        click.echo(f"consumer        none connected to {queue} (start 'strangler consume')")
     click.echo(f"dead letters    {dead_depth} in {queue}.dlq ({dead} dead in the new database)")
+
+
+def _ownership_lines(connection: Connection, now: datetime) -> list[str]:
+    """Each write group's ownership, and the ownership problems nobody resolved."""
+    groups = {o.group: o for o in write_ownerships(connection)}
+    default = LEGACY_SHOP.write_group
+    if default is not None and default not in groups:
+        groups[default] = read_ownership(connection, default)
+    lines = [f"ownership       {_ownership(o, now)}" for _, o in sorted(groups.items())]
+    open_ = unresolved_counts(connection)
+    lines.append(
+        f"violations      {open_[VIOLATION]} ownership violation(s) and {open_[ECHO_ANOMALY]}"
+        " echo anomaly(ies) unresolved (strangler ownership violations|anomalies)"
+    )
+    return lines
+
+
+def _ownership(ownership: Ownership, now: datetime) -> str:
+    text = f"{ownership.group}: {ownership.rule}, epoch {ownership.epoch}"
+    if ownership.state is State.MOVING:
+        since = ownership.changed_at or now
+        return (
+            f"{text}, moving from {ownership.previous_rule} for"
+            f" {(now - since).total_seconds():.1f} s (waiting for its fence)"
+        )
+    if ownership.changed_at is None:
+        return f"{text}, active (never moved)"
+    return (
+        f"{text}, active since {ownership.changed_at.isoformat(timespec='seconds')}"
+        f" (by {ownership.changed_by or '-'})"
+    )
 
 
 @click.command()

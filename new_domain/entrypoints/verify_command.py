@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 from sqlalchemy.exc import SQLAlchemyError
 
@@ -15,13 +17,13 @@ from new_domain.views import open_read_model
     "--legacy-url",
     envvar="LEGACY_URL",
     required=True,
-    help="Base URL of the legacy system's HTTP API [env LEGACY_URL].",
+    help="Base URL of the legacy system's HTTP API (env LEGACY_URL).",
 )
 @click.option(
     "--legacy-db-url",
     envvar="LEGACY_DB_URL",
     required=True,
-    help="SQLAlchemy URL of the legacy database, read only [env LEGACY_DB_URL].",
+    help="SQLAlchemy URL of the legacy database, read only (env LEGACY_DB_URL).",
 )
 @new_db_url_option
 @click.option(
@@ -52,7 +54,16 @@ def verify(
     show: int,
 ) -> None:
     """Compare, order by order, legacy's answer to GET /allocations/<orderid> with the
-    new system's; exit non-zero on any difference."""
+    new system's.
+
+    \b
+    Exit status:
+      0  every order matches
+      1  some orders differ (or a database could not be read)
+      2  usage error
+      3  legacy could not be asked (down, refused, timed out): nothing is known
+         about those orders
+    """
     # imported here: HTTP and diffing are not needed by the other commands
     from new_domain.reconciliation import (
         DEFAULT_LEGACY_ORDERS_SQL,
@@ -83,10 +94,34 @@ def verify(
             raise click.ClickException(
                 f"cannot read the new database: {first_line(error)}"
             ) from error
+    _tell(report, legacy_url)
+
+
+def _tell(report: Any, legacy_url: str) -> None:
+    """Print the reconciliation's report; raise what its exit status says."""
     click.echo(report.summary())
     for difference in report.differences:
         click.echo(f"  {difference.orderid} ({difference.outcome}): {difference.explain()}")
+    if report.unasked:
+        raise LegacyUnreachable(
+            f"legacy at {legacy_url} could not be asked about {report.unasked} of "
+            f"{report.checked} orders ({first_line_of(report.unasked_reason)}): "
+            "they are not verified"
+        )
     if not report.ok:
         raise click.ClickException(
             f"{report.checked - report.matching} of {report.checked} orders differ"
         )
+
+
+LEGACY_UNREACHABLE_EXIT = 3
+"""``strangler verify``'s exit status when legacy could not be asked."""
+
+
+class LegacyUnreachable(click.ClickException):
+    exit_code = LEGACY_UNREACHABLE_EXIT
+
+
+def first_line_of(text: object) -> str:
+    lines = str(text).strip().splitlines()
+    return lines[0][:200] if lines else "no answer"

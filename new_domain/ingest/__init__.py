@@ -2,8 +2,11 @@
 
 Everything that applies one legacy change lives here, in one place:
 
-- :mod:`~new_domain.ingest.envelope`: the ``legacy.cdc`` envelope checked and parsed
-  (:func:`parse_message`, :class:`LegacyChange`, :class:`Heartbeat`);
+- :mod:`~new_domain.ingest.envelope`: the ``legacy.cdc`` envelope checked and parsed,
+  the kit bridge's and Debezium's own (:func:`parse_message`, :class:`LegacyChange`,
+  :class:`Heartbeat`, :class:`TransactionBoundary`, :class:`Tombstone`);
+- :mod:`~new_domain.ingest.debezium`: the positions of Debezium's changes, from its
+  connectors' log coordinates;
 - :mod:`~new_domain.ingest.translators`: the anti-corruption layer, one
   :class:`Translator` per captured legacy table (:data:`LEGACY_SHOP`);
 - :mod:`~new_domain.ingest.ports`: the bookkeeping it needs in the unit of work's
@@ -21,6 +24,7 @@ from new_domain.ingest.apply import (
     Applied,
     ChangeFailed,
     OutOfSequence,
+    PositionTooFar,
     apply_change,
     apply_changes,
 )
@@ -28,6 +32,10 @@ from new_domain.ingest.envelope import (
     Heartbeat,
     LegacyChange,
     MalformedChange,
+    Parsed,
+    Tombstone,
+    TransactionBoundary,
+    heartbeat_sources,
     parse_change,
     parse_message,
 )
@@ -56,7 +64,11 @@ __all__ = [
     "LegacyChange",
     "MalformedChange",
     "OutOfSequence",
+    "Parsed",
+    "PositionTooFar",
     "Recognizer",
+    "Tombstone",
+    "TransactionBoundary",
     "Translator",
     "Translators",
     "UnknownLegacyRow",
@@ -64,6 +76,7 @@ __all__ = [
     "apply_changes",
     "dead_letter_headers",
     "dead_letter_message",
+    "heartbeat_sources",
     "describe_error",
     "parse_change",
     "parse_message",

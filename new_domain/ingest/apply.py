@@ -35,14 +35,23 @@ from __future__ import annotations
 import logging
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import TYPE_CHECKING
 
 from new_domain import metrics
 from new_domain.domain.model import TieBreak
-from new_domain.ingest.decisions import LegacyDecision, judge
-from new_domain.ingest.envelope import Heartbeat, LegacyChange
+from new_domain.ingest import debezium, journal
+from new_domain.ingest.decisions import LegacyDecision, holder_of, judge
+from new_domain.ingest.envelope import (
+    Heartbeat,
+    LegacyChange,
+    Parsed,
+    TransactionBoundary,
+    heartbeat_sources,
+)
+from new_domain.ingest.guard import OwnershipGuard, Role
 from new_domain.ingest.legacy_shop import LEGACY_SHOP
+from new_domain.ingest.origin import is_origin
 from new_domain.ingest.ports import AWAITING, DEAD, LOADING, RETRYING, UNCLASSIFIED
 from new_domain.ingest.translators import Translators, UnknownLegacyRow
 
@@ -79,6 +88,25 @@ class OutOfSequence(Exception):
         self.position = position
 
 
+class PositionTooFar(OutOfSequence):
+    """A change of a stream without dense positions (Debezium's) moves the stream's
+    position further ahead than any real log does between two changes
+    (:func:`new_domain.ingest.debezium.jumps_too_far`): a forged position. It is
+    dead-lettered at once and the stream's position stays where it is."""
+
+    def __init__(self, stream: str, last: int | None, position: int) -> None:
+        Exception.__init__(
+            self,
+            f"position {position} ({debezium.describe_position(position)}) is too far ahead"
+            f" of the last applied position {last}"
+            f" ({'-' if last is None else debezium.describe_position(last)}) of stream"
+            f" {stream}; the stored position is kept",
+        )
+        self.stream = stream
+        self.last = last
+        self.position = position
+
+
 def _jumps(last: int | None, position: int) -> bool:
     return last is not None and position > last + 1
 
@@ -107,30 +135,33 @@ def apply_change(
 
 def apply_changes(
     bus: MessageBus,
-    items: Sequence[LegacyChange | Heartbeat],
+    items: Sequence[Parsed],
     *,
     replay: bool = False,
     translators: Translators = LEGACY_SHOP,
     tie_break: TieBreak = TieBreak.CREATED,
+    journal_decisions: bool = False,
 ) -> Applied:
     """Apply the changes among ``items`` in order in ONE transaction (see the module
     docstring); the heartbeats among them are recorded for the lag in the same
     transaction. :class:`ChangeFailed` gives the index in ``items`` of a change that
     failed. With ``replay``, dead-lettered positions are applied too. Legacy's write
-    decisions are judged with the new rules (``tie_break`` between equal etas).
+    decisions are judged with the new rules (``tie_break`` between equal etas) and, with
+    ``journal_decisions``, journaled (:mod:`new_domain.ingest.journal`).
     """
     uow = bus.uow
-    changes = [(i, item) for i, item in enumerate(items) if isinstance(item, LegacyChange)]
+    changes = _close_transactions(items)
     with uow:
         with uow.reading_ahead():  # one round trip
             uow.positions.preload({change.stream for _, change in changes})
             uow.dead_letters.preload({change.stream for _, change in changes})
             uow.legacy_keys.preload(translators.referenced_keys(c for _, c in changes))
         chosen, reopened, loading = _choose(uow, changes, replay)
+        guard = OwnershipGuard(uow, translators)
         decisions: dict[int, LegacyDecision | None] = {}
-        translated = _translate(uow, translators, chosen, loading, decisions)
+        translated = _translate(uow, translators, chosen, loading, decisions, guard)
         _read_aggregates_ahead(uow, [m for _, _, messages in translated for m in messages])
-        parity = _Parity(uow, decisions, tie_break)
+        parity = _Parity(uow, decisions, tie_break, journal_decisions)
         for index, change, messages in translated:
             parity.before(index, change.message_id)
             uow.change_id = change.message_id
@@ -144,8 +175,40 @@ def apply_changes(
         parity.before(len(items), None)
         uow.change_id = None
         _record_heartbeats(uow, [item for item in items if isinstance(item, Heartbeat)])
+        guard.count_after_commit()
         uow.commit()
     return Applied(len(chosen), len(changes) - len(chosen))
+
+
+def _close_transactions(items: Sequence[Parsed]) -> list[tuple[int, LegacyChange]]:
+    """The changes among ``items`` (with their index), the last change of each legacy
+    transaction whose END event (Debezium's transaction metadata) follows it in
+    ``items`` marked as its last when END counts exactly the changes seen: the
+    transaction is whole here."""
+    changes = [(i, item) for i, item in enumerate(items) if isinstance(item, LegacyChange)]
+    at = {index: n for n, (index, _) in enumerate(changes)}
+    for index, item in enumerate(items):
+        if not isinstance(item, TransactionBoundary) or item.status != "END":
+            continue
+        members = [
+            n
+            for n, (i, change) in enumerate(changes)
+            if i < index and change.debezium and change.transaction_id == item.transaction_id
+        ]
+        if not members:
+            continue
+        last_index, last = changes[members[-1]]
+        whole = item.event_count is None or item.event_count == len(members)
+        if whole and not last.ends_transaction:
+            changes[at[last_index]] = (last_index, replace(last, ends_transaction=True))
+        elif not whole:
+            logger.info(
+                "transaction %s: END counts %s events, %d seen in this batch",
+                item.transaction_id,
+                item.event_count,
+                len(members),
+            )
+    return changes
 
 
 def _translate(
@@ -154,29 +217,68 @@ def _translate(
     chosen: Sequence[tuple[int, LegacyChange]],
     loading: set[int],
     decisions: dict[int, LegacyDecision | None],
+    guard: OwnershipGuard,
 ) -> list[tuple[int, LegacyChange, list[Message]]]:
-    """Each change's messages, in order; and, keyed by the index of its first change,
-    the write decision each legacy transaction took (None: not one decision), read
-    before its changes teach the key maps anything."""
+    """Each change's messages, in order (none for the kit's own changes, echoes and
+    ownership violations: see :mod:`new_domain.ingest.guard`); and, keyed by the index
+    of its first change, the write decision each legacy transaction took (None: not one
+    decision), read before its changes teach the key maps anything. The kit's own
+    transactions and those that break ownership are no legacy decision to judge."""
     translated: list[tuple[int, LegacyChange, list[Message]]] = []
     starts = _transactions([change for _, change in chosen])
+    opened: tuple[int, str | None] | None = None  # the transaction read: first index, id
     for at, (index, change) in enumerate(chosen):
+        change = translators.complete(change, uow.legacy_keys)
         if at in starts:
-            length = starts[at]
-            transaction = [c for _, c in chosen[at : at + length]] if length else []
-            decisions[index] = (
-                translators.recognize(transaction, uow.legacy_keys) if length else None
-            )
+            opened = (index, change.transaction_id)
+            whole = [
+                translators.complete(c, uow.legacy_keys) for _, c in chosen[at : at + starts[at]]
+            ]
+            if is_origin(change):  # the kit's own transaction: compared, not judged
+                if whole:
+                    guard.compare_echo(whole)
+            else:
+                decisions[index] = translators.recognize(whole, uow.legacy_keys) if whole else None
+        elif change.transaction_id is None or opened is None or change.transaction_id != opened[1]:
+            opened = None  # not a change of the transaction read last
         try:
-            translated.append((index, change, translators.translate(change, uow.legacy_keys)))
-        except UnknownLegacyRow as error:
-            if index not in loading:
-                raise _failure(uow, index, change, error) from error
-            # the row's snapshot read comes later in the stream, showing this change
-            logger.info("change %s skipped, snapshot loading: %s", change.message_id, error)
+            role = guard.role(change)
         except Exception as error:
             raise _failure(uow, index, change, error) from error
+        if role is Role.VIOLATION and opened is not None:
+            decisions.pop(opened[0], None)
+        messages = _messages(uow, translators, index, change, loading, role)
+        if messages is not None:
+            translated.append((index, change, messages if role is Role.LEGACY else []))
     return translated
+
+
+def _messages(
+    uow: AbstractUnitOfWork,
+    translators: Translators,
+    index: int,
+    change: LegacyChange,
+    loading: set[int],
+    role: Role,
+) -> list[Message] | None:
+    """The change translated (its messages, which only a legacy change's role runs);
+    None when it is skipped while its stream loads a snapshot. A violation teaches the
+    key maps what it can and is recorded whatever its translation says."""
+    if role is Role.ORIGIN:
+        return []
+    try:
+        return translators.translate(change, uow.legacy_keys)
+    except Exception as error:
+        if uow.is_transient(error):
+            raise
+        if role is Role.VIOLATION:
+            logger.info("violating change %s taught no key: %s", change.message_id, error)
+            return []
+        if isinstance(error, UnknownLegacyRow) and index in loading:
+            # the row's snapshot read comes later in the stream, showing this change
+            logger.info("change %s skipped, snapshot loading: %s", change.message_id, error)
+            return None
+        raise ChangeFailed(index, change, error) from error
 
 
 def _transactions(changes: Sequence[LegacyChange]) -> dict[int, int]:
@@ -215,10 +317,12 @@ class _Parity:
         uow: AbstractUnitOfWork,
         decisions: dict[int, LegacyDecision | None],
         tie_break: TieBreak,
+        journal: bool = False,
     ) -> None:
         self.uow = uow
         self.pending = deque(sorted(decisions.items()))
         self.tie_break = tie_break
+        self.journal = journal
         self.counted: Counter[tuple[str, str]] = Counter()
         if self.pending:  # the metric moves once per batch, after its commit
             uow.after_commit(self._publish_counts)
@@ -237,8 +341,15 @@ class _Parity:
                 logger.warning("decision parity could not judge %s: %s", decision, error)
                 self._unclassified()
                 continue
-            self.uow.decisions.record(verdict, change_id)
+            self.uow.decisions.record(verdict, change_id, self._entry(decision))
             self._count(verdict.route, "agree" if verdict.agree else "differ")
+
+    def _entry(self, decision: LegacyDecision) -> str | None:
+        """The decision's journal entry, when journaling (the state as judged)."""
+        if not self.journal:
+            return None
+        product = self.uow.products.get(decision.sku)
+        return journal.entry(decision, product, holder_of(decision, self.uow))
 
     def _unclassified(self) -> None:
         self.uow.decisions.unclassified()
@@ -257,11 +368,12 @@ def _record_heartbeats(uow: AbstractUnitOfWork, heartbeats: Iterable[Heartbeat])
         uow.positions.snapshot_loaded(heartbeat.source)
         if heartbeat.ts_ms is None and heartbeat.last_commit_ts_ms is None:
             continue  # nothing said about time
-        uow.progress.observe(
-            heartbeat.source,
-            commit_ms=heartbeat.last_commit_ts_ms,
-            heartbeat_ms=heartbeat.ts_ms,
-        )
+        for source in heartbeat_sources(heartbeat, uow.progress.sources):
+            uow.progress.observe(
+                source,
+                commit_ms=heartbeat.last_commit_ts_ms,
+                heartbeat_ms=heartbeat.ts_ms,
+            )
 
 
 Chosen = tuple[list[tuple[int, LegacyChange]], set[tuple[str, int]], set[int]]
@@ -292,8 +404,16 @@ def _choose(
             continue
         if change.dense and not replay and snapshot != AWAITING and _jumps(last, position):
             raise ChangeFailed(index, change, OutOfSequence(stream, last, position))
+        if change.debezium:
+            if not replay and snapshot != AWAITING and debezium.jumps_too_far(last, position):
+                raise ChangeFailed(index, change, PositionTooFar(stream, last, position))
+            if _debezium_snapshot_read(uow, change, last, snapshot):
+                chosen.append((index, change))
+                continue
         if last is None or position > last or snapshot == AWAITING:
             state = LOADING if change.op == "r" else snapshot
+            if change.debezium:  # Debezium streams nothing else while its snapshot runs
+                state = LOADING if change.op == "r" and change.snapshot_mark != "last" else None
             uow.positions.set(stream, max(position, last or 0), state)
         elif (stream, position) in reopened or not (
             failed == RETRYING or (replay and failed == DEAD)
@@ -308,10 +428,38 @@ def _choose(
             continue
         if failed is not None:
             reopened.add((stream, position))
-        if change.op != "r" and uow.positions.snapshot_state(stream) == LOADING:
+        if (
+            change.op != "r"
+            and not change.debezium
+            and uow.positions.snapshot_state(stream) == LOADING
+        ):
             loading.add(index)
         chosen.append((index, change))
     return chosen, reopened, loading
+
+
+def _debezium_snapshot_read(
+    uow: AbstractUnitOfWork, change: LegacyChange, last: int | None, snapshot: str | None
+) -> bool:
+    """Is ``change`` a row of a Debezium snapshot to apply (its position stored)?
+
+    Every row of one Debezium snapshot has the same position (docs/debezium.md): the
+    first row (of a new stream, or of one reset to await a snapshot) stores it and
+    starts loading; while loading, a read at exactly that position is the next row and
+    is applied (snapshot reads are upserts, and Debezium sends nothing else while its
+    snapshot runs); the row marked ``last`` ends the loading. Afterwards the snapshot's
+    position is below the stream's: its rows, redelivered, are skipped."""
+    if change.op != "r":
+        return False
+    state = None if change.snapshot_mark == "last" else LOADING
+    if last is None or snapshot == AWAITING:
+        uow.positions.set(change.stream, change.position, state)
+        return True
+    if snapshot == LOADING and change.position == last:
+        if state is None:
+            uow.positions.set(change.stream, change.position, None)
+        return True
+    return False
 
 
 def _read_aggregates_ahead(uow: AbstractUnitOfWork, messages: Iterable[Message]) -> None:

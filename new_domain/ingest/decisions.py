@@ -77,20 +77,37 @@ def judge(
 ) -> Verdict:
     """What the new rules (with ``tie_break`` between batches of equal eta) decide on the
     unit of work's current state, next to legacy's."""
-    route, legacy = _legacy(decision)
+    route, legacy = decision_words(decision)
     product = uow.products.get(decision.sku)
     if product is not None:
         product.tie_break = tie_break
-    try:
-        new = _new(decision, product, uow)
-    except DomainError as refused:
-        new = f"refused: {type(refused).__name__}: {refused}"
+    new = new_decision(decision, product, holder_of(decision, uow))
     agree = new == legacy
     state = "" if agree else describe(product)
     return Verdict(route, decision.sku, agree, legacy, new, state)
 
 
-def _legacy(decision: LegacyDecision) -> tuple[str, str]:
+def holder_of(decision: LegacyDecision, uow: AbstractUnitOfWork) -> Product | None:
+    """For a new batch, the product that holds its reference already (references are
+    unique across products); None for the other decisions."""
+    if isinstance(decision, NewBatch):
+        return uow.products.get_by_batchref(decision.ref)
+    return None
+
+
+def new_decision(decision: LegacyDecision, product: Product | None, holder: Product | None) -> str:
+    """What the new rules decide for ``decision`` on ``product`` (``holder``: see
+    :func:`holder_of`), in decision parity's words; a refusal names its domain error."""
+    try:
+        return _new(decision, product, holder)
+    except DomainError as refused:
+        return f"refused: {type(refused).__name__}: {refused}"
+
+
+def decision_words(decision: LegacyDecision) -> tuple[str, str]:
+    """The write route that takes ``decision`` and what it decided, in decision parity's
+    words (``"POST /allocate"``, ``"allocated to b1"``): the words of an origin marker's
+    ``route`` and ``summary`` too."""
     match decision:
         case Allocation():
             return ALLOCATE, f"allocated to {decision.batchref}"
@@ -102,9 +119,8 @@ def _legacy(decision: LegacyDecision) -> tuple[str, str]:
             return CHANGE_QUANTITY, _moves(decision.moves)
 
 
-def _new(decision: LegacyDecision, product: Product | None, uow: AbstractUnitOfWork) -> str:
+def _new(decision: LegacyDecision, product: Product | None, holder: Product | None) -> str:
     if isinstance(decision, NewBatch):  # batch references are unique across products
-        holder = uow.products.get_by_batchref(decision.ref)
         if holder is not None:
             holder.decide_add_batch(decision.ref)
         return "created"

@@ -9,10 +9,13 @@ where it stands in its stream. Parsing is pure: any failure is the message's own
 
 from __future__ import annotations
 
+import hashlib
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from new_domain.ingest import debezium
 
 OPS = ("c", "u", "d", "r")
 MAX_POSITION = 2**63 - 1  # positions are stored as BIGINT
@@ -50,6 +53,8 @@ class LegacyChange:
     dense: bool = False
     transaction_id: str | None = None
     transaction_order: int | None = None
+    debezium: bool = False
+    snapshot_mark: str | None = None
 
     @property
     def row(self) -> Mapping[str, Any]:
@@ -69,10 +74,44 @@ class Heartbeat:
     last_commit_ts_ms: int | None
 
 
+@dataclass(frozen=True)
+class TransactionBoundary:
+    """Debezium's BEGIN or END of a legacy transaction (``provide.transaction.metadata``):
+    END says how many change events the transaction had (``event_count``)."""
+
+    status: str
+    transaction_id: str
+    event_count: int | None
+
+
+@dataclass(frozen=True)
+class Tombstone:
+    """What follows a delete in Debezium's stream (a null value, for Kafka's log
+    compaction): nothing to apply."""
+
+
+Parsed = LegacyChange | Heartbeat | TransactionBoundary | Tombstone
+"""Whatever a message on the consumer's queue can be."""
+
+BOUNDARIES = ("BEGIN", "END")
+HEARTBEAT_TOPIC = "__debezium-heartbeat."
+ANY_DATABASE = "*"
+"""The database part of a Debezium heartbeat's source: it names none (see
+:func:`heartbeat_sources`)."""
+
+
 def parse_message(
-    body: bytes | str, message_id: str | None = None, message_type: str | None = None
-) -> LegacyChange | Heartbeat:
-    """A change, or a heartbeat (by AMQP ``type`` or the body's ``type``).
+    body: bytes | str,
+    message_id: str | None = None,
+    message_type: str | None = None,
+    *,
+    tombstone: bytes | None = None,
+    topic: str | None = None,
+) -> Parsed:
+    """A change, a heartbeat, a transaction boundary or a tombstone (an empty body,
+    ``null``, or the placeholder ``tombstone`` a sink sends for a null value).
+    ``topic`` (the exchange or routing key it came by) names the connector of a
+    Debezium heartbeat when it is ``__debezium-heartbeat.<topic.prefix>``.
 
     Raises :class:`MalformedChange` for anything else.
     """
@@ -82,9 +121,21 @@ def parse_message(
         except MalformedChange:
             decoded = None
         return _heartbeat(decoded)
+    raw = body.encode() if isinstance(body, str) else body
+    if not raw.strip() or raw.strip() == b"null" or (tombstone and raw == tombstone):
+        return Tombstone()
     decoded = _decode(body)
-    if isinstance(decoded, Mapping) and decoded.get("type") == HEARTBEAT:
-        return _heartbeat(decoded)
+    if isinstance(decoded, Mapping):
+        if set(decoded) == {"schema", "payload"}:  # Debezium's JSON with schemas enabled
+            decoded = decoded["payload"]
+            if decoded is None:
+                return Tombstone()
+        if decoded.get("type") == HEARTBEAT:
+            return _heartbeat(decoded)
+        if "op" not in decoded and decoded.get("status") in BOUNDARIES:
+            return _boundary(decoded)
+        if set(decoded) == {"ts_ms"}:  # Debezium's heartbeat
+            return Heartbeat(_debezium_heartbeat_source(topic), _ms(decoded["ts_ms"]), None)
     return parse_change(decoded, message_id)
 
 
@@ -109,22 +160,13 @@ def parse_change(
     table = source.get("table")
     if not isinstance(table, str) or not table:
         raise MalformedChange("source.table must be a non-empty string")
+    if debezium.is_debezium(source):
+        return _debezium_change(envelope, op, source, table, message_id)
     seq = source.get("seq")
     if not isinstance(seq, int) or isinstance(seq, bool) or not 0 <= seq <= MAX_POSITION:
         raise MalformedChange(f"source.seq must be an integer from 0 to 2^63-1, got {seq!r}")
-    for name, value in (("source.name", source.get("name")), ("source.db", source.get("db"))):
-        if value is not None and not isinstance(value, str | int):
-            raise MalformedChange(f"{name} must be a string, got {type(value).__name__}")
-    if any("\x00" in str(part) for part in (table, source.get("name"), source.get("db"))):
-        raise MalformedChange("source.table, source.name and source.db must not hold NUL")
-    if message_id is not None and ("\x00" in message_id or len(message_id) > MAX_ID_LENGTH):
-        raise MalformedChange(f"message_id must be at most {MAX_ID_LENGTH} characters, no NUL")
-    before = _image(envelope, "before")
-    after = _image(envelope, "after")
-    if op == "d" and before is None:
-        raise MalformedChange("a delete needs a before image")
-    if op != "d" and after is None:
-        raise MalformedChange(f"op {op!r} needs an after image")
+    _check_names(source, table, message_id)
+    before, after = _images(envelope, op)
     stream, dense = _stream(source, message_id, op)
     return LegacyChange(
         op,
@@ -139,6 +181,119 @@ def parse_change(
         ends_transaction=_ends_transaction(envelope.get("transaction")),
         dense=dense,
         **_transaction(envelope.get("transaction")),
+    )
+
+
+def _debezium_change(
+    envelope: Mapping[str, Any],
+    op: str,
+    source: Mapping[str, Any],
+    table: str,
+    message_id: str | None,
+) -> LegacyChange:
+    """Debezium's own envelope: the position from the connector's log coordinates
+    (:mod:`~new_domain.ingest.debezium`), never dense; a message id derived from the
+    stream and the position when the sink sent none; a change that carries a
+    ``transaction`` block waits for the transaction's END to be known as its last."""
+    _check_names(source, table, message_id)
+    block = envelope.get("transaction")
+    try:
+        found = debezium.coordinates(source, op, block)
+    except debezium.DebeziumFormatError as error:
+        raise MalformedChange(str(error)) from None
+    before, after = _images(envelope, op)
+    stream = _source_key(source)
+    in_transaction = isinstance(block, Mapping) and not found.snapshot
+    order = block.get("total_order") if isinstance(block, Mapping) else None
+    committed = _ms(source.get("ts_ms"))
+    if committed is None and _ms(source.get("ts_us")) is not None:
+        committed = source["ts_us"] // 1000
+    return LegacyChange(
+        op,
+        table,
+        before,
+        after,
+        stream,
+        found.position,
+        message_id or _derived_id(stream, found.position),
+        source=stream,
+        committed_at_ms=committed,
+        ends_transaction=not in_transaction,
+        dense=False,
+        transaction_id=found.transaction_id,
+        transaction_order=(
+            order
+            if in_transaction
+            and isinstance(order, int)
+            and not isinstance(order, bool)
+            and order >= 1
+            else None
+        ),
+        debezium=True,
+        snapshot_mark=found.mark,
+    )
+
+
+def _derived_id(stream: str, position: int) -> str:
+    """A stable id for a message that came without one: its stream and position."""
+    derived = f"dbz:{stream}:{position}"
+    if len(derived) <= MAX_ID_LENGTH:
+        return derived
+    return f"dbz:sha256:{hashlib.sha256(derived.encode()).hexdigest()}"
+
+
+def _check_names(source: Mapping[str, Any], table: str, message_id: str | None) -> None:
+    for name, value in (("source.name", source.get("name")), ("source.db", source.get("db"))):
+        if value is not None and not isinstance(value, str | int):
+            raise MalformedChange(f"{name} must be a string, got {type(value).__name__}")
+    if any("\x00" in str(part) for part in (table, source.get("name"), source.get("db"))):
+        raise MalformedChange("source.table, source.name and source.db must not hold NUL")
+    if message_id is not None and ("\x00" in message_id or len(message_id) > MAX_ID_LENGTH):
+        raise MalformedChange(f"message_id must be at most {MAX_ID_LENGTH} characters, no NUL")
+
+
+def _images(
+    envelope: Mapping[str, Any], op: str
+) -> tuple[Mapping[str, Any] | None, Mapping[str, Any] | None]:
+    before = _image(envelope, "before")
+    after = _image(envelope, "after")
+    if op == "d" and before is None:
+        raise MalformedChange("a delete needs a before image")
+    if op != "d" and after is None:
+        raise MalformedChange(f"op {op!r} needs an after image")
+    return before, after
+
+
+def _boundary(body: Mapping[str, Any]) -> TransactionBoundary:
+    try:
+        transaction = debezium.transaction_key(body.get("id"))
+    except debezium.DebeziumFormatError as error:
+        raise MalformedChange(f"transaction {body.get('status')}: {error}") from None
+    count = body.get("event_count")
+    if count is not None and (not isinstance(count, int) or isinstance(count, bool) or count < 0):
+        raise MalformedChange(f"event_count must be a non-negative integer, got {count!r}")
+    return TransactionBoundary(str(body["status"]), transaction, count)
+
+
+def _debezium_heartbeat_source(topic: str | None) -> str:
+    """``<topic.prefix>/*`` when the topic names the connector, else ``*/*``."""
+    name = ANY_DATABASE
+    if topic and HEARTBEAT_TOPIC in topic:
+        name = topic.rpartition(HEARTBEAT_TOPIC)[2] or ANY_DATABASE
+    return f"{name}/{ANY_DATABASE}"
+
+
+def heartbeat_sources(heartbeat: Heartbeat, known: Callable[[], Iterable[str]]) -> list[str]:
+    """The sources a heartbeat speaks for: its own, or for a Debezium heartbeat (which
+    names no database) every ``known()`` source of its connector (of any, when the topic
+    did not say which)."""
+    name, _, database = heartbeat.source.partition("/")
+    if database != ANY_DATABASE:
+        return [heartbeat.source]
+    return sorted(
+        source
+        for source in set(known())
+        if name == ANY_DATABASE or source.partition("/")[0] == name
     )
 
 

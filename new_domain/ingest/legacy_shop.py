@@ -1,11 +1,18 @@
 """The legacy shop's anti-corruption layer: its tables and transactions, in our language.
 
 Everything that knows the legacy shop's table and column names, or its integer keys,
-lives here: a translator per captured table, and the recognisers of its write
-decisions by transaction shape. What a translator must remember between changes
+lives here: a translator per captured table (with the product each of its rows is
+about), the recognisers of its write decisions by transaction shape, and the write
+group its products belong to (``allocation``). What a translator must remember between changes
 (which sku a ``prod_id`` is, which batch a ``lot_id`` is, which order line a
 ``line_id`` is) goes to the legacy key maps of the unit of work, in the same
 transaction as the effect. Another legacy system gets a module like this one.
+
+An allocation row's line and lot are remembered by its ``alloc_id`` too: a delete (or an
+update) whose before image holds only the key, as Debezium sends them under
+PostgreSQL's default REPLICA IDENTITY, is completed from that map before anything reads
+it. Updates without a before image need nothing else: every other table's translator
+reads only the row after the change and its key.
 
 Snapshot reads (op ``r``) are upserts: a row the new domain knows already is brought
 in line (a lot's quantity set, an allocation moved) and nothing happens when it
@@ -15,6 +22,7 @@ already matches.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 from new_domain.domain import commands, events
@@ -24,8 +32,17 @@ from new_domain.ingest.decisions import (
     NewBatch,
     QuantityChange,
 )
-from new_domain.ingest.envelope import LegacyChange, MalformedChange
-from new_domain.ingest.ports import LINE, LOT, PRODUCT, AbstractLegacyKeys, LegacyLine, LegacyLot
+from new_domain.ingest.envelope import LegacyChange
+from new_domain.ingest.ports import (
+    ALLOCATION,
+    LINE,
+    LOT,
+    PRODUCT,
+    AbstractLegacyKeys,
+    LegacyAllocation,
+    LegacyLine,
+    LegacyLot,
+)
 from new_domain.ingest.translators import (
     Recognizer,
     Translator,
@@ -33,6 +50,7 @@ from new_domain.ingest.translators import (
     UnknownLegacyRow,
     date_column,
     int_column,
+    int_value,
     shape,
     str_column,
 )
@@ -105,19 +123,53 @@ def _line_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message
 
 
 def _allocation_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]:
+    alloc_id = int_value(change.row, "alloc_id")
+    if change.op == "d":
+        message = _deallocation(change, keys, change.row)
+        if alloc_id is not None:
+            keys.forget_allocation(alloc_id)
+        return [message]
+    messages: list[Message]
     if change.op == "r":
         line, lot = _line_of(change, keys, change.row), _lot_of(change, keys, change.row)
-        return [commands.SyncAllocation(line.orderid, line.sku, line.qty, lot.batchref)]
-    if change.op == "d":
-        return [_deallocation(change, keys, change.row)]
-    if change.op == "u":
+        messages = [commands.SyncAllocation(line.orderid, line.sku, line.qty, lot.batchref)]
+    elif change.op == "u":
         before = change.before
-        if before is None:
-            raise MalformedChange("lot_allocation update needs a before image")
+        if before is None or any(k not in before for k in ("lot_id", "line_id")):
+            raise UnknownLegacyRow(
+                f"lot_allocation {alloc_id} updated but its creation was never seen"
+            )
         if all(before.get(k) == change.row.get(k) for k in ("lot_id", "line_id")):
-            return []
-        return [_deallocation(change, keys, before), _allocation(change, keys, change.row)]
-    return [_allocation(change, keys, change.row)]
+            messages = []
+        else:
+            messages = [
+                _deallocation(change, keys, before),
+                _allocation(change, keys, change.row),
+            ]
+    else:
+        messages = [_allocation(change, keys, change.row)]
+    if alloc_id is not None:
+        keys.remember_allocation(
+            alloc_id,
+            LegacyAllocation(
+                int_column(change, change.row, "line_id"), int_column(change, change.row, "lot_id")
+            ),
+        )
+    return messages
+
+
+def _complete_allocation(change: LegacyChange, keys: AbstractLegacyKeys) -> LegacyChange:
+    """An allocation's update or delete with the before image the key map knows: the
+    line and lot of the row as it was (Debezium sends only the key of the row before,
+    other columns zero-filled, unless the table has REPLICA IDENTITY FULL)."""
+    image = change.before if change.before is not None else change.after
+    alloc_id = None if image is None else int_value(image, "alloc_id")
+    known = None if alloc_id is None else keys.allocation(alloc_id)
+    if known is None:
+        return change
+    before = {**(change.before or {}), "alloc_id": alloc_id}
+    before.update(line_id=known.line_id, lot_id=known.lot_id)
+    return replace(change, before=before)
 
 
 def _allocation(
@@ -159,6 +211,37 @@ def _sku_of(change: LegacyChange, keys: AbstractLegacyKeys, prod_id: int) -> str
 
 def _unsupported(sku: str | None, detail: str) -> events.LegacyInvariantViolated:
     return events.LegacyInvariantViolated("unsupported_change", sku, detail)
+
+
+# -- which product a row is about (for the ownership guard) ------------------------------
+
+
+def _product_sku(row: Mapping[str, Any], keys: AbstractLegacyKeys) -> str | None:
+    prod_id = int_value(row, "prod_id")
+    known = None if prod_id is None else keys.product_sku(prod_id)
+    code = row.get("prod_code")
+    return known or (code if isinstance(code, str) and code else None)
+
+
+def _by_product(row: Mapping[str, Any], keys: AbstractLegacyKeys) -> str | None:
+    prod_id = int_value(row, "prod_id")
+    return None if prod_id is None else keys.product_sku(prod_id)
+
+
+def _lot_sku(row: Mapping[str, Any], keys: AbstractLegacyKeys) -> str | None:
+    sku = _by_product(row, keys)
+    lot_id = int_value(row, "lot_id")
+    lot = None if sku is not None or lot_id is None else keys.lot(lot_id)
+    return lot.sku if lot is not None else sku
+
+
+def _allocation_sku(row: Mapping[str, Any], keys: AbstractLegacyKeys) -> str | None:
+    lot_id, line_id = int_value(row, "lot_id"), int_value(row, "line_id")
+    lot = None if lot_id is None else keys.lot(lot_id)
+    if lot is not None:
+        return lot.sku
+    line = None if line_id is None else keys.line(line_id)
+    return None if line is None else line.sku
 
 
 # -- write decisions, by transaction shape ------------------------------------------------
@@ -249,11 +332,26 @@ def _quantity_decision(
     return QuantityChange(lot.batchref, lot.sku, qty, frozenset(moved))
 
 
+ALLOCATION_GROUP = "allocation"
+"""The write group of the legacy shop's four write routes (docs/write-path.md)."""
+
 LEGACY_SHOP = Translators(
-    Translator("prod_catalog", _product_change, keys={"prod_id": PRODUCT}),
-    Translator("stock_lot", _lot_change, keys={"lot_id": LOT, "prod_id": PRODUCT}),
-    Translator("cust_order_line", _line_change, keys={"line_id": LINE, "prod_id": PRODUCT}),
-    Translator("lot_allocation", _allocation_change, keys={"lot_id": LOT, "line_id": LINE}),
+    Translator("prod_catalog", _product_change, keys={"prod_id": PRODUCT}, sku=_product_sku),
+    Translator("stock_lot", _lot_change, keys={"lot_id": LOT, "prod_id": PRODUCT}, sku=_lot_sku),
+    Translator(
+        "cust_order_line",
+        _line_change,
+        keys={"line_id": LINE, "prod_id": PRODUCT},
+        sku=_by_product,
+    ),
+    Translator(
+        "lot_allocation",
+        _allocation_change,
+        keys={"lot_id": LOT, "line_id": LINE, "alloc_id": ALLOCATION},
+        sku=_allocation_sku,
+        complete=_complete_allocation,
+    ),
+    write_group=ALLOCATION_GROUP,
     recognizers=[
         Recognizer(
             frozenset({shape("stock_lot.c"), shape("prod_catalog.c", "stock_lot.c")}), _new_batch
@@ -283,4 +381,4 @@ LEGACY_SHOP = Translators(
         ),
     ],
 )
-"""The legacy shop's captured tables and its four write routes."""
+"""The legacy shop's captured tables, its four write routes and their write group."""

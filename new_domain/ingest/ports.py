@@ -7,7 +7,8 @@ transaction, each behind a port whose implementations live in ``new_domain.adapt
 - :class:`AbstractLegacyKeys`: what the anti-corruption layer remembers about legacy
   rows it has seen (legacy integer keys -> our names), by key kind;
 - :class:`AbstractChangePositions`: the position of the last change applied per
-  stream, and the stream's snapshot state (:data:`AWAITING`, :data:`LOADING`);
+  stream, the stream's snapshot state (:data:`AWAITING`, :data:`LOADING`) and the
+  echo its last change belongs to;
 - :class:`AbstractDeadLetters`: messages that failed, in state :data:`RETRYING`,
   :data:`DEAD` or :data:`RESOLVED`.
 
@@ -26,7 +27,7 @@ from typing import Any
 
 # -- legacy keys --------------------------------------------------------------------------
 
-PRODUCT, LOT, LINE = "product", "lot", "line"
+PRODUCT, LOT, LINE, ALLOCATION = "product", "lot", "line", "allocation"
 """Key kinds: the legacy rows other rows refer to by integer key."""
 
 KeyIds = Mapping[str, Collection[int]]
@@ -44,6 +45,14 @@ class LegacyLine:
     orderid: str
     sku: str
     qty: int
+
+
+@dataclass(frozen=True)
+class LegacyAllocation:
+    """Which order line an allocation row allocates to which lot (legacy ids)."""
+
+    line_id: int
+    lot_id: int
 
 
 class AbstractLegacyKeys(abc.ABC):
@@ -74,6 +83,15 @@ class AbstractLegacyKeys(abc.ABC):
 
     @abc.abstractmethod
     def forget_line(self, line_id: int) -> None: ...
+
+    @abc.abstractmethod
+    def allocation(self, alloc_id: int) -> LegacyAllocation | None: ...
+
+    @abc.abstractmethod
+    def remember_allocation(self, alloc_id: int, allocation: LegacyAllocation) -> None: ...
+
+    @abc.abstractmethod
+    def forget_allocation(self, alloc_id: int) -> None: ...
 
 
 # -- stream positions ---------------------------------------------------------------------
@@ -117,6 +135,18 @@ class AbstractChangePositions(abc.ABC):
     @abc.abstractmethod
     def snapshot_loaded(self, source: str) -> None:
         """A heartbeat of ``source`` came: its streams are done loading a snapshot."""
+
+    @abc.abstractmethod
+    def echo(self, stream: str) -> str | None:
+        """The legacy transaction id of the echo (a transaction the kit wrote itself,
+        opened by its origin marker) that the stream's last applied change belongs to;
+        None when it belongs to none. Stored with the position, so the rest of an echo
+        split across batches, or redelivered after a crash, is still known as one."""
+
+    @abc.abstractmethod
+    def set_echo(self, stream: str, transaction_id: str | None) -> None:
+        """The stream's last applied change opened (or continues) the echo
+        ``transaction_id``; None: it belongs to no echo."""
 
 
 def stream_of(stream: str, source: str) -> bool:
@@ -254,7 +284,9 @@ class AbstractDecisionLog(abc.ABC):
     Written in the same transaction as the effect of the legacy change judged."""
 
     @abc.abstractmethod
-    def record(self, verdict: Verdict, change_id: str | None) -> None: ...
+    def record(self, verdict: Verdict, change_id: str | None, journal: str | None = None) -> None:
+        """One verdict; ``journal``: the decision's journal entry, kept when given
+        (:mod:`new_domain.ingest.journal`)."""
 
     @abc.abstractmethod
     def unclassified(self) -> None:

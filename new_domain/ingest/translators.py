@@ -2,11 +2,14 @@
 
 A :class:`Translator` turns a parsed change of one legacy table into the commands (and,
 for facts the model cannot take, ``LegacyInvariantViolated`` events) the message bus
-handles, and names the legacy keys its row images hold, by column, so that a batch's
-keys are read ahead in one round trip. A :class:`Recognizer` tells, from the shape of a
-whole legacy transaction, which write decision legacy took in it (for decision
-parity, :mod:`new_domain.ingest.decisions`). :class:`Translators` holds both for one
-legacy system; the legacy shop's is :data:`new_domain.ingest.legacy_shop.LEGACY_SHOP`.
+handles; it names the legacy keys its row images hold, by column, so that a batch's keys
+are read ahead in one round trip, and says which product (sku) a row image is about, so
+that the ownership guard can tell a change to a product the new system owns. A
+:class:`Recognizer` tells, from the shape of a whole legacy transaction, which write
+decision legacy took in it (for decision parity, :mod:`new_domain.ingest.decisions`).
+:class:`Translators` holds both for one legacy system, with the name of the write group
+its products belong to; the legacy shop's is
+:data:`new_domain.ingest.legacy_shop.LEGACY_SHOP`.
 
 The column readers (:func:`int_column`, :func:`str_column`, :func:`date_column`) accept
 row images from PostgreSQL (``to_jsonb``), SQLite (``json_object``), MariaDB and
@@ -39,15 +42,27 @@ class UnknownLegacyRow(LookupError):
 
 Translate = Callable[[LegacyChange, AbstractLegacyKeys], "list[Message]"]
 
+Complete = Callable[[LegacyChange, AbstractLegacyKeys], LegacyChange]
+"""The change with a key-only before image completed from the key maps (Debezium's
+deletes and updates under PostgreSQL's default REPLICA IDENTITY), or as it is."""
+
+RowSku = Callable[[Mapping[str, Any], AbstractLegacyKeys], "str | None"]
+"""The sku of the product a row image is about (the key maps give it for rows that only
+hold a legacy id), or None when it cannot be told."""
+
 
 @dataclass(frozen=True)
 class Translator:
-    """How the changes of one legacy ``table`` become domain messages: ``translate``, and
-    the legacy keys its row images hold (``keys``: column -> key kind)."""
+    """How the changes of one legacy ``table`` become domain messages: ``translate``, the
+    legacy keys its row images hold (``keys``: column -> key kind), and ``sku``: which
+    product a row image is about (None: the table's rows are about no product);
+    ``complete`` fills in a before image that holds only the row's key."""
 
     table: str
     translate: Translate
     keys: Mapping[str, str] = field(default_factory=dict)
+    sku: RowSku | None = None
+    complete: Complete | None = None
 
 
 Shape = frozenset[tuple[str, str]]
@@ -73,21 +88,51 @@ class Recognizer:
 
 
 class Translators:
-    """The registry: one :class:`Translator` per captured table, and the recognisers of
-    the legacy system's write decisions. Changes of a table without a translator are
-    ignored (logged at debug level)."""
+    """The registry: one :class:`Translator` per captured table, the recognisers of the
+    legacy system's write decisions, and ``write_group``: the write group whose
+    ownership decides who owns the products its tables hold (None: no guard). Changes
+    of a table without a translator are ignored (logged at debug level)."""
 
-    def __init__(self, *entries: Translator, recognizers: Sequence[Recognizer] = ()) -> None:
+    def __init__(
+        self,
+        *entries: Translator,
+        recognizers: Sequence[Recognizer] = (),
+        write_group: str | None = None,
+    ) -> None:
         self._by_table = {entry.table: entry for entry in entries}
         self._recognizers = tuple(recognizers)
+        self.write_group = write_group
 
     def with_table(self, entry: Translator) -> Translators:
         """A registry with ``entry`` added (or replacing the table's entry)."""
-        return Translators(*self._by_table.values(), entry, recognizers=self._recognizers)
+        return Translators(
+            *self._by_table.values(),
+            entry,
+            recognizers=self._recognizers,
+            write_group=self.write_group,
+        )
 
     def with_recognizer(self, recognizer: Recognizer) -> Translators:
         """A registry with ``recognizer`` tried before the others."""
-        return Translators(*self._by_table.values(), recognizers=(recognizer, *self._recognizers))
+        return Translators(
+            *self._by_table.values(),
+            recognizers=(recognizer, *self._recognizers),
+            write_group=self.write_group,
+        )
+
+    def skus(self, change: LegacyChange, keys: AbstractLegacyKeys) -> list[str]:
+        """The skus of the products ``change`` touches (its before and after images), as
+        the key maps know them before it; [] when its table holds no product or none
+        can be told (translating it reports an unknown row)."""
+        entry = self._by_table.get(change.table)
+        if entry is None or entry.sku is None:
+            return []
+        found: list[str] = []
+        for image in (change.before, change.after):
+            sku = None if image is None else entry.sku(image, keys)
+            if sku is not None and sku not in found:
+                found.append(sku)
+        return found
 
     def recognize(
         self, transaction: Sequence[LegacyChange], keys: AbstractLegacyKeys
@@ -106,6 +151,14 @@ class Translators:
     @property
     def tables(self) -> list[str]:
         return sorted(self._by_table)
+
+    def complete(self, change: LegacyChange, keys: AbstractLegacyKeys) -> LegacyChange:
+        """``change`` with its before image completed from the key maps as they are
+        now, where its table's translator knows how (see :data:`Complete`)."""
+        entry = self._by_table.get(change.table)
+        if entry is None or entry.complete is None or change.op not in ("u", "d"):
+            return change
+        return entry.complete(change, keys)
 
     def translate(self, change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]:
         """The domain messages for ``change``; updates ``keys`` as a side effect.
@@ -136,7 +189,12 @@ class Translators:
 
 
 def _key(image: Mapping[str, Any] | None, column: str) -> int | None:
-    value = None if image is None else image.get(column)
+    return None if image is None else int_value(image, column)
+
+
+def int_value(row: Mapping[str, Any], column: str) -> int | None:
+    """The row's integer in ``column`` (a digit string too), else None."""
+    value = row.get(column)
     if isinstance(value, int) and not isinstance(value, bool):
         return value
     if isinstance(value, str) and _INT.fullmatch(value.strip()):

@@ -136,7 +136,10 @@ def record_anomaly(event: events.LegacyInvariantViolated, uow: AbstractUnitOfWor
 
 
 def add_to_outbox(
-    event: events.Allocated | events.Deallocated | events.BatchQuantityChanged,
+    event: events.BatchCreated
+    | events.Allocated
+    | events.Deallocated
+    | events.BatchQuantityChanged,
     uow: AbstractUnitOfWork,
 ) -> None:
     with uow:
@@ -177,7 +180,7 @@ def _product(uow: AbstractUnitOfWork, sku: str) -> Product:
 
 
 EVENT_HANDLERS: dict[type[events.Event], list[Callable[..., Any]]] = {
-    events.BatchCreated: [],
+    events.BatchCreated: [add_to_outbox],
     events.Allocated: [add_allocation_to_read_model, add_to_outbox],
     events.Deallocated: [remove_allocation_from_read_model, add_to_outbox],
     events.BatchQuantityChanged: [add_to_outbox],

@@ -4,7 +4,8 @@
 work: the handlers' own ``with uow: ...; uow.commit()`` blocks join it, and the bus
 commits once at the end. So the write model, the read model written by event
 handlers, and any bookkeeping commit together or not at all; an exception from any
-handler propagates and rolls everything back.
+handler propagates and rolls everything back. It returns what the command's handler
+returned (the batch an allocation chose, the moves of a quantity cut ...).
 """
 
 from __future__ import annotations
@@ -34,27 +35,32 @@ class MessageBus:
         self.event_handlers = event_handlers
         self.command_handlers = command_handlers
 
-    def handle(self, message: Message) -> None:
+    def handle(self, message: Message) -> Any:
+        """Handle ``message`` and every event it leads to; the command handler's result."""
+        result: Any = None
         with self.uow:
             queue: list[Message] = [message]
             while queue:
                 current = queue.pop(0)
                 if isinstance(current, Command):
-                    self._handle_command(current)
+                    outcome = self._handle_command(current)
+                    if current is message:
+                        result = outcome
                 elif isinstance(current, Event):
                     self._handle_event(current)
                 else:
                     raise TypeError(f"{current!r} is neither a Command nor an Event")
                 queue.extend(self.uow.collect_new_events())
             self.uow.commit()
+        return result
 
-    def _handle_command(self, command: Command) -> None:
+    def _handle_command(self, command: Command) -> Any:
         logger.debug("handling command %s", command)
         try:
             handler = self.command_handlers[type(command)]
         except KeyError:
             raise LookupError(f"no handler for command {type(command).__name__}") from None
-        handler(command)
+        return handler(command)
 
     def _handle_event(self, event: Event) -> None:
         for handler in self.event_handlers.get(type(event), ()):

@@ -34,6 +34,7 @@ from new_domain.adapters.decisions import SqlAlchemyDecisionLog
 from new_domain.adapters.lag import AbstractProgress, SqlAlchemyProgress
 from new_domain.adapters.legacy_keys import SqlAlchemyLegacyKeys
 from new_domain.adapters.outbox import AbstractOutbox, SqlAlchemyOutbox
+from new_domain.adapters.ownership_records import AbstractWriteOwnership, SqlAlchemyWriteOwnership
 from new_domain.adapters.repository import AbstractRepository, SqlAlchemyRepository
 from new_domain.domain.events import Event
 from new_domain.ingest.ports import (
@@ -56,6 +57,7 @@ class AbstractUnitOfWork(abc.ABC):
     outbox: AbstractOutbox
     progress: AbstractProgress
     decisions: AbstractDecisionLog
+    ownership: AbstractWriteOwnership
 
     change_id: str | None = None
     """``message_id`` of the legacy change being applied (recorded with anomalies and
@@ -159,6 +161,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
     outbox: SqlAlchemyOutbox
     progress: SqlAlchemyProgress
     decisions: SqlAlchemyDecisionLog
+    ownership: SqlAlchemyWriteOwnership
 
     def __init__(self, engine: Engine, *, owns_engine: bool = True) -> None:
         self.engine = engine
@@ -176,6 +179,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
         self.outbox = SqlAlchemyOutbox(self.connection)
         self.progress = SqlAlchemyProgress(self.connection)
         self.decisions = SqlAlchemyDecisionLog(self.connection)
+        self.ownership = SqlAlchemyWriteOwnership(self.connection)
 
     def reading_ahead(self) -> AbstractContextManager[None]:
         ahead: AbstractContextManager[None] = pipelined(self.connection)
@@ -192,6 +196,7 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
             self.outbox.flush()
             self.progress.flush()
             self.decisions.flush()
+            self.ownership.flush()
             self.positions.flush()
 
     def _commit(self) -> None:
