@@ -13,8 +13,12 @@ Public API:
 - :class:`Relay`: publishes captured changes in commit order to the ``legacy.cdc``
   topic exchange with publisher confirms (``run_once``, ``run``), with heartbeats,
   retention and trigger refresh after column changes.
+- :func:`engine_slots`: the replication slots the Debezium engine runs on
+  (:class:`SlotStatus`: in use, confirmed LSN, WAL held).
 - :class:`BridgeError`, :class:`BridgeNotInstalled`, :class:`UnknownTable`.
-- :data:`bridge_cli`: the ``bridge`` command group (``strangler bridge ...``).
+- :data:`bridge_cli`: the ``bridge`` command group (``strangler bridge ...``); its
+  ``run --engine debezium`` captures PostgreSQL from its log, without triggers, with the
+  embedded Debezium engine (:mod:`legacy_bridge.debezium_engine`, the ``debezium`` extra).
 
 Supported legacy databases: PostgreSQL 13+, SQLite, MariaDB 10.3+. The event envelope is
 described by ``docs/schemas/legacy-cdc-change.schema.json``, heartbeats by
@@ -23,6 +27,7 @@ described by ``docs/schemas/legacy-cdc-change.schema.json``, heartbeats by
 
 from legacy_bridge.capture import CapturedTable
 from legacy_bridge.cli import bridge as bridge_cli
+from legacy_bridge.debezium_cli import SlotStatus, engine_slots
 from legacy_bridge.errors import BridgeError, BridgeNotInstalled, UnknownTable
 from legacy_bridge.installer import (
     InstallResult,
@@ -43,12 +48,14 @@ __all__ = [
     "CapturedTable",
     "InstallResult",
     "Relay",
+    "SlotStatus",
     "StopResult",
     "TableSnapshot",
     "UninstallResult",
     "UnknownTable",
     "bridge_cli",
     "bridge_status",
+    "engine_slots",
     "install",
     "snapshot",
     "stop_capture",

@@ -116,6 +116,7 @@ class RelayState:
     last_confirmed_pos: int
     last_confirmed_at: datetime | None = None
     last_captured_at: datetime | None = None
+    relay_seen_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,7 @@ def read_state(conn: Connection) -> RelayState:
         last_confirmed_pos=int(row.last_confirmed_pos),
         last_confirmed_at=row.last_confirmed_at,
         last_captured_at=row.last_captured_at,
+        relay_seen_at=row.relay_seen_at,
     )
 
 
@@ -340,6 +342,11 @@ def _in_commit_order(rows: Sequence[_Pending]) -> list[_Placed]:
     return ordered
 
 
+def mark_seen(conn: Connection, now: datetime) -> None:
+    """Record that a relay is running now (``bridge status`` shows how long ago)."""
+    conn.execute(update(relay_state).values(relay_seen_at=now))
+
+
 def confirm(conn: Connection, pos: int, captured_at: datetime, now: datetime) -> None:
     """Record that the broker confirmed every change up to ``pos``; ``captured_at`` is
     the newest capture time among them."""
@@ -349,6 +356,7 @@ def confirm(conn: Connection, pos: int, captured_at: datetime, now: datetime) ->
         .values(
             last_confirmed_pos=pos,
             last_confirmed_at=now,
+            relay_seen_at=now,
             last_captured_at=case(
                 (relay_state.c.last_captured_at.is_(None), captured_at),
                 (relay_state.c.last_captured_at < captured_at, captured_at),

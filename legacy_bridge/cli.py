@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 import logging
 import signal
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from types import FrameType
 from typing import TypeVar
 
@@ -15,6 +17,14 @@ import click
 from sqlalchemy.exc import ArgumentError, SQLAlchemyError
 
 from broker import Broker, BrokerError, connect, is_in_process
+from legacy_bridge.debezium_cli import (
+    check_engine_supported,
+    debezium_options,
+    engine_settings,
+    run_debezium,
+    slot_status,
+)
+from legacy_bridge.debezium_engine import DEFAULT_SLOT
 from legacy_bridge.errors import BridgeError
 from legacy_bridge.installer import install, stop_capture, uninstall
 from legacy_bridge.relay import (
@@ -26,6 +36,7 @@ from legacy_bridge.relay import (
 from legacy_bridge.retention import DEFAULT_RETENTION_S
 from legacy_bridge.snapshot import DEFAULT_CHUNK_SIZE, Progress, TableSnapshot, snapshot
 from legacy_bridge.status import BridgeStatus, bridge_status
+from legacy_bridge.tables import ALWAYS_CAPTURED
 
 log = logging.getLogger("legacy_bridge")
 
@@ -33,7 +44,7 @@ _LEGACY_DB_URL = click.option(
     "--legacy-db-url",
     envvar="LEGACY_DB_URL",
     required=True,
-    help="SQLAlchemy URL of the legacy database [env LEGACY_DB_URL].",
+    help="SQLAlchemy URL of the legacy database (env LEGACY_DB_URL).",
 )
 _CHUNK_SIZE = click.option(
     "--chunk-size",
@@ -81,8 +92,8 @@ def bridge() -> None:
     default=None,
     metavar="T1,T2",
     help=(
-        "Comma-separated tables to capture [env BRIDGE_TABLES; default: the tables "
-        "captured already; a first install needs them]."
+        "Comma-separated tables to capture (env BRIDGE_TABLES; default: the tables "
+        "captured already; a first install needs them)."
     ),
 )
 @click.option(
@@ -119,7 +130,8 @@ def install_command(
     """Install change capture, or refresh or upgrade it.
 
     Creates the bridge's tables and one capture trigger per table (replacing existing
-    ones). Running it again keeps the install id, the checkpoint and pending changes.
+    ones); the origin marker table strangler_origin is always captured too. Running it
+    again keeps the install id, the checkpoint and pending changes.
     A running relay picks up a changed --notify when restarted.
     """
     names = _table_names(tables)
@@ -137,7 +149,8 @@ def install_command(
     if result.notify:
         click.echo("  the triggers notify the relay at commit (LISTEN/NOTIFY)")
     if take_snapshot:
-        _snapshot(legacy_db_url, [t.name for t in result.tables], chunk_size, restart=False)
+        named = [t.name for t in result.tables if t.name not in ALWAYS_CAPTURED]
+        _snapshot(legacy_db_url, named, chunk_size, restart=False)
 
 
 @bridge.command("snapshot")
@@ -162,15 +175,36 @@ def snapshot_command(
     _snapshot(legacy_db_url, _table_names(tables), chunk_size, restart)
 
 
-def _snapshot(legacy_db_url: str, names: list[str] | None, chunk_size: int, restart: bool) -> None:
-    def bar(table: str, estimate: int | None, done: int) -> Progress:
-        from tqdm import tqdm
+class ChunkLog:
+    """Progress of one table's snapshot as one log line per chunk (output not a terminal)."""
 
-        total = None if estimate is None else max(estimate, done)
-        shown: Progress = tqdm(
-            total=total, initial=done, desc=table, unit="row", disable=None, leave=False
-        )
-        return shown
+    def __init__(self, table: str, estimate: int | None, done: int) -> None:
+        self.table = table
+        self.total = None if estimate is None else max(estimate, done)
+        self.done = done
+
+    def update(self, n: int) -> None:
+        self.done += n
+        of = "" if self.total is None else f" of about {self.total}"
+        log.info("snapshot of %s: %d rows read%s", self.table, self.done, of)
+
+    def close(self) -> None:
+        return None
+
+
+def progress_display(table: str, estimate: int | None, done: int) -> Progress:
+    """A progress bar (tqdm) on a terminal, else a log line per chunk."""
+    if not sys.stderr.isatty():
+        return ChunkLog(table, estimate, done)
+    from tqdm import tqdm
+
+    total = None if estimate is None else max(estimate, done)
+    shown: Progress = tqdm(total=total, initial=done, desc=table, unit="row", leave=False)
+    return shown
+
+
+def _snapshot(legacy_db_url: str, names: list[str] | None, chunk_size: int, restart: bool) -> None:
+    bar = progress_display
 
     results: list[TableSnapshot] = _guarded(
         lambda: snapshot(legacy_db_url, names, chunk_size=chunk_size, restart=restart, progress=bar)
@@ -188,14 +222,35 @@ def _snapshot(legacy_db_url: str, names: list[str] | None, chunk_size: int, rest
 
 @bridge.command("status")
 @click.option("--json", "as_json", is_flag=True, help="Print the status as JSON.")
+@click.option(
+    "--engine",
+    type=click.Choice(["triggers", "debezium"]),
+    default="triggers",
+    show_default=True,
+    help="debezium: the replication slot of 'bridge run --engine debezium'.",
+)
+@click.option("--slot", default=DEFAULT_SLOT, show_default=True, help="Debezium: the slot.")
 @_LEGACY_DB_URL
-def status_command(as_json: bool, legacy_db_url: str) -> None:
-    """Show pending changes, checkpoint and throughput.
+def status_command(as_json: bool, engine: str, slot: str, legacy_db_url: str) -> None:
+    """Show whether a relay runs, pending changes, checkpoint and throughput.
 
-    Pending changes (and the oldest one's age), the last confirmed position, changes
+    Whether a relay is running (it records itself every 5 s: not seen for 15 s, it is not),
+    pending changes (and the oldest one's age), the last confirmed position, changes
     published in the last minute, and the progress of snapshots. Exits with status 1 when
     change capture is not installed.
+
+    With --engine debezium: the replication slot (in use or not, the LSN Debezium
+    confirmed, the WAL it holds) and the publication's tables; exits with status 1 when
+    the slot does not exist.
     """
+    if engine == "debezium":
+        check_engine_supported(legacy_db_url)
+        found = _guarded(lambda: slot_status(legacy_db_url, slot, slot))
+        if as_json:
+            click.echo(json.dumps(asdict(found), indent=2))
+        else:
+            click.echo("\n".join(found.lines()))
+        return
     status: BridgeStatus = _guarded(lambda: bridge_status(legacy_db_url))
     if as_json:
         click.echo(json.dumps(status.as_dict(), indent=2))
@@ -207,6 +262,7 @@ def status_command(as_json: bool, legacy_db_url: str) -> None:
         f"(install id {status.install_id}, server name {status.server_name!r})"
     )
     click.echo(f"  captured tables:        {', '.join(status.tables) or '(none)'}")
+    click.echo(f"  relay:                  {status.relay_line()}")
     click.echo(
         f"  pending changes:        {status.pending}"
         + ("" if age is None else f" (oldest captured {age:.1f} s ago)")
@@ -261,10 +317,21 @@ def uninstall_command(tables: str | None, force: bool, legacy_db_url: str) -> No
 @bridge.command("run")
 @_LEGACY_DB_URL
 @click.option(
+    "--engine",
+    type=click.Choice(["triggers", "debezium"]),
+    default="triggers",
+    show_default=True,
+    help=(
+        "triggers: relay what the capture triggers recorded (SQLite, PostgreSQL, MariaDB). "
+        "debezium: capture from PostgreSQL's log with the embedded Debezium engine, no "
+        "triggers (wal_level=logical; the 'debezium' extra and Java 17)."
+    ),
+)
+@click.option(
     "--broker-url",
     envvar="BROKER_URL",
     required=True,
-    help="amqp:// URL of RabbitMQ [env BROKER_URL].",
+    help="amqp:// URL of RabbitMQ (env BROKER_URL).",
 )
 @click.option(
     "--batch-size",
@@ -276,11 +343,11 @@ def uninstall_command(tables: str | None, force: bool, legacy_db_url: str) -> No
 @click.option(
     "--poll-interval",
     type=click.FloatRange(min=0.0),
-    default=0.2,
-    show_default=True,
+    default=None,
     help=(
         "Longest wait for new changes when idle; soon after changes the relay looks every "
-        "few ms (or wakes at once on NOTIFY, see 'bridge install --notify')."
+        "few ms (or wakes at once on NOTIFY, see 'bridge install --notify') [default: 0.2]. "
+        "Debezium: its poll.interval.ms, in seconds [default: 0.02]."
     ),
 )
 @click.option(
@@ -304,17 +371,34 @@ def uninstall_command(tables: str | None, force: bool, legacy_db_url: str) -> No
     help="Seconds a confirmed change stays in the change table before it is pruned.",
 )
 @click.option("--once", is_flag=True, help="Publish what is pending now, then exit.")
+@click.option(
+    "--metrics-port",
+    type=click.IntRange(0, 65535),
+    default=None,
+    help="Serve Prometheus metrics on this port.",
+)
+@debezium_options
 def run_command(
     legacy_db_url: str,
+    engine: str,
     broker_url: str,
     batch_size: int,
-    poll_interval: float,
+    poll_interval: float | None,
     exchange: str,
     heartbeat_interval: float,
     retention: float,
     once: bool,
+    metrics_port: int | None,
+    **debezium: str | None,
 ) -> None:
-    """Relay captured changes to the legacy.cdc exchange until SIGTERM/SIGINT."""
+    """Relay captured changes to the legacy.cdc exchange until SIGTERM/SIGINT.
+
+    With --engine debezium: capture with Debezium from PostgreSQL's log instead (a
+    publication and a replication slot, no triggers; see docs/debezium.md), publishing
+    with confirms and storing Debezium's offsets only after the broker confirmed.
+    """
+    if engine == "debezium":
+        check_engine_supported(legacy_db_url)
     if is_in_process(broker_url):
         raise click.ClickException(
             "--broker-url memory:// only reaches this process: use an amqp:// URL "
@@ -323,9 +407,27 @@ def run_command(
     if not broker_url.startswith(("amqp://", "amqps://")):
         raise click.UsageError("--broker-url must be an amqp:// or amqps:// URL")
 
+    if metrics_port is not None:
+        from prometheus_client import start_http_server
+
+        start_http_server(metrics_port)
+
     def broker_factory() -> Broker:
         return connect(broker_url)
 
+    if engine == "debezium":
+        if once:
+            raise click.UsageError("--once applies to --engine triggers")
+        settings = engine_settings(
+            legacy_db_url, batch_size, poll_interval, heartbeat_interval, debezium
+        )
+        _guarded(lambda: run_debezium(settings, broker_factory, exchange, _stop_on_signals))
+        return
+    for option, value in debezium.items():
+        if value is not None and option != "tables":
+            name = option.replace("_", "-")
+            raise click.UsageError(f"--{name} applies to --engine debezium")
+    poll_interval = 0.2 if poll_interval is None else poll_interval
     try:
         relay = Relay(
             legacy_db_url,
@@ -363,7 +465,6 @@ def _drain(relay: Relay) -> int:
 def _run_until_signalled(relay: Relay, poll_interval: float) -> None:
     stop = threading.Event()
     with _stop_on_signals(stop):
-        log.info("relaying captured changes to exchange %r", relay.exchange)
         relay.run(stop, poll_interval=poll_interval)
     log.info("relay stopped after publishing %d changes", relay.throughput.total)
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Table, insert, inspect, select, update
 from sqlalchemy.engine import Connection, Engine
+from tenacity import Retrying, retry_if_exception, stop_after_attempt, wait_random_exponential
 
 from legacy_bridge.capture import CapturedTable, dialect_for
 from legacy_bridge.change_log import backlog
@@ -17,6 +18,7 @@ from legacy_bridge.registry import forget, record, reflect, registered
 from legacy_bridge.tables import (
     ADDED_CHANGE_COLUMNS,
     ADDED_STATE_COLUMNS,
+    ALWAYS_CAPTURED,
     BRIDGE_TABLES,
     CAPTURE_TABLE,
     CHANGE_TABLE,
@@ -65,7 +67,8 @@ def install(
     stopped comes back only when named. Raises :class:`BridgeError` without ``tables`` when
     nothing is captured yet: the bridge knows no table names of its own.
     Creates the bridge's tables if missing (adding columns an older install lacks), then
-    replaces the row triggers of each table and records its columns. A re-install keeps
+    replaces the row triggers of each table and records its columns. The origin marker
+    table ``strangler_origin`` is captured too, always, after the named tables. A re-install keeps
     the install id, the checkpoint and every captured change; it updates the server name
     stamped on future events. Raises :class:`UnknownTable` before changing anything if a
     table cannot be captured. One transaction on PostgreSQL and SQLite; on MariaDB DDL
@@ -82,36 +85,65 @@ def install(
         raise UnknownTable("no tables to capture")
     engine, owned = make_engine(legacy_db_url)
     try:
-        with engine.begin() as conn:
-            dialect = dialect_for(conn)
-            if notify and not dialect.notifies:
-                raise BridgeError(
-                    f"--notify needs PostgreSQL; on {dialect.connector} the relay polls"
-                )
-            schema = dialect.schema_name(conn)
-            names = tuple(tables) if tables is not None else _captured(conn, schema)
-            captured = [reflect(conn, name, schema) for name in dict.fromkeys(names)]
-            for table in BRIDGE_TABLES:
-                table.create(conn, checkfirst=True)
-            _add_missing_columns(conn, change, ADDED_CHANGE_COLUMNS, schema)
-            _add_missing_columns(conn, relay_state, ADDED_STATE_COLUMNS, schema)
-            install_id, created, notifying = _ensure_state(conn, server_name, notify)
-            dialect.install_support(conn, notify=notifying)
-            installed = dialect.install_triggers(conn, captured)
-            record(conn, dialect, installed)
-            return InstallResult(
-                install_id=install_id,
-                server_name=server_name,
-                connector=dialect.connector,
-                database=dialect.database_name(conn),
-                schema=schema,
-                tables=tuple(installed),
-                created=created,
-                notify=notifying,
-            )
+        # the triggers' DDL locks the captured tables one after another while the relay
+        # and legacy work on them: the database may end the install as a deadlock victim;
+        # the install is one transaction (PostgreSQL, SQLite) or completes on a re-run
+        # (MariaDB), so it is simply run again
+        retrying = Retrying(
+            retry=retry_if_exception(is_deadlock),
+            wait=wait_random_exponential(multiplier=0.05, max=1.0),
+            stop=stop_after_attempt(DEADLOCK_ATTEMPTS),
+            reraise=True,
+        )
+        return retrying(_install, engine, tables, server_name, notify)
     finally:
         if owned:
             engine.dispose()
+
+
+DEADLOCK_ATTEMPTS = 5
+
+
+def is_deadlock(error: BaseException) -> bool:
+    """The database chose this transaction as a deadlock's victim (PostgreSQL's 40P01,
+    MariaDB's 1213)."""
+    orig = getattr(error, "orig", None)
+    if getattr(orig, "sqlstate", None) == "40P01":
+        return True
+    args: tuple[object, ...] = tuple(getattr(orig, "args", ()))
+    return len(args) > 0 and args[0] == 1213
+
+
+def _install(
+    engine: Engine, tables: Sequence[str] | None, server_name: str, notify: bool | None
+) -> InstallResult:
+    with engine.begin() as conn:
+        dialect = dialect_for(conn)
+        if notify and not dialect.notifies:
+            raise BridgeError(f"--notify needs PostgreSQL; on {dialect.connector} the relay polls")
+        schema = dialect.schema_name(conn)
+        names = tuple(tables) if tables is not None else _captured(conn, schema)
+        _check_tables(conn, names, schema)
+        for table in BRIDGE_TABLES:
+            table.create(conn, checkfirst=True)
+        names = (*names, *ALWAYS_CAPTURED)
+        captured = [reflect(conn, name, schema) for name in dict.fromkeys(names)]
+        _add_missing_columns(conn, change, ADDED_CHANGE_COLUMNS, schema)
+        _add_missing_columns(conn, relay_state, ADDED_STATE_COLUMNS, schema)
+        install_id, created, notifying = _ensure_state(conn, server_name, notify)
+        dialect.install_support(conn, notify=notifying)
+        installed = dialect.install_triggers(conn, captured)
+        record(conn, dialect, installed)
+        return InstallResult(
+            install_id=install_id,
+            server_name=server_name,
+            connector=dialect.connector,
+            database=dialect.database_name(conn),
+            schema=schema,
+            tables=tuple(installed),
+            created=created,
+            notify=notifying,
+        )
 
 
 def uninstall(legacy_db_url: str | Engine, force: bool = False) -> UninstallResult:
@@ -193,13 +225,19 @@ def stop_capture(legacy_db_url: str | Engine, tables: Sequence[str]) -> StopResu
                     "install')"
                 )
             captured = [entry.table.name for entry in registered(conn, schema)]
+            kept = [name for name in names if name in ALWAYS_CAPTURED]
+            if kept:
+                raise BridgeError(
+                    f"{', '.join(kept)} is always captured: back-sync's origin markers must "
+                    "travel with their transactions (docs/write-path.md)"
+                )
             unknown = [name for name in names if name not in captured]
             if unknown:
                 raise UnknownTable(
                     f"not captured: {', '.join(unknown)} (captured: {', '.join(captured)})"
                 )
             remaining = tuple(name for name in captured if name not in names)
-            if not remaining:
+            if not [name for name in remaining if name not in ALWAYS_CAPTURED]:
                 raise BridgeError(
                     "that would leave no table captured: run 'strangler bridge uninstall' "
                     "without --tables to remove change capture entirely"
@@ -216,10 +254,18 @@ def stop_capture(legacy_db_url: str | Engine, tables: Sequence[str]) -> StopResu
             engine.dispose()
 
 
+def _check_tables(conn: Connection, names: Sequence[str], schema: str | None) -> None:
+    """Raise :class:`UnknownTable` before anything is created if a legacy table named
+    cannot be captured (the bridge's own tables other than the origin marker included)."""
+    for name in names:
+        if name not in ALWAYS_CAPTURED:
+            reflect(conn, name, schema)
+
+
 def _captured(conn: Connection, schema: str | None) -> tuple[str, ...]:
     if inspect(conn).has_table(CAPTURE_TABLE, schema=schema):
         names = tuple(entry.table.name for entry in registered(conn, schema))
-        if names:
+        if [name for name in names if name not in ALWAYS_CAPTURED]:
             return names
     raise BridgeError(
         "no tables to capture: nothing is captured yet, name them with --tables T1,T2 "

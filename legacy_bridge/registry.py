@@ -12,7 +12,7 @@ from sqlalchemy.engine import Connection
 
 from legacy_bridge.capture import CaptureDialect, CapturedTable, Signature
 from legacy_bridge.errors import UnknownTable
-from legacy_bridge.tables import PREFIX, capture
+from legacy_bridge.tables import ALWAYS_CAPTURED, PREFIX, capture
 
 
 @dataclass(frozen=True)
@@ -48,7 +48,8 @@ def forget(conn: Connection, name: str) -> None:
 
 
 def registered(conn: Connection, schema: str | None) -> list[Registered]:
-    """Every captured table, in install order, with its current columns."""
+    """Every captured table, in install order (the origin marker last), with its current
+    columns."""
     inspector = inspect(conn)
     found = []
     rows = conn.execute(select(capture).order_by(capture.c.ordinal, capture.c.table_name))
@@ -63,12 +64,13 @@ def registered(conn: Connection, schema: str | None) -> list[Registered]:
                 tuple((str(c), str(k)) for c, k in json.loads(row.signature)),
             )
         )
+    found.sort(key=lambda entry: entry.table.name in ALWAYS_CAPTURED)  # stable
     return found
 
 
 def reflect(conn: Connection, name: str, schema: str | None) -> CapturedTable:
     """``name`` as a table that can be captured, or :class:`UnknownTable`."""
-    if name.startswith(PREFIX):
+    if name.startswith(PREFIX) and name not in ALWAYS_CAPTURED:
         raise UnknownTable(f"table {name!r} belongs to the bridge and cannot be captured")
     inspector = inspect(conn)
     if not inspector.has_table(name, schema=schema):

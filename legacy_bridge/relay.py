@@ -32,7 +32,8 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from tenacity import RetryCallState, Retrying, retry_if_exception, wait_exponential
 
-from broker import Broker, BrokerError
+from broker import Broker, BrokerError, BrokerRefused
+from legacy_bridge import metrics
 from legacy_bridge.capture import CaptureDialect, dialect_for
 from legacy_bridge.change_log import (
     Change,
@@ -41,6 +42,7 @@ from legacy_bridge.change_log import (
     check_installed,
     claim,
     confirm,
+    mark_seen,
     read_state,
     unconfirmed,
 )
@@ -58,11 +60,15 @@ DEFAULT_EXCHANGE = "legacy.cdc"
 DEFAULT_BATCH_SIZE = 1000
 DEFAULT_HEARTBEAT_INTERVAL_S = 5.0
 DEFAULT_MAINTENANCE_INTERVAL_S = 5.0
+SEEN_INTERVAL_S = 5.0
+"""How often a running relay records that it runs (``relay_seen_at``)."""
 
 
 def is_transient(error: BaseException) -> bool:
     """True for failures that a retry may cure: broker or database unreachable, a lock
     or serialization conflict."""
+    if isinstance(error, BrokerRefused):
+        return False  # credentials, virtual host or URL: waiting does not change them
     if isinstance(error, BrokerError | sa_exc.OperationalError | sa_exc.InterfaceError):
         return True
     if isinstance(error, sa_exc.TimeoutError):
@@ -119,6 +125,7 @@ class Relay:
         self._schema: str | None = None
         self._last_sent = time.monotonic()
         self._resends_possible = True  # claimed rows may wait unconfirmed (a crash)
+        self._broker_lost = False  # a broker failure dropped the connection: log the next
         self.throughput = ThroughputLog(log)
 
     @property
@@ -168,6 +175,7 @@ class Relay:
         self._resends_possible = len(batch) == self._batch_size
         self._last_sent = time.monotonic()
         self.throughput.record(len(batch), batch[-1].pos)
+        metrics.CHANGES_PUBLISHED.inc(len(batch))
         return len(batch)
 
     def heartbeat(self) -> None:
@@ -183,6 +191,7 @@ class Relay:
             state.last_confirmed_pos,
         )
         broker.publish(self._exchange, [message])
+        metrics.HEARTBEATS_PUBLISHED.inc()
         self._last_sent = time.monotonic()
 
     def maintain(self) -> None:
@@ -217,9 +226,21 @@ class Relay:
             reraise=True,
         )
         wakeup = wakeup_for(self._engine)
-        next_maintenance = 0.0
-        self._last_sent = time.monotonic()
+        next_maintenance = next_seen = 0.0
         try:
+            # ready only once capture is installed and the broker took the exchange: a
+            # relay that cannot work fails here, before it says it is relaying
+            try:
+                retrying(self._prepare)
+                retrying(self._ready_broker)
+            except Exception as error:
+                if is_transient(error) and stop.is_set():
+                    return
+                raise
+            if stop.is_set():
+                return
+            log.info("relaying captured changes to exchange %r", self._exchange)
+            self._last_sent = time.monotonic()
             wakeup.listen()
             while not stop.is_set():
                 try:
@@ -229,6 +250,9 @@ class Relay:
                     published = retrying(self.run_once)
                     if not published and self._heartbeat_due() and not stop.is_set():
                         retrying(self.heartbeat)
+                    if time.monotonic() >= next_seen:
+                        next_seen = time.monotonic() + SEEN_INTERVAL_S
+                        retrying(self._mark_seen)
                 except Exception as error:
                     if is_transient(error) and stop.is_set():
                         break
@@ -259,6 +283,10 @@ class Relay:
             if is_transient(error):
                 raise
             log.error("maintenance failed: %s", f"{type(error).__name__}: {error}".splitlines()[0])
+
+    def _mark_seen(self) -> None:
+        with self._engine.begin() as conn:
+            mark_seen(conn, datetime.now(UTC))
 
     def _heartbeat_due(self) -> bool:
         interval = self._heartbeat_interval
@@ -300,6 +328,9 @@ class Relay:
             self._broker = self._broker_factory()
             self._owns_broker = True
             self._declared = False
+            if self._broker_lost:
+                self._broker_lost = False
+                log.info("reconnected to the broker")
         if not self._declared:
             self._broker.declare_exchange(
                 self._exchange, alternate_exchange=f"{self._exchange}.unrouted"
@@ -324,4 +355,5 @@ class Relay:
         summary = f"{type(error).__name__}: {error}".splitlines()[0]
         log.warning("%s unavailable (%s); retrying in %.1f s", what, summary, delay)
         if isinstance(error, BrokerError) and self._broker_factory is not None:
+            self._broker_lost = self._broker_lost or self._broker is not None
             self._drop_broker()

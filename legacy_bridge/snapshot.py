@@ -58,7 +58,7 @@ from legacy_bridge.change_log import check_installed
 from legacy_bridge.database import make_engine
 from legacy_bridge.errors import UnknownTable
 from legacy_bridge.registry import registered
-from legacy_bridge.tables import CHANGE_TABLE, change, snapshot_progress
+from legacy_bridge.tables import ALWAYS_CAPTURED, CHANGE_TABLE, change, snapshot_progress
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,8 @@ def snapshot(
     progress: ProgressFactory | None = None,
     attempts: int = 200,
 ) -> list[TableSnapshot]:
-    """Snapshot ``tables`` (default: every captured table, in install order).
+    """Snapshot ``tables`` (default: every captured table, in install order, except the
+    origin marker table, whose rows only mean something inside their transactions).
 
     A table whose snapshot is done is skipped unless ``restart``; an interrupted one
     continues where it stopped. A chunk that meets a locked row or a lost connection is
@@ -118,7 +119,14 @@ def snapshot(
             check_installed(conn, schema)
             known = {r.table.name: r.table for r in registered(conn, schema)}
         names = list(tables) if tables is not None else list(known)
+        if tables is None:
+            names = [name for name in names if name not in ALWAYS_CAPTURED]
         for name in names:
+            if name in ALWAYS_CAPTURED:
+                raise UnknownTable(
+                    f"table {name!r} holds origin markers of transactions, not legacy "
+                    "state: it is not snapshotted"
+                )
             if name not in known:
                 raise UnknownTable(
                     f"table {name!r} is not captured: run 'strangler bridge install "

@@ -16,6 +16,8 @@ from legacy_bridge.registry import registered
 from legacy_bridge.tables import change, snapshot_progress
 
 THROUGHPUT_WINDOW_S = 60.0
+RELAY_GONE_AFTER_S = 15.0
+"""A relay not seen for this long is not running (it records itself every 5 s)."""
 
 
 @dataclass(frozen=True)
@@ -43,6 +45,30 @@ class BridgeStatus:
     """Changes claimed in the last minute and confirmed since."""
     window_s: float = THROUGHPUT_WINDOW_S
     snapshots: tuple[SnapshotState, ...] = field(default=())
+    relay_seen_age_s: float | None = None
+    """Seconds since a running relay last recorded itself (None: never)."""
+
+    @property
+    def relay_running(self) -> bool:
+        """A relay recorded itself within the last ``RELAY_GONE_AFTER_S`` seconds."""
+        age = self.relay_seen_age_s
+        return age is not None and age <= RELAY_GONE_AFTER_S
+
+    def relay_line(self) -> str:
+        age = self.relay_seen_age_s
+        if age is None:
+            return "not running (never seen: start 'strangler bridge run')"
+        if self.relay_running:
+            return f"running (last seen {age:.0f} s ago)"
+        return f"not running (last seen {_duration(age)} ago: start 'strangler bridge run')"
+
+    def snapshot_line(self) -> str:
+        if not self.snapshots:
+            return "none taken"
+        return ", ".join(
+            f"{s.table} {'done' if s.done else 'in progress'} ({s.rows_read} rows)"
+            for s in self.snapshots
+        )
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -59,6 +85,8 @@ class BridgeStatus:
             else _utc(self.last_confirmed_at).isoformat(),
             "published_last_minute": self.published_recently,
             "throughput_per_s": round(self.published_recently / self.window_s, 2),
+            "relay_running": self.relay_running,
+            "relay_seen_age_s": self.relay_seen_age_s,
             "snapshots": [
                 {"table": s.table, "rows_read": s.rows_read, "done": s.done} for s in self.snapshots
             ],
@@ -107,6 +135,9 @@ def bridge_status(legacy_db: str | Engine, now: datetime | None = None) -> Bridg
                 last_confirmed_at=state.last_confirmed_at,
                 published_recently=int(recent),
                 snapshots=snapshots,
+                relay_seen_age_s=None
+                if state.relay_seen_at is None
+                else max(0.0, (now - _utc(state.relay_seen_at)).total_seconds()),
             )
     finally:
         if owned:
@@ -115,3 +146,11 @@ def bridge_status(legacy_db: str | Engine, now: datetime | None = None) -> Bridg
 
 def _utc(moment: datetime) -> datetime:
     return moment.replace(tzinfo=UTC) if moment.tzinfo is None else moment
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"

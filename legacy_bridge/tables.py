@@ -10,6 +10,10 @@
 - ``strangler_capture``: one row per captured table: its primary key and the column
   signature its triggers were built for (to notice added or dropped columns).
 - ``strangler_snapshot_progress``: one row per table being (or done being) snapshotted.
+- ``strangler_origin``: the origin marker (see docs/write-path.md). Back-sync inserts one
+  row first in every legacy transaction it commits (``kind`` ``decision`` or ``fence``);
+  it is captured like the legacy tables, always, so a marker travels with its
+  transaction's changes. The bridge only creates and captures it.
 
 Each dialect may add its own helper objects (all named ``strangler_...``).
 """
@@ -28,6 +32,7 @@ from sqlalchemy import (
     String,
     Table,
     Text,
+    func,
     text,
 )
 from sqlalchemy.dialects import mysql
@@ -37,6 +42,7 @@ CHANGE_TABLE = "strangler_change"
 STATE_TABLE = "strangler_relay_state"
 CAPTURE_TABLE = "strangler_capture"
 PROGRESS_TABLE = "strangler_snapshot_progress"
+ORIGIN_TABLE = "strangler_origin"
 PREFIX = "strangler_"
 """Every object the bridge installs (tables, triggers, functions) starts with this."""
 POS_INDEX = "ix_strangler_change_pos"
@@ -85,11 +91,12 @@ relay_state = Table(
     Column("last_confirmed_at", _time, nullable=True),
     Column("last_captured_at", _time, nullable=True),
     Column("notify", Boolean, nullable=True),  # NULL (an upgraded install): False
+    Column("relay_seen_at", _time, nullable=True),  # a running relay writes it every few s
     mysql_charset="utf8mb4",
     mariadb_charset="utf8mb4",
 )
 
-ADDED_STATE_COLUMNS = ("last_confirmed_at", "last_captured_at", "notify")
+ADDED_STATE_COLUMNS = ("last_confirmed_at", "last_captured_at", "notify", "relay_seen_at")
 
 capture = Table(
     CAPTURE_TABLE,
@@ -116,4 +123,25 @@ snapshot_progress = Table(
     mariadb_charset="utf8mb4",
 )
 
-BRIDGE_TABLES = (change, relay_state, capture, snapshot_progress)
+origin = Table(
+    ORIGIN_TABLE,
+    metadata,
+    Column("origin_id", Integer, primary_key=True, autoincrement=True),
+    Column("kind", String(16), nullable=False),  # decision | fence
+    Column("group_name", String(64), nullable=False),
+    Column("epoch", Integer, nullable=True),
+    Column("decision_id", String(64), nullable=True),
+    Column("route", String(64), nullable=True),
+    Column("sku", String(255), nullable=True),
+    Column("summary", String(1000), nullable=True),
+    Column("written_at", _time, nullable=False, server_default=func.current_timestamp()),
+    sqlite_autoincrement=True,
+    mysql_charset="utf8mb4",
+    mariadb_charset="utf8mb4",
+)
+
+BRIDGE_TABLES = (change, relay_state, capture, snapshot_progress, origin)
+"""Created by install (in this order) and dropped by uninstall."""
+
+ALWAYS_CAPTURED = (ORIGIN_TABLE,)
+"""The bridge's tables captured like legacy tables, whatever ``--tables`` names."""
