@@ -5,7 +5,10 @@ with the shared ``ADMIN_TOKEN`` or one operator's named token (``ADMIN_TOKENS``,
 ``name:token,...``); a request without a valid token gets 401 and changes nothing.
 Without a configured token the admin API is off: its paths answer 404. The document of
 these endpoints is ``skeleton_app.openapi.DOCUMENT`` (served at
-``/_strangler/openapi.json``).
+``/_strangler/openapi.json``). The pipeline's endpoints (``pipeline``, ``dead-letters``,
+``dead-letters/replay``, ``anomalies``: what the operator console shows) read it through
+``Facade.operations`` (built by the composition root); without it they are off (404),
+and a part it cannot reach is a 503 saying which.
 
 Who acted comes from the credential: a named token's name is recorded as ``by`` (a
 claimed ``by`` is ignored); with the shared token the audit says so and shows the claimed
@@ -17,24 +20,31 @@ most 32 deep): anything else is a 400.
 from __future__ import annotations
 
 import hmac
+import logging
 from collections.abc import Callable, Mapping
 from typing import Any
 
 from flask import Response, jsonify, request
-from werkzeug.exceptions import BadRequest, RequestEntityTooLarge
+from sqlalchemy.exc import SQLAlchemyError
+from werkzeug.exceptions import BadRequest, NotFound, RequestEntityTooLarge
 
-from skeleton_app.errors import json_error
+from skeleton_app.errors import json_error, printable
 from skeleton_app.facade import Facade
+from skeleton_app.operations import Operations, OperationsUnavailable
 from skeleton_app.patterns import RESERVED_PREFIX, RouteError, has_control_characters
 from skeleton_app.routes_table import (
     MAX_BY,
     MAX_REASON,
     AuditEntry,
+    Change,
     CutoverRefused,
     Route,
     RouteNotFound,
 )
 from skeleton_app.shadow_results import AA, SHADOW, Parity, StoredResult
+from skeleton_app.write_path import Ownership
+
+log = logging.getLogger(__name__)
 
 View = Callable[[Facade], Response]
 
@@ -110,8 +120,12 @@ def admin_off() -> Response:
 # -- JSON shapes -----------------------------------------------------------------------
 
 
-def route_json(route: Route, parity: Parity, noise: Parity) -> dict[str, Any]:
-    return {
+def route_json(
+    route: Route, parity: Parity, noise: Parity, ownership: Ownership | None = None
+) -> dict[str, Any]:
+    """A route; a route of a write group also names its ``group`` and the group's
+    ``ownership`` (None: unreadable)."""
+    shown = {
         "method": route.method,
         "pattern": route.pattern,
         "mode": route.mode.value,
@@ -123,6 +137,23 @@ def route_json(route: Route, parity: Parity, noise: Parity) -> dict[str, Any]:
         "reason": route.reason,
         "parity": parity.to_dict(),
         "noise": noise.to_dict(),
+    }
+    if route.group is not None:
+        shown["group"] = route.group
+        shown["ownership"] = None if ownership is None else ownership_json(ownership)
+    return shown
+
+
+def ownership_json(ownership: Ownership) -> dict[str, Any]:
+    """A write group's ownership: its rule, the rule it replaces while ``moving``, epoch."""
+    return {
+        "group": ownership.group,
+        "rule": str(ownership.rule),
+        "previous_rule": None if ownership.previous_rule is None else str(ownership.previous_rule),
+        "epoch": ownership.epoch,
+        "state": str(ownership.state),
+        "changed_at": ownership.changed_at.isoformat() if ownership.changed_at else None,
+        "changed_by": ownership.changed_by,
     }
 
 
@@ -157,17 +188,41 @@ def result_json(result: StoredResult) -> dict[str, Any]:
     }
 
 
-def routes_with_parity(facade: Facade) -> list[dict[str, Any]]:
-    shadow = facade.results.parity_by_route(SHADOW)
+def routes_with_parity(facade: Facade, verdicts: bool = False) -> list[dict[str, Any]]:
+    """Every route with its parity (shadow results after its last move back to legacy,
+    as the gate counts them) and noise; with ``verdicts`` also ``gate``: what the cutover
+    gate says now about letting new answer its clients (``passed``, ``summary``; None
+    without a gate)."""
+    shadow = facade.results.parity_by_route(SHADOW, fresh_since=facade.table.moves_to_legacy())
     noise = facade.results.parity_by_route(AA)
-    return [
-        route_json(
+    ownerships = facade.table.ownerships() if facade.table.groups else {}
+    shown = []
+    for r in facade.table.list():
+        route = route_json(
             r,
             shadow.get((r.method, r.pattern), Parity()),
             noise.get((r.method, r.pattern), Parity()),
+            None if r.group is None else ownerships.get(r.group),
         )
-        for r in facade.table.list()
-    ]
+        if verdicts:
+            verdict = facade.table.verdict(r.method, r.pattern)
+            route["gate"] = (
+                None if verdict is None else {"passed": verdict.passed, "summary": verdict.summary}
+            )
+        shown.append(route)
+    return shown
+
+
+def groups_json(facade: Facade) -> dict[str, Any]:
+    """Every write group: its routes and its ownership."""
+    ownerships = facade.table.ownerships() if facade.table.groups else {}
+    return {
+        name: {
+            "routes": [{"method": m, "pattern": p} for m, p in group.routes],
+            "ownership": ownership_json(ownerships[name]) if name in ownerships else None,
+        }
+        for name, group in sorted(facade.table.groups.items())
+    }
 
 
 # -- views -----------------------------------------------------------------------------
@@ -176,7 +231,8 @@ def routes_with_parity(facade: Facade) -> list[dict[str, Any]]:
 def list_routes(facade: Facade) -> Response:
     return jsonify(
         {
-            "routes": routes_with_parity(facade),
+            "routes": routes_with_parity(facade, verdicts=True),
+            "groups": groups_json(facade),
             "decision_parity": facade.new_system.decision_parity(),
         }
     )
@@ -196,7 +252,7 @@ def set_route(facade: Facade) -> Response:
     force = bool(_field(body, "force", bool))
     options = _options(body.get("options"))
     try:
-        route = facade.table.set(
+        change = facade.table.change(
             method,
             pattern,
             mode,
@@ -218,10 +274,36 @@ def set_route(facade: Facade) -> Response:
         return response
     except RouteError as exc:
         raise BadRequest(str(exc)) from None
+    return jsonify(change_json(facade, change, method, pattern))
+
+
+def change_json(facade: Facade, change: Change, method: str, pattern: str) -> dict[str, Any]:
+    """The route asked for (``route``, ``audit``) and every route the change set
+    (``moved``); for a write group also ``group`` with its ownership after the move."""
+    key = (method.strip().upper(), pattern)
+    route = next((r for r in change.routes if (r.method, r.pattern) == key), change.routes[0])
     audit = facade.table.history(route.method, route.pattern)[-1]
-    shadow = facade.results.parity(route.method, route.pattern, SHADOW)
+    shadow = facade.results.parity(
+        route.method,
+        route.pattern,
+        SHADOW,
+        after=facade.table.last_move_to_legacy(route.method, route.pattern),
+    )
     noise = facade.results.parity(route.method, route.pattern, AA)
-    return jsonify({"route": route_json(route, shadow, noise), "audit": audit_json(audit)})
+    shown: dict[str, Any] = {
+        "route": route_json(route, shadow, noise, change.ownership),
+        "audit": audit_json(audit),
+        "moved": [{"method": r.method, "pattern": r.pattern} for r in change.routes],
+    }
+    if change.group is not None and change.ownership is not None:
+        shown["group"] = {
+            "name": change.group,
+            "setting": route.setting,
+            "ownership": ownership_json(change.ownership),
+            "gate": change.gate,
+            "forced": change.forced,
+        }
+    return shown
 
 
 def delete_route(facade: Facade) -> Response:
@@ -248,7 +330,11 @@ def history(facade: Facade) -> Response:
     method = _query(request.args.get("method"), "method", 16) or None
     pattern = _query(request.args.get("pattern"), "pattern", 255) or None
     try:
+        if method is not None and pattern is not None:
+            facade.table.require_known(method, pattern)
         entries = facade.table.history(method, pattern)
+    except RouteNotFound as exc:
+        return json_error(404, "not found", str(exc))
     except RouteError as exc:
         raise BadRequest(str(exc)) from None
     return jsonify({"entries": [audit_json(e) for e in entries]})
@@ -265,8 +351,15 @@ def mismatches(facade: Facade) -> Response:
     limit = request.args.get("limit", "10")
     if not limit.isdigit() or not 1 <= int(limit) <= 100:
         raise BadRequest("limit must be an integer from 1 to 100")
+    try:
+        method, pattern = facade.table.require_known(method, pattern)
+    except RouteNotFound as exc:
+        return json_error(404, "not found", str(exc))
+    except RouteError as exc:
+        raise BadRequest(str(exc)) from None
     results = facade.results.recent(method, pattern, kind, limit=int(limit))
-    parity = facade.results.parity(method, pattern, kind)
+    fresh = facade.table.last_move_to_legacy(method, pattern) if kind == SHADOW else None
+    parity = facade.results.parity(method, pattern, kind, after=fresh)
     return jsonify(
         {
             "method": method,
@@ -292,6 +385,8 @@ def rollback(facade: Facade) -> Response:
     routes = None if method is None or pattern is None else [(method, pattern)]
     try:
         changed = facade.table.rollback(by=by, reason=reason, routes=routes)
+    except RouteNotFound as exc:
+        return json_error(404, "not found", str(exc))
     except RouteError as exc:
         raise BadRequest(str(exc)) from None
     return jsonify({"rolled_back": [{"method": r.method, "pattern": r.pattern} for r in changed]})
@@ -317,12 +412,139 @@ def status(facade: Facade) -> Response:
     )
 
 
+def pipeline(facade: Facade) -> Response:
+    """The lag (now, and its samples over the last ``minutes``) and the rest of the
+    pipeline as far as it can be read (``errors`` says what could not)."""
+    minutes = _bounded_int(request.args.get("minutes", "60"), "minutes", 1, 24 * 60)
+    guard = facade.guard.status()
+    history = facade.lag_history
+    samples: list[dict[str, object]] = []
+    errors: dict[str, str] = {}
+    if history is not None:
+        try:
+            samples = [s.to_dict() for s in history.samples(minutes * 60.0)]
+        except SQLAlchemyError as exc:
+            errors["history"] = f"cannot read the lag samples: {_first_line(exc)}"
+    parts: dict[str, Any] = {"bridge": None, "consumer": None, "queue": None, "anomalies": None}
+    if facade.operations is None:
+        errors["pipeline"] = "the facade was started without the pipeline's connections"
+    else:
+        try:
+            read = facade.operations.pipeline()
+        except OperationsUnavailable as exc:
+            errors["pipeline"] = str(exc)
+        else:
+            errors.update(read.pop("errors", {}))
+            parts.update(read)
+    return jsonify(
+        {
+            "lag": {
+                "enabled": facade.guard.enabled,
+                "max_lag_seconds": facade.settings.max_lag,
+                **guard.to_dict(),
+            },
+            "history": {
+                "interval_seconds": None if history is None else history.interval,
+                "minutes": minutes,
+                "samples": samples,
+            },
+            **parts,
+            "errors": errors,
+        }
+    )
+
+
+def dead_letters(facade: Facade) -> Response:
+    limit = _bounded_int(request.args.get("limit", "100"), "limit", 1, 1000)
+    operations = _operations(facade)
+    try:
+        return jsonify(operations.dead_letters(limit))
+    except OperationsUnavailable as exc:
+        return json_error(503, "service unavailable", str(exc))
+
+
+def replay_dead_letters(facade: Facade) -> Response:
+    """Replay the dead letters named by ``ids`` (as ``strangler dlq replay --id``); the
+    reason is required, and who replayed what, why, and the outcome go to the log."""
+    body = _json_object()
+    unknown = sorted(set(body) - {"ids", "reason", "by"})
+    if unknown:
+        raise BadRequest(f"unknown field(s): {', '.join(unknown)}")
+    ids = body.get("ids")
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_REPLAY:
+        raise BadRequest(f"field 'ids' must be a list of 1 to {MAX_REPLAY} message ids")
+    for value in ids:
+        if not isinstance(value, str) or not value:
+            raise BadRequest("field 'ids' must hold non-empty strings")
+        _checked(value, "a message id", 255)
+    reason = (_text(body, "reason", MAX_REASON) or "").strip()
+    if not reason:
+        raise BadRequest("field 'reason' is required: say why the dead letters are replayed")
+    by = acting(facade, _text(body, "by", MAX_BY))
+    operations = _operations(facade)
+    try:
+        report = operations.replay(list(dict.fromkeys(ids)))
+    except OperationsUnavailable as exc:
+        return json_error(503, "service unavailable", str(exc))
+    log.warning(
+        "dead letters replayed by %s (%s): %d applied, %d applied before, %d failed again, "
+        "%d not found: %s",
+        printable(by),
+        printable(reason),
+        len(report.get("applied", [])),
+        len(report.get("already_applied", [])),
+        len(report.get("failed", [])),
+        len(report.get("not_found", [])),
+        printable(", ".join(ids)),
+    )
+    return jsonify({**report, "by": by, "reason": reason})
+
+
+def anomalies(facade: Facade) -> Response:
+    limit = _bounded_int(request.args.get("limit", "50"), "limit", 1, 1000)
+    kind = _query(request.args.get("kind"), "kind", 64) or None
+    operations = _operations(facade)
+    try:
+        return jsonify(operations.anomalies(limit, kind))
+    except OperationsUnavailable as exc:
+        return json_error(503, "service unavailable", str(exc))
+
+
+MAX_REPLAY = 100
+"""Most dead letters one replay request names."""
+
+
+def _operations(facade: Facade) -> Operations:
+    """The pipeline's operations; without them (like the admin API without a token) these
+    endpoints are off: 404."""
+    if facade.operations is None:
+        raise NotFound(
+            "the pipeline endpoints are off: the facade was started without the pipeline's "
+            "connections (strangler serve gives them: BROKER_URL, LEGACY_DB_URL)"
+        )
+    return facade.operations
+
+
+def _bounded_int(value: str, name: str, low: int, high: int) -> int:
+    if not value.isdigit() or not low <= int(value) <= high:
+        raise BadRequest(f"{name} must be an integer from {low} to {high}")
+    return int(value)
+
+
+def _first_line(exc: BaseException) -> str:
+    return printable((str(exc).strip().splitlines() or [type(exc).__name__])[0])
+
+
 ADMIN_ENDPOINTS: Mapping[str, Mapping[str, View]] = {
     f"{RESERVED_PREFIX}routes": {"GET": list_routes, "PUT": set_route, "DELETE": delete_route},
     f"{RESERVED_PREFIX}routes/history": {"GET": history},
     f"{RESERVED_PREFIX}routes/mismatches": {"GET": mismatches},
     f"{RESERVED_PREFIX}routes/rollback": {"POST": rollback},
     f"{RESERVED_PREFIX}status": {"GET": status},
+    f"{RESERVED_PREFIX}pipeline": {"GET": pipeline},
+    f"{RESERVED_PREFIX}dead-letters": {"GET": dead_letters},
+    f"{RESERVED_PREFIX}dead-letters/replay": {"POST": replay_dead_letters},
+    f"{RESERVED_PREFIX}anomalies": {"GET": anomalies},
 }
 """Admin path -> method -> view; all need the token."""
 

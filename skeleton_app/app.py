@@ -12,6 +12,10 @@ Guards: when the new system fails or is too slow, or the read model lags more th
 ``max_lag``, legacy answers instead (counted in ``strangler_facade_fallbacks_total``).
 A ``GET`` on a moved read route may be answered before any of this, by the direct path
 (:mod:`skeleton_app.direct`), with the same answer, guards and metrics.
+
+The routes of a write group are served by who owns the product a write is about (see
+:mod:`skeleton_app.writes`): legacy (proxied), the new system's write path, or nobody
+while it changes hands (503).
 """
 
 from __future__ import annotations
@@ -29,16 +33,19 @@ from gunicorn.http.errors import ParseException
 from werkzeug.exceptions import BadRequest, HTTPException, MethodNotAllowed, NotFound
 from werkzeug.routing import Rule
 
-from skeleton_app import admin, canary, direct
+from skeleton_app import admin, canary, console, direct
 from skeleton_app.compare import Answer
 from skeleton_app.errors import json_error, printable
 from skeleton_app.facade import EXTENSION, Facade, facade_of
 from skeleton_app.lag_guard import LagGuard, LagStatus
-from skeleton_app.metrics import FacadeMetrics
+from skeleton_app.lag_history import LagHistory
+from skeleton_app.metrics import DecisionParityMetrics, FacadeMetrics, with_data_plane
 from skeleton_app.modes import Mode
 from skeleton_app.new_routes import DIRECT_HANDLERS, NEW_HANDLERS, NewHandler, NewRequest
 from skeleton_app.new_system import NewSystem, NewSystemTimeout
+from skeleton_app.new_writes import WRITE_HANDLERS, WriteHandler
 from skeleton_app.openapi import document
+from skeleton_app.operations import Operations
 from skeleton_app.patterns import RESERVED_PREFIX, RouteKey, is_reserved
 from skeleton_app.proxy import LegacyProxy, has_dot_segments, path_problem
 from skeleton_app.read_model import (
@@ -50,10 +57,13 @@ from skeleton_app.read_model import (
     time_limit_of,
 )
 from skeleton_app.read_model import open_new_read_model as open_new_read_model
+from skeleton_app.readiness import readiness
 from skeleton_app.routes_table import RouteMatch, RouteTable
 from skeleton_app.settings import FacadeSettings
 from skeleton_app.shadow import MUTATING, Candidate, ShadowJob, ShadowWorker
 from skeleton_app.shadow_results import AA, SHADOW, ShadowResults
+from skeleton_app.write_path import WritePathPort
+from skeleton_app.writes import serve_write
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +85,9 @@ def create_app(
     results: ShadowResults | None = None,
     metrics: FacadeMetrics | None = None,
     sample: Callable[[], float] = random.random,
+    write_path: WritePathPort | None = None,
+    write_handlers: Mapping[RouteKey, WriteHandler] | None = None,
+    operations: Operations | None = None,
 ) -> Flask:
     """Build the facade. Connects to nothing until the first request.
 
@@ -85,7 +98,13 @@ def create_app(
     to ``NEW_HANDLERS``; ``results`` to the shadow results in the route table's database.
     ``sample`` draws the shadow sampling numbers. When the read model bounds its reads
     itself (``time_limit``), routes of ``DIRECT_HANDLERS`` in mode ``new`` are served by
-    the direct path (:mod:`skeleton_app.direct`).
+    the direct path (:mod:`skeleton_app.direct`). ``write_path`` is the new system's write
+    path (built by the composition root; the caller closes it, e.g. with :func:`on_close`),
+    which ``write_handlers`` (default ``WRITE_HANDLERS``) use for the products the new
+    system owns; without it a write group cannot serve past ``shadow`` (503).
+    ``operations`` reads the rest of the pipeline for the admin API and the console
+    (built by the composition root; the caller closes it); without it those endpoints
+    answer 503.
     """
     settings = settings or FacadeSettings()
     if upstream_timeout is not None:
@@ -133,7 +152,25 @@ def create_app(
         settings.lag_check_interval,
         on_status=lambda status: _record_lag(metrics, status),
     )
-    facade = Facade(settings, table, proxy, new_system, results, shadow, guard, metrics)
+    decisions = DecisionParityMetrics(
+        metrics, new_system.decision_parity, settings.decision_parity_interval
+    )
+    history = LagHistory(table.engine, lag_provider, settings.lag_sample_interval)
+    facade = Facade(
+        settings,
+        table,
+        proxy,
+        new_system,
+        results,
+        shadow,
+        guard,
+        metrics,
+        write_path,
+        WRITE_HANDLERS if write_handlers is None else write_handlers,
+        decisions,
+        history,
+        operations,
+    )
     app.extensions[EXTENSION] = facade
     if time_limit_of(model) is not None:
         # the read model gives up by itself: moved read routes may skip Flask and the pool
@@ -148,7 +185,12 @@ def create_app(
             },
         )
 
-    closers: list[Callable[[], None]] = [shadow.close, new_system.close, proxy.close]
+    closers: list[Callable[[], None]] = [
+        history.close,
+        shadow.close,
+        new_system.close,
+        proxy.close,
+    ]
     if route_table is None:
         closers.append(table.close)
     if read_model is None:
@@ -174,6 +216,8 @@ def create_app(
             return _forward(facade, "other")
         route = f"{found.method} {found.pattern}"
         _label(route, found.mode.value)
+        if found.group is not None:
+            return serve_write(facade, found, route)
         if found.mode in (Mode.NEW, Mode.CANARY):
             return _serve_new_or_legacy(facade, found, route)
         if found.mode in (Mode.SHADOW, Mode.AA):
@@ -222,6 +266,11 @@ def _record_lag(metrics: FacadeMetrics, status: LagStatus) -> None:
     if status.lag is not None:
         metrics.lag.set(status.lag)
     metrics.lag_guard.set(1 if status.tripped else 0)
+
+
+def on_close(app: Flask, close: Callable[[], None]) -> None:
+    """Call ``close`` when the app is closed (:func:`close_app`), e.g. the write path."""
+    app.extensions[_CLOSERS].append(close)
 
 
 def close_app(app: Flask) -> None:
@@ -394,7 +443,10 @@ def _openapi() -> Response:
 
 
 def _metrics(facade: Facade) -> Response:
+    if facade.decisions is not None:
+        facade.decisions.refresh()
     payload, content_type = facade.metrics.render()
+    payload = with_data_plane(payload, facade.settings.data_plane_metrics)
     return Response(payload, content_type=content_type)
 
 
@@ -404,12 +456,25 @@ PUBLIC_ENDPOINTS: dict[str, tuple[frozenset[str], Callable[[], Response]]] = {
 }
 """The facade's own endpoints anyone may call: path -> (methods, view)."""
 
+READY_PATH = f"{RESERVED_PREFIX}ready"
+"""Readiness (anyone may call it): what is degraded, 503 while anything is."""
+
 
 def _facade_endpoint(facade: Facade) -> Response:
+    if facade.lag_history is not None:
+        # sampling opens the read model: it starts with the first request to the facade's
+        # own endpoints (a metrics scrape, a health check, the console), not with traffic
+        facade.lag_history.start()
     path = request.path
     if path in (facade.settings.metrics_path, f"{RESERVED_PREFIX}metrics"):
         _allow(frozenset({"GET", "HEAD"}))
         return _metrics(facade)
+    if path == READY_PATH:
+        _allow(frozenset({"GET", "HEAD"}))
+        return readiness(facade)
+    if console.serves(path):
+        _allow(frozenset({"GET", "HEAD"}))
+        return console.page(path)
     public = PUBLIC_ENDPOINTS.get(path)
     if public is not None:
         methods, view = public
@@ -431,4 +496,4 @@ def _allow(methods: frozenset[str]) -> None:
         raise MethodNotAllowed(valid_methods=sorted(methods))
 
 
-__all__ = ["SERVED_BY", "close_app", "create_app", "facade_of"]
+__all__ = ["SERVED_BY", "close_app", "create_app", "facade_of", "on_close"]

@@ -19,30 +19,54 @@ import shutil
 import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
+from dataclasses import replace
 from datetime import datetime
 from functools import partial
 from typing import Any
 
 import click
 from flask import Flask
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.exc import ArgumentError, NoSuchModuleError, SQLAlchemyError
 
-from skeleton_app.admin import audit_json, result_json, route_json
-from skeleton_app.app import create_app
-from skeleton_app.dataplane import HAProxyPlane, data_plane_options, serve_facade
+from new_domain import DEFAULT_QUEUE, schema_problem
+from skeleton_app.admin import audit_json, ownership_json, result_json, route_json
+from skeleton_app.app import create_app, on_close
+from skeleton_app.dataplane import (
+    METRICS_SOCKET_ENV,
+    DataPlaneRouting,
+    HAProxyPlane,
+    data_plane_options,
+    serve_facade,
+)
 from skeleton_app.errors import printable
 from skeleton_app.gate import CutoverGate
 from skeleton_app.metrics import MULTIPROC_ENV, use_multiprocess_values
+from skeleton_app.operations import Operations, OperationsOpener
 from skeleton_app.patterns import RouteError
 from skeleton_app.proxy import validate_base_url
 from skeleton_app.read_model import decision_parity_of, open_new_read_model
-from skeleton_app.routes_table import RouteTable
+from skeleton_app.routes_table import RouteTable, Routing
 from skeleton_app.server import FacadeServer, gunicorn_options
 from skeleton_app.settings import FacadeSettings
 from skeleton_app.shadow_results import AA, SHADOW, Parity, ShadowResults, Window
+from skeleton_app.write_path import Ownership, WritePathPort
 
-__all__ = ["routes", "serve"]
+__all__ = ["OPERATIONS", "WRITE_PATH", "WritePathOpener", "routes", "serve"]
+
+WritePathOpener = Callable[[str], WritePathPort]
+"""``open_write_path(new_db_url)``: the new system's write path, opened in each worker."""
+
+WRITE_PATH = "strangler.open_write_path"
+"""Key of click's context ``meta`` where the composition root puts its
+:data:`WritePathOpener`; ``strangler serve`` hands each worker's facade the write path it
+opens (without one, write groups cannot serve past shadow)."""
+
+OPERATIONS = "strangler.open_operations"
+"""Key of click's context ``meta`` where the composition root puts its
+:data:`~skeleton_app.operations.OperationsOpener`; ``strangler serve`` hands each worker's
+facade the pipeline's operations (the console's and the admin API's view of the bridge,
+queue, dead letters and anomalies; without it those endpoints answer 503)."""
 
 
 def mask_url(url: str) -> str:
@@ -149,7 +173,13 @@ def _gate(
 
 
 @click.command()
-@click.option("--port", type=click.IntRange(0, 65535), required=True, help="Port to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(0, 65535),
+    envvar="FACADE_PORT",
+    required=True,
+    help="Port to listen on (env FACADE_PORT).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option(
     "--workers", type=click.IntRange(min=1), default=2, show_default=True, help="Worker processes."
@@ -235,6 +265,33 @@ def _gate(
     metavar="NAME:TOKEN,...",
     help="Named bearer tokens, one per operator (env ADMIN_TOKENS); the audit records the name.",
 )
+@click.option(
+    "--broker-url",
+    envvar="BROKER_URL",
+    default=None,
+    help="amqp:// URL of RabbitMQ (env BROKER_URL): the console and the admin API show "
+    "the consumer's queue and dead letters, and replay them.",
+)
+@click.option(
+    "--queue",
+    default=DEFAULT_QUEUE,
+    show_default=True,
+    help="The consumer's queue (its dead letters: <queue>.dlq).",
+)
+@click.option(
+    "--legacy-db-url",
+    envvar="LEGACY_DB_URL",
+    default=None,
+    help="The legacy database (env LEGACY_DB_URL): the console and the admin API show the "
+    "bridge's position and pending changes.",
+)
+@click.option(
+    "--lag-sample-interval",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds between the end-to-end lag samples kept for the console's chart (0: none).",
+)
 @gate_options
 @data_plane_options
 def serve(
@@ -254,6 +311,10 @@ def serve(
     shadow_max_body: int,
     admin_token: str | None,
     admin_tokens: tuple[tuple[str, str], ...],
+    broker_url: str | None,
+    queue: str,
+    legacy_db_url: str | None,
+    lag_sample_interval: float,
     min_parity: float,
     min_samples: int,
     parity_window: float,
@@ -276,8 +337,19 @@ def serve(
         admin_tokens=admin_tokens,
         gate=_gate(min_parity, min_samples, parity_window, parity_samples),
         new_workers=threads,
+        lag_sample_interval=lag_sample_interval,
     )
-    factory = partial(_build_app, legacy_url, new_db_url, settings, refresh_interval)
+    meta = click.get_current_context().meta
+    opener = meta.get(WRITE_PATH)
+    operations_opener: OperationsOpener | None = meta.get(OPERATIONS)
+    operations = (
+        None
+        if operations_opener is None
+        else partial(operations_opener, new_db_url, broker_url or None, queue, legacy_db_url)
+    )
+    factory = partial(
+        _build_app, legacy_url, new_db_url, settings, refresh_interval, opener, operations
+    )
     options = gunicorn_options(host, port, workers, threads, upstream_timeout)
     with _metrics_folder():
         serve_facade(
@@ -289,7 +361,41 @@ def serve(
             concurrency=workers * threads,
             upstream_timeout=upstream_timeout,
             new_timeout=new_timeout,
+            routing=_data_plane_routing(legacy_url, new_db_url, refresh_interval),
         )
+
+
+class _TableReader:
+    """Reads how every route is served from the route table's database, for the data
+    plane; the table is opened on first use and closed by ``close``."""
+
+    def __init__(self, new_db_url: str) -> None:
+        self._new_db_url = new_db_url
+        self._table: RouteTable | None = None
+
+    def __call__(self) -> Routing:
+        if self._table is None:
+            self._table = RouteTable(self._new_db_url)
+        return self._table.read_routing()
+
+    def close(self) -> None:
+        if self._table is not None:
+            self._table.close()
+            self._table = None
+
+
+def _data_plane_routing(
+    legacy_url: str, new_db_url: str, refresh_interval: float
+) -> DataPlaneRouting:
+    """The data plane reads the table twice per refresh interval (at most every 0.5 s,
+    so a change reaches HAProxy within a second; at least every 0.1 s)."""
+    reader = _TableReader(new_db_url)
+    return DataPlaneRouting(
+        legacy_url,
+        reader,
+        interval=min(max(refresh_interval / 2, 0.1), 0.5),
+        close=reader.close,
+    )
 
 
 @contextmanager
@@ -308,11 +414,33 @@ def _metrics_folder() -> Iterator[None]:
 
 
 def _build_app(
-    legacy_url: str, new_db_url: str, settings: FacadeSettings, refresh_interval: float
+    legacy_url: str,
+    new_db_url: str,
+    settings: FacadeSettings,
+    refresh_interval: float,
+    open_write_path: WritePathOpener | None,
+    open_operations: Callable[[], Operations] | None = None,
 ) -> Flask:
     use_multiprocess_values()
+    metrics_socket = os.environ.get(METRICS_SOCKET_ENV)
+    if metrics_socket:  # behind the data plane: its metrics join /metrics
+        settings = replace(settings, data_plane_metrics=metrics_socket)
     table = RouteTable(new_db_url, refresh_interval=refresh_interval, gate=settings.gate)
-    return create_app(legacy_url, new_db_url, route_table=table, settings=settings)
+    write_path = None if open_write_path is None else open_write_path(new_db_url)
+    operations = None if open_operations is None else open_operations()
+    app = create_app(
+        legacy_url,
+        new_db_url,
+        route_table=table,
+        settings=settings,
+        write_path=write_path,
+        operations=operations,
+    )
+    if write_path is not None:
+        on_close(app, write_path.close)
+    if operations is not None:
+        on_close(app, operations.close)
+    return app
 
 
 @click.group()
@@ -330,9 +458,11 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON."
 def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
     """Show every route, who serves it, its shadow parity and A/A noise over the window."""
     with _route_table(new_db_url, _gate(**gate)) as (table, results):
-        shadow = results.parity_by_route(SHADOW)
+        shadow = results.parity_by_route(SHADOW, fresh_since=table.moves_to_legacy())
         noise = results.parity_by_route(AA)
         listed = table.list()
+        groups = table.groups
+        ownerships = _ownerships(table)
     decisions = _decision_parity(new_db_url)
     if as_json:
         click.echo(
@@ -343,9 +473,19 @@ def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
                             r,
                             shadow.get((r.method, r.pattern), Parity()),
                             noise.get((r.method, r.pattern), Parity()),
+                            None if r.group is None else ownerships.get(r.group),
                         )
                         for r in listed
                     ],
+                    "groups": {
+                        name: {
+                            "routes": [{"method": m, "pattern": p} for m, p in group.routes],
+                            "ownership": (
+                                ownership_json(ownerships[name]) if name in ownerships else None
+                            ),
+                        }
+                        for name, group in sorted(groups.items())
+                    },
                     "decision_parity": decisions,
                 },
                 indent=2,
@@ -385,6 +525,15 @@ def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
         ),
         rows,
     )
+    if groups:
+        click.echo("")
+        _print_table(
+            ("WRITE GROUP", "OWNERSHIP", "EPOCH", "STATE", "CHANGED_AT", "ROUTES"),
+            [
+                _group_row(name, group.routes, ownerships.get(name))
+                for name, group in sorted(groups.items())
+            ],
+        )
     written = [(route, d) for route, d in decisions.items() if route != "unclassified"]
     if written:
         click.echo("")
@@ -405,6 +554,37 @@ def list_routes(new_db_url: str, as_json: bool, **gate: Any) -> None:
             f"unclassified legacy transactions: {unclassified}"
             " (differences: strangler decisions list)"
         )
+
+
+def _ownerships(table: RouteTable) -> dict[str, Ownership]:
+    """Every write group's ownership; empty (and one log line) when it cannot be read."""
+    if not table.groups:
+        return {}
+    try:
+        return table.ownerships()
+    except SQLAlchemyError as exc:  # the routes are still worth showing
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        logging.getLogger(__name__).warning("write ownership unavailable: %s", printable(reason))
+        return {}
+
+
+def _group_row(
+    name: str, routes: Sequence[tuple[str, str]], ownership: Ownership | None
+) -> tuple[str, ...]:
+    shown = ", ".join(f"{m} {p}" for m, p in routes)
+    if ownership is None:
+        return (name, "?", "?", "?", "-", shown)
+    state = str(ownership.state)
+    if ownership.previous_rule is not None:
+        state = f"{state} (from {ownership.previous_rule})"
+    return (
+        name,
+        str(ownership.rule).replace(" ", ":"),
+        str(ownership.epoch),
+        state,
+        _when(ownership.changed_at),
+        shown,
+    )
 
 
 def _decision_parity(new_db_url: str) -> dict[str, dict[str, Any]]:
@@ -506,7 +686,7 @@ def set_route(
     if sample_rate is not None:
         changes["sample_rate"] = sample_rate
     with _route_table(new_db_url, _gate(**gate)) as (table, _):
-        route = table.set(
+        change = table.change(
             method,
             pattern,
             mode,
@@ -516,8 +696,18 @@ def set_route(
             options=changes or None,
             force=force,
         )
-        entry = table.history(route.method, route.pattern)[-1]
-    click.echo(f"{route.method} {route.pattern} -> {route.setting}")
+        first = change.routes[0]
+        entry = table.history(first.method, first.pattern)[-1]
+    if change.group is not None and change.ownership is not None:
+        ownership = change.ownership
+        previous = ownership.previous_rule
+        state = str(ownership.state) if previous is None else f"moving from {previous}"
+        click.echo(
+            f"write group {change.group} -> {first.setting} (ownership epoch "
+            f"{ownership.epoch}, {state}): moved {len(change.routes)} routes"
+        )
+    for route in change.routes:
+        click.echo(f"{route.method} {route.pattern} -> {route.setting}")
     if entry.gate:
         click.echo(f"gate: {entry.gate}")
 
@@ -560,8 +750,11 @@ def delete_route(method: str, pattern: str, reason: str, by: str, new_db_url: st
 @new_db_url_option
 @json_option
 def route_history(method: str | None, pattern: str | None, new_db_url: str, as_json: bool) -> None:
-    """Show the audit trail of route changes, oldest first."""
+    """Show the audit trail of route changes, oldest first (of METHOD PATTERN only, when
+    given: a route the table does not know is an error)."""
     with _route_table(new_db_url) as (table, _):
+        if method is not None and pattern is not None:
+            table.require_known(method, pattern)
         entries = table.history(method, pattern)
     if as_json:
         click.echo(json.dumps({"entries": [audit_json(e) for e in entries]}, indent=2))
@@ -596,8 +789,10 @@ def route_mismatches(
     """Show a route's parity and its newest mismatches and errors with their diffs."""
     kind = AA if aa else SHADOW
     method = method.upper()
-    with _route_table(new_db_url, _gate(**gate)) as (_, results):
-        parity = results.parity(method, pattern, kind)
+    with _route_table(new_db_url, _gate(**gate)) as (table, results):
+        method, pattern = table.require_known(method, pattern)
+        fresh = table.last_move_to_legacy(method, pattern) if kind == SHADOW else None
+        parity = results.parity(method, pattern, kind, after=fresh)
         found = results.recent(method, pattern, kind, limit=limit)
     if as_json:
         click.echo(
@@ -644,7 +839,8 @@ def route_mismatches(
 def rollback(
     method: str | None, pattern: str | None, reason: str, by: str, new_db_url: str
 ) -> None:
-    """Serve METHOD PATTERN, or every route not on legacy, from legacy again."""
+    """Serve METHOD PATTERN, or every route not on legacy, from legacy again (a route the
+    table does not know is an error)."""
     if (method is None) != (pattern is None):
         raise click.UsageError("give METHOD and PATTERN, or neither for every route")
     with _route_table(new_db_url) as (table, _):
@@ -666,15 +862,29 @@ def _route_table(
     except RouteError as exc:
         raise click.ClickException(str(exc)) from None
     except SQLAlchemyError as exc:
-        shown = make_url(new_db_url).render_as_string(hide_password=True)
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        first_line = printable(mask_url(first_line))
-        raise click.ClickException(
-            f"cannot use the route table in {shown} (is it migrated? "
-            f"run 'strangler db upgrade'): {first_line}"
-        ) from None
+        raise click.ClickException(_database_problem(table.engine, new_db_url, exc)) from None
     finally:
         table.close()
+
+
+def _database_problem(engine: Engine, new_db_url: str, exc: SQLAlchemyError) -> str:
+    """One line saying why the route table in ``new_db_url`` could not be used: the
+    server cannot be reached (refused, unknown host, bad password ...), the database is
+    not migrated, or else the error itself."""
+    shown = make_url(new_db_url).render_as_string(hide_password=True)
+
+    def first_line(error: BaseException) -> str:
+        text = str(getattr(error, "orig", None) or error).strip()
+        return printable(mask_url(text.splitlines()[0] if text else type(error).__name__))
+
+    try:
+        with engine.connect() as conn:
+            problem = schema_problem(conn)
+    except SQLAlchemyError as unreachable:
+        return f"cannot reach the new database {shown}: {first_line(unreachable)}"
+    if problem is not None:
+        return f"the new database {shown} is {problem}"
+    return f"cannot use the route table in {shown}: {first_line(exc)}"
 
 
 def _pct(parity: Parity) -> str:

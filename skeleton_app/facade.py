@@ -2,18 +2,24 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 
 from flask import Flask
 
 from skeleton_app.lag_guard import LagGuard
-from skeleton_app.metrics import FacadeMetrics
+from skeleton_app.lag_history import LagHistory
+from skeleton_app.metrics import DecisionParityMetrics, FacadeMetrics
 from skeleton_app.new_system import NewSystem
+from skeleton_app.new_writes import WriteHandler
+from skeleton_app.operations import Operations
+from skeleton_app.patterns import RouteKey
 from skeleton_app.proxy import LegacyProxy
 from skeleton_app.routes_table import RouteTable
 from skeleton_app.settings import FacadeSettings
 from skeleton_app.shadow import ShadowWorker
 from skeleton_app.shadow_results import ShadowResults
+from skeleton_app.write_path import WritePathPort
 
 EXTENSION = "strangler"
 
@@ -28,6 +34,14 @@ class Facade:
     shadow: ShadowWorker
     guard: LagGuard
     metrics: FacadeMetrics
+    write_path: WritePathPort | None = None
+    """The new system's write path (None: write groups cannot move past shadow)."""
+    write_handlers: Mapping[RouteKey, WriteHandler] = field(default_factory=dict)
+    decisions: DecisionParityMetrics | None = None
+    lag_history: LagHistory | None = None
+    """Samples of the end-to-end lag (the console's chart)."""
+    operations: Operations | None = None
+    """The rest of the pipeline (bridge, queue, dead letters, anomalies); None: unknown."""
 
 
 def facade_of(app: Flask) -> Facade:

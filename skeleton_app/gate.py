@@ -1,8 +1,10 @@
-"""The cutover gate: a route moves to ``new`` only after enough shadow traffic agreed."""
+"""The cutover gate: a route moves to ``new`` only after enough shadow traffic agreed; a
+write group only after enough of legacy's decisions were judged the same by the new rules."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from datetime import datetime
 
 from skeleton_app.shadow_results import Parity, Window
 
@@ -44,7 +46,9 @@ class CutoverGate:
             f"the floor ({MIN_PARITY_FLOOR:g}% over {MIN_SAMPLES_FLOOR} samples)"
         )
 
-    def judge(self, parity: Parity) -> GateVerdict:
+    def judge(self, parity: Parity, since: datetime | None = None) -> GateVerdict:
+        """``parity``: the route's shadow results in the window; ``since``: they are only
+        those newer than the route's last move back to legacy (fresh evidence)."""
         percent = parity.percent
         passed = (
             parity.samples >= self.min_samples
@@ -52,8 +56,31 @@ class CutoverGate:
             and percent >= self.min_parity
         ) or (self.min_samples == 0 and percent is None)
         evidence = f"shadow parity {parity.describe()}" if parity.samples else "no shadow samples"
+        fresh = (
+            ""
+            if since is None
+            else f" since the move back to legacy at {since.isoformat(timespec='seconds')}"
+        )
         summary = (
-            f"{evidence} in {self.window.describe()}; "
+            f"{evidence} in {self.window.describe()}{fresh}; "
             f"needs >= {self.min_parity:g}% over >= {self.min_samples} samples"
         )
+        return GateVerdict(passed, parity, summary)
+
+    def judge_decisions(self, parity: Parity, group: str) -> GateVerdict:
+        """A write group's verdict on decision parity: how many of legacy's decisions on
+        its routes the new rules took the same way (``matches``) or not (``mismatches``),
+        counted by the consumer since it started judging (no window)."""
+        percent = parity.percent
+        passed = (
+            parity.samples >= self.min_samples
+            and percent is not None
+            and percent >= self.min_parity
+        ) or (self.min_samples == 0 and percent is None)
+        evidence = (
+            f"decision parity of write group {group} {parity.describe()}"
+            if parity.samples
+            else f"no decisions of write group {group} judged"
+        )
+        summary = f"{evidence}; needs >= {self.min_parity:g}% over >= {self.min_samples} samples"
         return GateVerdict(passed, parity, summary)

@@ -8,7 +8,13 @@ worker writes its values to files there, and a scrape of any worker adds up all 
 
 from __future__ import annotations
 
+import logging
 import os
+import socket
+import threading
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -20,6 +26,8 @@ from prometheus_client import (
     multiprocess,
     values,
 )
+
+log = logging.getLogger(__name__)
 
 MULTIPROC_ENV = "PROMETHEUS_MULTIPROC_DIR"
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
@@ -91,7 +99,7 @@ class FacadeMetrics:
         self.shadow_dropped = Counter(
             "strangler_facade_shadow_dropped",
             "Comparisons not made, by reason (queue_full, too_large, incomplete, lag, "
-            "write_failed).",
+            "compare_failed, write_failed).",
             ["route", "reason"],
             registry=registry,
         )
@@ -109,6 +117,30 @@ class FacadeMetrics:
             registry=registry,
             multiprocess_mode="livemostrecent",
         )
+        self.write_answers = Counter(
+            "strangler_facade_write_answers",
+            "Answers to the routes of write groups, by who decided (owner: new, legacy, "
+            "changing = 503 while the product changes hands, refused = the body refused "
+            "as legacy refuses it, unknown = ownership not read yet) and status.",
+            ["route", "owner", "status"],
+            registry=registry,
+        )
+        self.decision_parity = Gauge(
+            "strangler_facade_decision_parity_percent",
+            "Decision parity per write route: the share of legacy's decisions the new rules "
+            "took the same way (%), as the facade last read it.",
+            ["route"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
+        self.decision_samples = Gauge(
+            "strangler_facade_decision_parity_samples",
+            "Legacy decisions judged per write route, by verdict (agree, differ), as the "
+            "facade last read them.",
+            ["route", "verdict"],
+            registry=registry,
+            multiprocess_mode="livemostrecent",
+        )
         self.lag_guard = Gauge(
             "strangler_facade_lag_guard_tripped",
             "1 while the lag guard sends new and canary routes to legacy.",
@@ -123,3 +155,100 @@ class FacadeMetrics:
         registry = CollectorRegistry()
         multiprocess.MultiProcessCollector(registry)  # type: ignore[no-untyped-call]
         return generate_latest(registry), CONTENT_TYPE_LATEST
+
+
+class DecisionParityMetrics:
+    """Keeps the decision parity gauges fresh: ``source()`` (the write routes' decision
+    parity, ``{route: {"agree", "differ", "samples", "percent"}}``) is read at most once
+    per ``interval`` seconds, when the metrics are scraped; one scrape reads, the others
+    meanwhile show the last values."""
+
+    def __init__(
+        self,
+        metrics: FacadeMetrics,
+        source: Callable[[], Mapping[str, Mapping[str, Any]]],
+        interval: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._metrics = metrics
+        self._source = source
+        self._interval = interval
+        self._clock = clock
+        self._read_at: float | None = None
+        self._lock = threading.Lock()
+
+    def refresh(self) -> None:
+        now = self._clock()
+        if self._read_at is not None and now - self._read_at < self._interval:
+            return
+        if not self._lock.acquire(blocking=False):
+            return
+        try:
+            self._read_at = now
+            for route, counts in self._source().items():
+                self._metrics.decision_samples.labels(route, "agree").set(counts["agree"])
+                self._metrics.decision_samples.labels(route, "differ").set(counts["differ"])
+                if route != "unclassified" and counts["samples"]:
+                    self._metrics.decision_parity.labels(route).set(counts["percent"])
+        finally:
+            self._lock.release()
+
+
+DATA_PLANE_UP = "strangler_data_plane_metrics_up"
+
+
+def scrape_unix_socket(path: str, timeout: float = 2.0, limit: int = 16 * 1024 * 1024) -> bytes:
+    """The body of ``GET /metrics`` from an HTTP server on the Unix socket ``path`` (the
+    data plane's Prometheus exporter); raises OSError or ValueError when it fails."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        sock.connect(path)
+        sock.sendall(b"GET /metrics HTTP/1.0\r\nHost: data-plane\r\n\r\n")
+        chunks, size = [], 0
+        while chunk := sock.recv(65536):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > limit:
+                raise ValueError(f"the data plane's metrics are larger than {limit} bytes")
+    head, _, body = b"".join(chunks).partition(b"\r\n\r\n")
+    status = head.split(b"\r\n", 1)[0].split()
+    if len(status) < 2 or status[1] != b"200":
+        raise ValueError(f"the data plane's metrics answered {head[:80]!r}")
+    if b"transfer-encoding: chunked" in head.lower():
+        body = _unchunked(body)
+    return body
+
+
+def _unchunked(body: bytes) -> bytes:
+    out: list[bytes] = []
+    position = 0
+    while True:
+        end = body.index(b"\r\n", position)
+        size = int(body[position:end].split(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        out.append(body[end + 2 : end + 2 + size])
+        position = end + 2 + size + 2
+
+
+def with_data_plane(payload: bytes, socket_path: str | None) -> bytes:
+    """The facade's exposition ``payload`` followed by the data plane's own (HAProxy's
+    ``haproxy_*`` families) and ``strangler_data_plane_metrics_up`` (1: they are there;
+    0: the data plane did not answer). Without ``socket_path`` (no data plane), as is."""
+    if socket_path is None:
+        return payload
+    try:
+        extra = scrape_unix_socket(socket_path)
+        up = 1
+    except (OSError, ValueError) as exc:
+        log.warning("data plane metrics unavailable: %s", exc)
+        extra, up = b"", 0
+    gauge = (
+        f"# HELP {DATA_PLANE_UP} Whether the data plane's (HAProxy's) metrics follow.\n"
+        f"# TYPE {DATA_PLANE_UP} gauge\n{DATA_PLANE_UP} {up}\n"
+    ).encode()
+    if payload and not payload.endswith(b"\n"):
+        payload += b"\n"
+    if extra and not extra.endswith(b"\n"):
+        extra += b"\n"
+    return payload + gauge + extra

@@ -16,6 +16,7 @@ from typing import Any
 
 from flask import Response
 
+from skeleton_app.patterns import RouteKey
 from skeleton_app.read_model import ReadModel
 
 JSON = "application/json"
@@ -92,3 +93,32 @@ DIRECT_HANDLERS: Mapping[tuple[str, str], tuple[NewHandler, DirectHandler]] = Ma
 (the handler in ``NEW_HANDLERS``, its direct form). The facade serves such a route in
 mode ``new`` on its direct path (see :mod:`skeleton_app.direct`) while the route's
 handler is that one."""
+
+
+@dataclass(frozen=True)
+class WriteGroup:
+    """Write routes that change one aggregate, and so move between the systems together
+    (see docs/write-path.md): what moves is the ownership of the aggregate's instances."""
+
+    name: str
+    routes: tuple[RouteKey, ...]
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.routes
+
+
+ALLOCATION = WriteGroup(
+    "allocation",
+    (
+        ("POST", "/batches"),
+        ("PATCH", "/batches/<ref>"),
+        ("POST", "/allocate"),
+        ("POST", "/deallocate"),
+    ),
+)
+"""The legacy shop's write routes: each changes one product (a sku, its batches and
+their allocations). Their answers are in :mod:`skeleton_app.new_writes`."""
+
+WRITE_GROUPS: Mapping[str, WriteGroup] = MappingProxyType({ALLOCATION.name: ALLOCATION})
+"""Group name -> write group. Another legacy system declares its own groups (and gives the
+facade their answers); a route belongs to at most one group."""

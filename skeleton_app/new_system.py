@@ -10,10 +10,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
-from typing import Any
+from typing import Any, TypeVar
 
 from flask import Flask, Response
 
@@ -24,6 +24,7 @@ from skeleton_app.patterns import RouteKey
 from skeleton_app.read_model import ReadModel, decision_parity_of
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class NewSystemTimeout(Exception):
@@ -70,6 +71,22 @@ class NewSystem:
         """The handler's response (body read); NewSystemTimeout, or the handler's error."""
         response, _ = self._call("serve", handler, request)
         return response
+
+    def call(self, work: Callable[[], T]) -> T:
+        """``work()`` on a serving thread, inside an application context, waited for at
+        most ``timeout`` seconds (NewSystemTimeout); its error is raised here."""
+        future: Future[T] = self._pool("serve").submit(self._in_context, work)
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            future.cancel()
+            raise NewSystemTimeout(
+                f"the new system did not answer within {self.timeout:g} s"
+            ) from None
+
+    def _in_context(self, work: Callable[[], T]) -> T:
+        with self._app.app_context():
+            return work()
 
     def answer(self, handler: NewHandler, request: NewRequest) -> Answer:
         """The handler's answer for a comparison, from the shadow pool."""

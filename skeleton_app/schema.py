@@ -2,7 +2,9 @@
 
 ``facade_route`` and ``facade_route_audit`` come from revision ``0002_facade_routes``;
 revision ``0004_facade_shadow`` adds route options, the cutover gate's evidence in the audit
-and ``facade_shadow_result`` (one row per shadow or A/A comparison, pruned to a window).
+and ``facade_shadow_result`` (one row per shadow or A/A comparison, pruned to a window);
+revision ``0010_facade_lag_samples`` adds ``facade_lag_sample`` (the end-to-end lag as the
+facade measured it, one row per sampling interval, pruned to the last hours).
 """
 
 from __future__ import annotations
@@ -75,4 +77,12 @@ facade_shadow_result = Table(
     PrimaryKeyConstraint("id", name="pk_facade_shadow_result"),
     Index("ix_facade_shadow_result_route", "method", "pattern", "kind", "id"),
     Index("ix_facade_shadow_result_at", "at"),
+)
+
+facade_lag_sample = Table(
+    "facade_lag_sample",
+    metadata,
+    Column("at", DateTime(timezone=True), nullable=False),
+    Column("lag_seconds", Double, nullable=True),
+    PrimaryKeyConstraint("at", name="pk_facade_lag_sample"),
 )

@@ -24,6 +24,12 @@ class FacadeSettings:
     tokens, ``(name, token)`` pairs, one per operator, whose name the audit records (with
     neither, the admin API is off).
     ``gate``: the cutover gate and the window parity is measured over.
+    ``decision_parity_interval``: seconds the write routes' decision parity shown in the
+    metrics is kept before it is read again.
+    ``data_plane_metrics``: the Unix socket of the data plane's (HAProxy's) Prometheus
+    exporter, whose metrics ``/metrics`` appends (None: no data plane).
+    ``lag_sample_interval``: seconds between the samples of the end-to-end lag kept for
+    the console's chart (0: none).
     """
 
     upstream_timeout: float = 10.0
@@ -41,3 +47,6 @@ class FacadeSettings:
     gate: CutoverGate = field(default_factory=CutoverGate)
     metrics_path: str = "/metrics"
     new_workers: int = 8
+    decision_parity_interval: float = 5.0
+    data_plane_metrics: str | None = None
+    lag_sample_interval: float = 10.0

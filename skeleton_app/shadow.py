@@ -167,9 +167,11 @@ class ShadowWorker:
             except queue.Empty:
                 job = None
             if job is not None:
-                if not pending:
-                    first_pending_at = time.monotonic()
-                pending.append(self._compare(job))
+                result = self._judged(job)
+                if result is not None:
+                    if not pending:
+                        first_pending_at = time.monotonic()
+                    pending.append(result)
             idle = self._queue.empty()
             due = pending and (
                 len(pending) >= self._batch_size
@@ -187,6 +189,19 @@ class ShadowWorker:
             if time.monotonic() - last_prune >= self._prune_interval:
                 self._prune()
                 last_prune = time.monotonic()
+
+    def _judged(self, job: ShadowJob) -> ShadowResult | None:
+        """``job`` compared; None (logged, counted as dropped) when comparing it failed
+        outside the candidate (a bug): the worker thread must outlive any one job."""
+        try:
+            return self._compare(job)
+        except Exception:
+            log.exception("cannot compare a shadow job of %s", job.route)
+            with self._done:
+                self._outstanding -= 1
+                self._done.notify_all()
+            self.dropped(job.route, "compare_failed")
+            return None
 
     def _compare(self, job: ShadowJob) -> ShadowResult:
         route = job.route

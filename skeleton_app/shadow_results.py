@@ -8,11 +8,11 @@ count (and are kept).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select
+from sqlalchemy import Engine, and_, delete, func, insert, not_, or_, select
 
 from skeleton_app.schema import facade_shadow_result
 
@@ -129,9 +129,15 @@ class ShadowResults:
             conn.execute(insert(facade_shadow_result), rows)
 
     def parity(
-        self, method: str, pattern: str, kind: str = SHADOW, now: datetime | None = None
+        self,
+        method: str,
+        pattern: str,
+        kind: str = SHADOW,
+        now: datetime | None = None,
+        after: datetime | None = None,
     ) -> Parity:
-        return self.parity_by_route(kind, now, routes=[(method, pattern)]).get(
+        """One route's parity in the window; with ``after``, only results newer than it."""
+        return self.parity_by_route(kind, now, routes=[(method, pattern)], after=after).get(
             (method, pattern), Parity()
         )
 
@@ -140,8 +146,12 @@ class ShadowResults:
         kind: str = SHADOW,
         now: datetime | None = None,
         routes: Iterable[RouteKey] | None = None,
+        after: datetime | None = None,
+        fresh_since: Mapping[RouteKey, datetime] | None = None,
     ) -> dict[RouteKey, Parity]:
-        """Parity of every route with results in the window (or of ``routes`` only)."""
+        """Parity of every route with results in the window (or of ``routes`` only);
+        with ``after``, only results newer than it; with ``fresh_since``, a route's
+        results only when newer than its time there (its last move back to legacy)."""
         t = facade_shadow_result
         since = self.window.since(now or datetime.now(UTC))
         rank = (
@@ -150,6 +160,12 @@ class ShadowResults:
             .label("rank")
         )
         conditions = [t.c.kind == kind, t.c.at >= since]
+        if after is not None:
+            conditions.append(t.c.at > after)
+        for (method, pattern), since_move in (fresh_since or {}).items():
+            conditions.append(
+                not_(and_(t.c.method == method, t.c.pattern == pattern, t.c.at <= since_move))
+            )
         wanted = list(routes) if routes is not None else None
         if wanted is not None:
             if not wanted:

@@ -9,6 +9,7 @@ Public API::
 
     data_plane_options(command)          # click options; the command gets ``data_plane``
     serve_facade(data_plane, run_server, options, ...)   # run gunicorn, behind HAProxy or not
+    DataPlaneRouting, LEGACY, FACADE     # what the route table leaves to legacy, straight
     HAProxyPlane, Limits, Timeouts       # the data plane's settings
     render_haproxy_config(bind, backend, ...) -> str     # HAProxy's configuration
     find_haproxy() -> str | None
@@ -24,11 +25,21 @@ import click
 from skeleton_app.dataplane.haproxy_config import Backend, Limits, Timeouts
 from skeleton_app.dataplane.haproxy_config import render as render_haproxy_config
 from skeleton_app.dataplane.options import data_plane_options, find_haproxy
-from skeleton_app.dataplane.supervisor import DataPlaneError, HAProxyPlane, serve_behind_haproxy
+from skeleton_app.dataplane.routing import FACADE, LEGACY, DataPlaneRouting
+from skeleton_app.dataplane.supervisor import (
+    METRICS_SOCKET_ENV,
+    DataPlaneError,
+    HAProxyPlane,
+    serve_behind_haproxy,
+)
 
 __all__ = [
     "Backend",
     "DataPlaneError",
+    "FACADE",
+    "LEGACY",
+    "DataPlaneRouting",
+    "METRICS_SOCKET_ENV",
     "HAProxyPlane",
     "Limits",
     "Timeouts",
@@ -49,9 +60,11 @@ def serve_facade(
     concurrency: int,
     upstream_timeout: float,
     new_timeout: float,
+    routing: DataPlaneRouting | None = None,
 ) -> None:
     """Run the facade's server (``run_server(options)``) on ``host:port``, or behind
-    HAProxy on ``host:port`` when ``data_plane`` is given."""
+    HAProxy on ``host:port`` when ``data_plane`` is given (with ``routing``: what the
+    route table leaves to legacy goes straight to legacy)."""
     if data_plane is None:
         run_server(options)
         return
@@ -64,6 +77,7 @@ def serve_facade(
             concurrency=concurrency,
             upstream_timeout=upstream_timeout,
             new_timeout=new_timeout,
+            routing=routing,
         )
     except DataPlaneError as exc:
         raise click.ClickException(str(exc)) from None

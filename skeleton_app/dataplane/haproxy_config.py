@@ -20,6 +20,8 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from skeleton_app.dataplane.routing import LegacyUpstream, backend_lines, frontend_lines
+
 KiB = 1024
 MiB = 1024 * KiB
 
@@ -145,9 +147,18 @@ def render(
     timeouts: Timeouts | None = None,
     max_connections: int = 4096,
     runtime_socket: str | None = None,
+    legacy: LegacyUpstream | None = None,
+    routes_map: str | None = None,
+    legacy_timeout: float = 10.0,
+    metrics_socket: str | None = None,
+    metrics_path: str = "/metrics",
 ) -> str:
     """The text of ``haproxy.cfg``. ``bind``: the public address (``host:port``);
-    ``runtime_socket``: a path for HAProxy's runtime API (admin level, mode 600)."""
+    ``runtime_socket``: a path for HAProxy's runtime API (admin level, mode 600). With
+    ``legacy`` and ``routes_map`` (the map file of the facade's route matching, see
+    :mod:`skeleton_app.dataplane.routing`), what the map gives to legacy goes straight
+    to legacy. ``metrics_socket``: a path where HAProxy's Prometheus exporter answers
+    (mode 600); the facade's ``metrics_path`` is always the facade's."""
     limits = limits or Limits()
     timeouts = timeouts or Timeouts()
     lines = [
@@ -196,6 +207,12 @@ def render(
         f" if {{ req.hdrs,length gt {limits.header_bytes} }}",
         f"    http-request return {_answer(413, 'request entity too large', f'the request body is larger than {limits.body} bytes')}"  # noqa: E501
         f" if {{ req.body_size gt {limits.body} }}",
+    ]
+    routed = legacy is not None and routes_map is not None
+    if routed:
+        assert routes_map is not None
+        lines += frontend_lines(routes_map, metrics_path)
+    lines += [
         "    default_backend facade",
         "",
         "backend facade",
@@ -204,4 +221,27 @@ def render(
         f"    server facade {backend.host}:{backend.port} maxconn {backend.concurrency}",
         "",
     ]
+    if routed:
+        assert legacy is not None
+        errors = {
+            502: ("bad gateway", "the legacy system closed the connection or answered badly"),
+            503: ("service unavailable", "the legacy system could not be reached"),
+            504: (
+                "gateway timeout",
+                f"the legacy system did not answer within {legacy_timeout:g} s",
+            ),
+        }
+        lines += backend_lines(
+            legacy,
+            _ms(legacy_timeout),
+            [f"    http-error {_answer(status, *errors[status])}" for status in sorted(errors)],
+        )
+    if metrics_socket:
+        lines += [
+            "frontend metrics",
+            "    # HAProxy's counters in Prometheus' format, for the facade's /metrics",
+            f"    bind unix@{metrics_socket} mode 600",
+            "    http-request use-service prometheus-exporter",
+            "",
+        ]
     return "\n".join(lines)

@@ -32,8 +32,19 @@ from pathlib import Path
 from typing import Any
 
 from skeleton_app.dataplane.haproxy_config import Backend, Limits, Timeouts, render
+from skeleton_app.dataplane.routing import (
+    DataPlaneRouting,
+    LegacyUpstream,
+    Router,
+    RuntimeAPI,
+    initial_lines,
+    map_text,
+)
 
 log = logging.getLogger("strangler.dataplane")
+
+METRICS_SOCKET_ENV = "STRANGLER_DATA_PLANE_METRICS"
+"""Set in the facade's environment: the socket of HAProxy's Prometheus exporter."""
 
 _PR_SET_PDEATHSIG = 1
 _STOP_SIGNALS = {signal.SIGTERM, signal.SIGINT}
@@ -73,10 +84,14 @@ def serve_behind_haproxy(
     concurrency: int,
     upstream_timeout: float,
     new_timeout: float,
+    routing: DataPlaneRouting | None = None,
 ) -> None:
     """Run HAProxy on ``host:port`` in front of ``run_facade`` (gunicorn, run in a child
-    process with extra options: its bind and limits); returns when both stopped cleanly,
-    raises :class:`DataPlaneError` when either failed."""
+    process with extra options: its bind and limits, and ``METRICS_SOCKET_ENV`` in its
+    environment); returns when both stopped cleanly, raises :class:`DataPlaneError` when
+    either failed. With ``routing``, what the route table leaves to legacy goes straight
+    to legacy (kept up to date by a thread of this process, see
+    :mod:`skeleton_app.dataplane.routing`)."""
     _raise_fd_limit(plane.max_connections)
     workdir = Path(tempfile.mkdtemp(prefix="strangler-dataplane-"))
     private = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -87,6 +102,25 @@ def serve_behind_haproxy(
         private.set_inheritable(True)
         timeouts = Timeouts.for_facade(plane.request_timeout, upstream_timeout, new_timeout)
         config = workdir / "haproxy.cfg"
+        runtime_socket = workdir / "runtime.sock"
+        routes_map = workdir / "routes.map"
+        metrics_socket = workdir / "metrics.sock"
+        router = None
+        routed: dict[str, Any] = {}
+        if routing is not None:
+            try:
+                legacy = LegacyUpstream.from_url(routing.legacy_url)
+            except ValueError as exc:
+                raise DataPlaneError(str(exc)) from None
+            lines = initial_lines(routing)  # its engine is closed before forking
+            routes_map.write_text(map_text(lines))
+            router = Router(routing, routes_map, RuntimeAPI(str(runtime_socket)), lines)
+            routed = {
+                "legacy": legacy,
+                "routes_map": str(routes_map),
+                "legacy_timeout": upstream_timeout,
+                "metrics_path": routing.metrics_path,
+            }
         config.write_text(
             render(
                 _address(host, port),
@@ -94,16 +128,18 @@ def serve_behind_haproxy(
                 limits=plane.limits,
                 timeouts=timeouts,
                 max_connections=plane.max_connections,
-                runtime_socket=str(workdir / "runtime.sock"),
+                runtime_socket=str(runtime_socket),
+                metrics_socket=str(metrics_socket),
+                **routed,
             )
         )
         _check_config(plane.binary, config)
-        _Supervisor(plane.binary, config, timeouts).run(
-            lambda: run_facade(
-                {"bind": f"fd://{private.fileno()}", **facade_options(plane.limits)}
-            ),
-            private,
-        )
+
+        def facade() -> None:  # in the child process
+            os.environ[METRICS_SOCKET_ENV] = str(metrics_socket)
+            run_facade({"bind": f"fd://{private.fileno()}", **facade_options(plane.limits)})
+
+        _Supervisor(plane.binary, config, timeouts, router).run(facade, private)
     finally:
         private.close()
         shutil.rmtree(workdir, ignore_errors=True)
@@ -148,7 +184,10 @@ def _die_with_parent() -> None:
 
 
 class _Supervisor:
-    def __init__(self, binary: str, config: Path, timeouts: Timeouts) -> None:
+    def __init__(
+        self, binary: str, config: Path, timeouts: Timeouts, router: Router | None = None
+    ) -> None:
+        self._router = router
         self._binary = binary
         self._config = config
         self._grace = timeouts.stop + 10
@@ -167,8 +206,12 @@ class _Supervisor:
             )
             signal.pthread_sigmask(signal.SIG_BLOCK, _STOP_SIGNALS | {signal.SIGCHLD})
             try:
+                if self._router is not None:  # after the fork; the signals stay blocked in it
+                    self._router.start()
                 self._supervise()
             finally:
+                if self._router is not None:
+                    self._router.stop()
                 signal.pthread_sigmask(signal.SIG_UNBLOCK, _STOP_SIGNALS | {signal.SIGCHLD})
         finally:
             self._kill_all()
