@@ -24,7 +24,7 @@ from bench.services import Services
 from bench.suite import BENCHMARKS, BY_NAME, Benchmark
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
-HTTP_BENCHMARKS = {"facade_overhead", "read_path"}
+HTTP_BENCHMARKS = {"facade_overhead", "read_path", "write_path"}
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -34,7 +34,9 @@ def _parser() -> argparse.ArgumentParser:
         description="Run the strangler kit's benchmarks (all of them by default).",
         epilog=f"Benchmarks: {names}. Services: BENCH_PG_HOST, BENCH_PG_PORT, "
         "BENCH_PG_USER, BENCH_AMQP_URL (default: local PostgreSQL as postgres, local "
-        "RabbitMQ as guest).",
+        "RabbitMQ as guest); BENCH_PG_LOGICAL_PORT (default 5433): the wal_level=logical "
+        "cluster of capture_overhead and lag (started by deploy/postgres/logical-cluster.sh "
+        "when it does not answer).",
     )
     parser.add_argument("names", nargs="*", metavar="NAME", help="benchmarks to run")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes, short phases")
@@ -52,7 +54,11 @@ def _parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--bridge-args", help="extra options for `strangler bridge run`")
     parser.add_argument("--consumer-args", help="extra options for `strangler consume`")
-    parser.add_argument("--rate", type=int, help="lag: changes per second (default 1000)")
+    parser.add_argument(
+        "--rate",
+        type=int,
+        help="lag: changes per second (default 1000); write_path: writes per second (200)",
+    )
     parser.add_argument(
         "--keep-logs",
         action="store_true",

@@ -19,12 +19,14 @@ def kit_env(ctx: Context, legacy_url: str, new_url: str | None = None) -> dict[s
     return env
 
 
-def start_consumer(procs: Processes, ctx: Context, queue: str, exchange: str) -> None:
-    """``strangler consume`` on ``queue`` bound to ``exchange``; returns once the queue
-    exists (so nothing the bridge publishes afterwards is unroutable)."""
+def start_consumer(
+    procs: Processes, ctx: Context, queue: str, exchange: str, *options: str
+) -> None:
+    """``strangler consume`` on ``queue`` bound to ``exchange`` (with ``options``); returns
+    once the queue exists (so nothing the bridge publishes afterwards is unroutable)."""
     procs.strangler(
-        "consumer", "consume", "--queue", queue, "--exchange", exchange, *ctx.consumer_args,
-        profile=True,
+        "consumer", "consume", "--queue", queue, "--exchange", exchange, *options,
+        *ctx.consumer_args, profile=True,
     )  # fmt: skip
 
     def ready() -> bool:
@@ -34,12 +36,14 @@ def start_consumer(procs: Processes, ctx: Context, queue: str, exchange: str) ->
     wait_for(ready, 60, f"the consumer to declare queue {queue}", interval=0.1)
 
 
-def start_bridge(procs: Processes, ctx: Context, exchange: str) -> float:
-    """``strangler bridge run`` publishing to ``exchange``; the monotonic start time."""
+def start_bridge(procs: Processes, ctx: Context, exchange: str, *options: str) -> float:
+    """``strangler bridge run`` publishing to ``exchange`` (with ``options``, e.g. the
+    engine's); the monotonic start time."""
     started = time.perf_counter()
     procs.strangler(
-        "bridge", "bridge", "run", "--exchange", exchange, *ctx.bridge_args, profile=True
-    )
+        "bridge", "bridge", "run", "--exchange", exchange, *options, *ctx.bridge_args,
+        profile=True,
+    )  # fmt: skip
     return started
 
 

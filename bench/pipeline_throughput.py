@@ -9,11 +9,16 @@ allocation (the last changes captured), polled every 0.1 s.
 Baseline, same run: the same payloads (envelopes built from the same change rows)
 published with plain pika on an asynchronous connection, persistent, publisher confirms
 streamed with 1000 in flight, into a durable queue. Target: at least half its rate.
+
+Both are measured twice, on quorum queues (the kit's default) and on classic queues
+(``queue_type`` in the broker URL): the last figure is what replication costs the
+pipeline on one node.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -25,6 +30,7 @@ from bench.processes import BenchmarkFailed, Processes, processes
 from bench.raw_amqp import declare_queue, delete_queue, publish_stream
 from bench.report import Figure, Result, Target
 from bench.seed import Shape, create_legacy_schema, seed_legacy
+from broker.rabbitmq import split_queue_type
 from examples.legacy_shop import TABLES
 from legacy_bridge import install
 from new_domain import upgrade_database
@@ -40,14 +46,78 @@ def shape_for(size: int) -> Shape:
     return Shape(products=products, lots_per_product=2, lines=lines)
 
 
+@dataclass
+class _Measured:
+    """One pass: the kit's pipeline and raw pika, both on queues of one type."""
+
+    queue_type: str
+    changes: int
+    payload_bytes: int
+    baseline_seconds: float
+    timeline: _Timeline
+    consumer_rss: int
+    bridge_rss: int
+
+    @property
+    def rate(self) -> float:
+        return self.changes / (self.timeline.done - self.timeline.started)
+
+    @property
+    def baseline_rate(self) -> float:
+        return self.changes / self.baseline_seconds
+
+    @property
+    def relay_seconds(self) -> float:
+        return self.timeline.relay_done - self.timeline.started
+
+
 def run(ctx: Context, size: int) -> Result:
-    services = ctx.services
-    shape = shape_for(size)
+    """Quorum queues (the kit's default) first, then the same pass on classic queues:
+    what the replicated queue costs, in the same run."""
     result = Result(NAME, size)
+    quorum, classic = (_measure(ctx, size, result, kind) for kind in ("quorum", "classic"))
+    result.figures = [
+        Figure(
+            "end-to-end rate", quorum.rate, "changes/s", quorum.baseline_rate, "raw pika",
+            Target("ratio", ">=", 0.5),
+        ),
+        Figure("relay publish rate", quorum.changes / quorum.relay_seconds, "changes/s",
+               quorum.baseline_rate, "raw pika"),
+        Figure("end-to-end rate, classic queues", classic.rate, "changes/s",
+               classic.baseline_rate, "raw pika, classic queue"),
+        Figure("end-to-end rate, quorum queues", quorum.rate, "changes/s", classic.rate,
+               "the same on classic queues"),
+    ]  # fmt: skip
+    shape = shape_for(size)
+    result.details |= {
+        "changes": quorum.changes,
+        "shape": {"products": shape.products, "lots": shape.lots, "orders": shape.lines},
+        "payload_bytes_mean": round(quorum.payload_bytes / max(quorum.changes, 1)),
+        "bridge_args": list(ctx.bridge_args),
+        "consumer_args": list(ctx.consumer_args),
+    }
+    for measured in (quorum, classic):
+        timeline = measured.timeline
+        result.details[measured.queue_type] = {
+            "baseline_seconds": round(measured.baseline_seconds, 3),
+            "pipeline_seconds": round(timeline.done - timeline.started, 3),
+            "relay_confirmed_all_after_s": round(measured.relay_seconds, 3),
+            "first_visible_after_s": round(timeline.first_visible - timeline.started, 3),
+            "consumer_peak_rss_mb": round(measured.consumer_rss / 2**20, 1),
+            "bridge_peak_rss_mb": round(measured.bridge_rss / 2**20, 1),
+            "progress": timeline.samples,
+        }
+    return result
+
+
+def _measure(ctx: Context, size: int, result: Result, queue_type: str) -> _Measured:
+    services = ctx.services
+    amqp_url = with_queue_type(services.amqp_url, queue_type)
+    shape = shape_for(size)
     with (
         services.database("bench_legacy") as legacy,
         services.database("bench_new") as new,
-        services.amqp_names("bench_pipe") as names,
+        services.amqp_names(f"bench_pipe_{queue_type}") as names,
     ):
         create_legacy_schema(legacy.url)
         install(legacy.url, TABLES)
@@ -59,14 +129,13 @@ def run(ctx: Context, size: int) -> Result:
 
         messages = change_messages(legacy.dsn)
         payload_bytes = sum(len(m.body) for m in messages)
-        declare_queue(services.amqp_url, names.exchange("baseline"), names.queue("baseline"))
-        baseline_seconds = publish_stream(services.amqp_url, names.exchange("baseline"), messages)
+        declare_queue(amqp_url, names.exchange("baseline"), names.queue("baseline"))
+        baseline_seconds = publish_stream(amqp_url, names.exchange("baseline"), messages)
         del messages
-        delete_queue(services.amqp_url, names.queue("baseline"))  # free the broker
-        baseline_rate = changes / baseline_seconds
+        delete_queue(amqp_url, names.queue("baseline"))  # free the broker
 
-        env = kit_env(ctx, legacy.url, new.url)
-        with processes(ctx.logs(NAME), env, ctx.profile_dir) as procs:
+        env = kit_env(ctx, legacy.url, new.url) | {"BROKER_URL": amqp_url}
+        with processes(ctx.logs(f"{NAME}_{queue_type}"), env, ctx.profile_dir) as procs:
             start_consumer(procs, ctx, names.queue("pipeline"), names.exchange("pipeline"))
             timeline = _drive(
                 procs, ctx, legacy.dsn, new.dsn, names.exchange("pipeline"), shape.lines, changes
@@ -74,33 +143,16 @@ def run(ctx: Context, size: int) -> Result:
             consumer = procs.stop("consumer")
             bridge = procs.stop("bridge")
             note_disturbances(result, procs, "bridge", "consumer")
+    return _Measured(
+        queue_type, changes, payload_bytes, baseline_seconds, timeline,
+        consumer.peak_rss_bytes, bridge.peak_rss_bytes,
+    )  # fmt: skip
 
-    elapsed = timeline.done - timeline.started
-    rate = changes / elapsed
-    relay_seconds = timeline.relay_done - timeline.started
-    result.figures = [
-        Figure(
-            "end-to-end rate", rate, "changes/s", baseline_rate, "raw pika",
-            Target("ratio", ">=", 0.5),
-        ),
-        Figure("relay publish rate", changes / relay_seconds, "changes/s", baseline_rate,
-               "raw pika"),
-    ]  # fmt: skip
-    result.details |= {
-        "changes": changes,
-        "shape": {"products": shape.products, "lots": shape.lots, "orders": shape.lines},
-        "payload_bytes_mean": round(payload_bytes / max(changes, 1)),
-        "baseline_seconds": round(baseline_seconds, 3),
-        "pipeline_seconds": round(elapsed, 3),
-        "relay_confirmed_all_after_s": round(relay_seconds, 3),
-        "first_visible_after_s": round(timeline.first_visible - timeline.started, 3),
-        "consumer_peak_rss_mb": round(consumer.peak_rss_bytes / 2**20, 1),
-        "bridge_peak_rss_mb": round(bridge.peak_rss_bytes / 2**20, 1),
-        "bridge_args": list(ctx.bridge_args),
-        "consumer_args": list(ctx.consumer_args),
-        "progress": timeline.samples,
-    }
-    return result
+
+def with_queue_type(amqp_url: str, queue_type: str) -> str:
+    """``amqp_url`` declaring queues of ``queue_type`` (``queue_type`` in its query)."""
+    url, _ = split_queue_type(amqp_url)
+    return f"{url}{'&' if '?' in url else '?'}queue_type={queue_type}"
 
 
 class _Timeline:

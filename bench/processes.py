@@ -99,7 +99,10 @@ class Processes:
         return self.start(name, command)
 
     def start(self, name: str, command: Sequence[str]) -> subprocess.Popen[bytes]:
-        with (self.logs / f"{name}.log").open("wb") as log:
+        """Start ``command`` as ``name`` (a name whose process ended may be started
+        again: its log is appended to)."""
+        self.finished.pop(name, None)
+        with (self.logs / f"{name}.log").open("ab") as log:
             proc = subprocess.Popen(
                 list(command), env=self.env, stdout=log, stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -177,16 +180,40 @@ class Processes:
     def cpu_seconds(self, name: str) -> float:
         """CPU time (user + system) used so far by the live processes of ``name``'s
         process group (a gunicorn master and its workers, for instance)."""
+        return sum(self.cpu_seconds_by_command(name).values())
+
+    def cpu_seconds_by_command(self, name: str) -> dict[str, float]:
+        """:meth:`cpu_seconds` split by the processes' command names (``haproxy`` apart
+        from the facade's Python processes behind it, for instance)."""
+        ticks: dict[str, int] = {}
+        for _, parsed in self._group(name):
+            ticks[parsed.command] = ticks.get(parsed.command, 0) + parsed.cpu_ticks
+        hertz = os.sysconf("SC_CLK_TCK")
+        return {command: n / hertz for command, n in ticks.items()}
+
+    def rss_bytes_by_command(self, name: str) -> dict[str, int]:
+        """Resident memory now (``VmRSS``) of ``name``'s process group, by command name."""
+        rss: dict[str, int] = {}
+        for pid, parsed in self._group(name):
+            try:
+                status = Path(f"/proc/{pid}/status").read_text()
+            except OSError:
+                continue
+            for line in status.splitlines():
+                if line.startswith("VmRSS:"):
+                    rss[parsed.command] = rss.get(parsed.command, 0) + int(line.split()[1]) * 1024
+        return rss
+
+    def _group(self, name: str) -> Iterator[tuple[int, ProcessStat]]:
+        """The live processes of ``name``'s process group."""
         group = self.procs[name].pid
-        ticks = 0
         for stat in Path("/proc").glob("[0-9]*/stat"):
             try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except (OSError, IndexError):
+                parsed = parse_stat(stat.read_text())
+            except (OSError, IndexError, ValueError):
                 continue  # the process ended meanwhile
-            if int(fields[2]) == group:  # pgrp; fields[0] is the state
-                ticks += int(fields[11]) + int(fields[12])  # utime, stime
-        return ticks / os.sysconf("SC_CLK_TCK")
+            if parsed.pgrp == group:
+                yield int(stat.parent.name), parsed
 
     def sample_rss(self, name: str) -> None:
         """Note the process's peak RSS so far (``VmHWM``)."""
@@ -211,6 +238,24 @@ class Processes:
         finished = Finished(proc.returncode, self._peak_rss.get(name, 0))
         self.finished[name] = finished
         return finished
+
+
+@dataclass(frozen=True)
+class ProcessStat:
+    """What the benchmarks read of ``/proc/<pid>/stat``."""
+
+    command: str
+    pgrp: int
+    cpu_ticks: int
+    """utime + stime, in clock ticks."""
+
+
+def parse_stat(text: str) -> ProcessStat:
+    """``/proc/<pid>/stat``'s command (the name in parentheses, which may hold spaces and
+    parentheses itself), process group and CPU ticks."""
+    head, rest = text.rsplit(")", 1)
+    fields = rest.split()  # fields[0] is the state
+    return ProcessStat(head.split("(", 1)[1], int(fields[2]), int(fields[11]) + int(fields[12]))
 
 
 def _signal_group(pid: int, sig: signal.Signals) -> None:

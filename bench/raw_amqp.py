@@ -21,6 +21,8 @@ import pika
 from pika.channel import Channel
 from pika.connection import Connection
 
+from broker.rabbitmq import queue_arguments, split_queue_type
+
 DEFAULT_WINDOW = 1000
 
 
@@ -39,24 +41,27 @@ class RawMessage:
 def declare_queue(
     amqp_url: str, exchange: str, queue: str, *, as_the_relay_does: bool = False
 ) -> None:
-    """A durable topic exchange with a durable queue bound to it with ``#``.
+    """A durable topic exchange with a durable queue bound to it with ``#``, of the type
+    the kit declares (``queue_type`` in the URL; quorum by default).
 
     ``as_the_relay_does``: declare the exchange with the alternate exchange
     ``<exchange>.unrouted`` (and its queue) the way the relay declares it, so the relay
     can publish to it afterwards.
     """
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    url, queue_type = split_queue_type(amqp_url)
+    typed = queue_arguments(queue_type, None)  # the kit's type: the same broker work
+    connection = pika.BlockingConnection(pika.URLParameters(url))
     try:
         channel = connection.channel()
         arguments = None
         if as_the_relay_does:
             unrouted = f"{exchange}.unrouted"
             channel.exchange_declare(unrouted, exchange_type="fanout", durable=True)
-            channel.queue_declare(unrouted, durable=True)
+            channel.queue_declare(unrouted, durable=True, arguments=typed)
             channel.queue_bind(unrouted, unrouted, routing_key="")
             arguments = {"alternate-exchange": unrouted}
         channel.exchange_declare(exchange, exchange_type="topic", durable=True, arguments=arguments)
-        channel.queue_declare(queue, durable=True)
+        channel.queue_declare(queue, durable=True, arguments=typed)
         channel.queue_bind(queue, exchange, routing_key="#")
     finally:
         connection.close()
@@ -64,7 +69,7 @@ def declare_queue(
 
 def delete_queue(amqp_url: str, queue: str) -> None:
     """Delete ``queue`` and the messages in it."""
-    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    connection = pika.BlockingConnection(pika.URLParameters(split_queue_type(amqp_url)[0]))
     try:
         connection.channel().queue_delete(queue)
     finally:
@@ -77,7 +82,7 @@ class _StreamPublisher:
     def __init__(
         self, amqp_url: str, exchange: str, messages: Sequence[RawMessage], window: int
     ) -> None:
-        self._params = pika.URLParameters(amqp_url)
+        self._params = pika.URLParameters(split_queue_type(amqp_url)[0])
         self._exchange = exchange
         self._messages = messages
         self._window = window

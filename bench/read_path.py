@@ -2,11 +2,13 @@
 
 Both databases hold the same ``size`` allocations (2 per order, 1,000 products with
 10 lots each), written with set-based SQL straight into the tables, then analysed. The
-route is switched to ``new`` in the facade's route table; the facade (2 workers)
-answers from ``allocations_view``, the legacy shop (2 workers) from its four-table
-join. The load tool asks for random orders; latency with 1 connection (p50), then
-throughput with 16 connections; the two servers alternate (2 rounds each).
-Target: the new p50 at most a third of legacy's.
+route is switched to ``new`` in the facade's route table; the facade (2 workers) behind
+its data plane (``strangler serve --data-plane haproxy``: HAProxy passes the moved route
+to the facade) answers from ``allocations_view``, the legacy shop (2 workers, asked
+directly) from its four-table join; a second facade with ``--data-plane none`` answers
+the same route alone, for comparison. The load tool asks for random orders; latency with
+1 connection (p50), then throughput with 16 connections; the three servers alternate (2
+rounds each). Target: the new p50 (through the data plane) at most a third of legacy's.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from bench.seed import (
     seed_new_domain,
     vacuum_analyze,
 )
-from bench.servers import WORKERS, interleaved, start_servers
+from bench.servers import WORKERS, interleaved_many, start_servers
 from new_domain import upgrade_database
 from skeleton_app import RouteTable
 
@@ -65,16 +67,23 @@ def run(ctx: Context, size: int) -> Result:
         finally:
             table.close()
         with processes(work, {}) as procs:
-            servers = start_servers(procs, legacy.url, new.url, f"/allocations/{order_id(1)}")
-            _check_same_answers(servers.legacy, servers.facade, shape.orders)
+            servers = start_servers(
+                procs, legacy.url, new.url, f"/allocations/{order_id(1)}",
+                data_plane="haproxy", alone=True,
+            )  # fmt: skip
+            assert servers.facade_alone is not None
+            for facade in (servers.facade, servers.facade_alone):
+                _check_same_answers(servers.legacy, facade, shape.orders)
             warm = ctx.seconds(3, 0.5)
-            urls = (servers.legacy, servers.facade)
-            interleaved(
-                ctx, procs, *urls, TEMPLATE, shape.orders, THROUGHPUT_CONNECTIONS, warm, rounds=1
+            urls = (servers.legacy, servers.facade, servers.facade_alone)
+            interleaved_many(
+                ctx, procs, urls, TEMPLATE, shape.orders, THROUGHPUT_CONNECTIONS, warm, rounds=1
             )
-            legacy_1, new_1 = interleaved(ctx, procs, *urls, TEMPLATE, shape.orders, 1, phase)
-            legacy_n, new_n = interleaved(
-                ctx, procs, *urls, TEMPLATE, shape.orders, THROUGHPUT_CONNECTIONS, phase
+            legacy_1, new_1, alone_1 = interleaved_many(
+                ctx, procs, urls, TEMPLATE, shape.orders, 1, phase
+            )
+            legacy_n, new_n, alone_n = interleaved_many(
+                ctx, procs, urls, TEMPLATE, shape.orders, THROUGHPUT_CONNECTIONS, phase
             )
             procs.check_running()
     n = THROUGHPUT_CONNECTIONS
@@ -87,6 +96,12 @@ def run(ctx: Context, size: int) -> Result:
                "legacy"),
         Figure("server CPU per request", new_n.cpu_ms_per_request["facade"], "ms",
                legacy_n.cpu_ms_per_request["legacy"], "legacy"),
+        Figure("HAProxy's part of it", new_n.cpu_ms_per_request["facade/haproxy"], "ms",
+               legacy_n.cpu_ms_per_request["legacy"], "legacy"),
+        Figure("facade alone: p50 latency, 1 connection", alone_1.load.p50_ms, "ms",
+               legacy_1.load.p50_ms, "legacy"),
+        Figure(f"facade alone: throughput, {n} connections", alone_n.load.rate, "req/s",
+               legacy_n.load.rate, "legacy"),
     ]  # fmt: skip
     result.details = {
         "allocations": shape.lines,
@@ -97,8 +112,10 @@ def run(ctx: Context, size: int) -> Result:
         "load_tool": ctx.load_tool,
         "legacy_1": legacy_1.as_dict(),
         "new_1": new_1.as_dict(),
+        "facade_alone_1": alone_1.as_dict(),
         f"legacy_{n}": legacy_n.as_dict(),
         f"new_{n}": new_n.as_dict(),
+        f"facade_alone_{n}": alone_n.as_dict(),
     }
     return result
 

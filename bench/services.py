@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import os
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from pathlib import Path
 
 import pika
 import psycopg
+
+from bench.processes import BenchmarkFailed
 
 
 @dataclass(frozen=True)
@@ -20,17 +26,26 @@ class Services:
     pg_port: int = 5432
     pg_user: str = "postgres"
     amqp_url: str = "amqp://guest:guest@127.0.0.1:5672/%2F"
+    pg_logical_port: int = 5433
+    """The cluster with ``wal_level=logical`` (log-based capture), same host and user."""
 
     @classmethod
     def from_environment(cls) -> Services:
-        """Defaults, overridden by ``BENCH_PG_HOST``, ``BENCH_PG_PORT``, ``BENCH_PG_USER``
-        and ``BENCH_AMQP_URL``."""
+        """Defaults, overridden by ``BENCH_PG_HOST``, ``BENCH_PG_PORT``, ``BENCH_PG_USER``,
+        ``BENCH_PG_LOGICAL_PORT`` and ``BENCH_AMQP_URL``."""
         return cls(
             pg_host=os.environ.get("BENCH_PG_HOST", cls.pg_host),
             pg_port=int(os.environ.get("BENCH_PG_PORT", str(cls.pg_port))),
             pg_user=os.environ.get("BENCH_PG_USER", cls.pg_user),
             amqp_url=os.environ.get("BENCH_AMQP_URL", cls.amqp_url),
+            pg_logical_port=int(os.environ.get("BENCH_PG_LOGICAL_PORT", str(cls.pg_logical_port))),
         )
+
+    def logical(self) -> Services:
+        """The same services with PostgreSQL on the ``wal_level=logical`` cluster, started
+        by ``deploy/postgres/logical-cluster.sh`` when it does not answer (on this host)."""
+        ensure_logical_cluster(self.pg_host, self.pg_logical_port)
+        return replace(self, pg_port=self.pg_logical_port)
 
     def dsn(self, dbname: str = "postgres") -> str:
         return f"host={self.pg_host} port={self.pg_port} user={self.pg_user} dbname={dbname}"
@@ -48,6 +63,7 @@ class Services:
             yield Database(name, self.dsn(name), self.sqlalchemy_url(name))
         finally:
             with psycopg.connect(self.dsn(), autocommit=True) as conn:
+                drop_replication(conn, name)
                 conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
     @contextmanager
@@ -96,7 +112,9 @@ class AmqpNames:
         return names
 
 
-ROLES = ("pipeline", "baseline", "lag", "snapshot")
+ROLES = (
+    "pipeline", "baseline", "lag", "snapshot", "events", "backsync", "triggers", "debezium",
+)  # fmt: skip
 """The exchange/queue roles the benchmarks use (cleanup deletes all of them)."""
 
 
@@ -134,6 +152,86 @@ def queue_exists(amqp_url: str, queue: str) -> bool:
         except pika.exceptions.ChannelClosedByBroker:
             return False
         return True
+    finally:
+        with suppress(Exception):
+            connection.close()
+
+
+LOGICAL_CLUSTER_SCRIPT = (
+    Path(__file__).resolve().parents[1] / "deploy" / "postgres" / "logical-cluster.sh"
+)
+
+
+def ensure_logical_cluster(host: str, port: int) -> None:
+    """Start the local ``wal_level=logical`` cluster on ``port`` when it does not answer;
+    :class:`BenchmarkFailed` when it still does not (or is not on this machine)."""
+    if _reachable(host, port):
+        return
+    if host not in ("127.0.0.1", "localhost"):
+        raise BenchmarkFailed(f"no PostgreSQL answers on {host}:{port} (BENCH_PG_LOGICAL_PORT)")
+    started = subprocess.run(
+        [str(LOGICAL_CLUSTER_SCRIPT), "start"],
+        capture_output=True, text=True, timeout=120, close_fds=True,
+        env={**os.environ, "STRANGLER_PG_LOGICAL_PORT": str(port)},
+    )  # fmt: skip
+    if started.returncode != 0 or not _reachable(host, port):
+        output = (started.stdout + started.stderr).strip().splitlines()
+        raise BenchmarkFailed(
+            f"the wal_level=logical cluster did not start on {host}:{port}: "
+            f"{output[-1] if output else f'exit {started.returncode}'}"
+        )
+
+
+def _reachable(host: str, port: int) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=2):
+            return True
+    except OSError:
+        return False
+
+
+def drop_replication(conn: psycopg.Connection[tuple[object, ...]], database: str) -> None:
+    """Drop every replication slot of ``database`` (ending the WAL senders that hold
+    them first); its publications go with the database."""
+    deadline = time.monotonic() + 30
+    while True:
+        slots = conn.execute(
+            "SELECT slot_name, active_pid FROM pg_replication_slots WHERE database = %s",
+            (database,),
+        ).fetchall()
+        if not slots:
+            return
+        for slot, pid in slots:
+            if pid is not None:
+                conn.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            else:
+                conn.execute(
+                    "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots"
+                    " WHERE slot_name = %s AND NOT active",
+                    (slot,),
+                )
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the replication slots of {database} could not be dropped")
+        time.sleep(0.1)  # a terminated WAL sender releases its slot asynchronously
+
+
+def queue_depth(amqp_url: str, queue: str) -> int:
+    """Messages ready in ``queue`` now."""
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        declared = connection.channel().queue_declare(queue, passive=True)
+        return int(declared.method.message_count)
+    finally:
+        with suppress(Exception):
+            connection.close()
+
+
+def purge_queues(amqp_url: str, *queues: str) -> None:
+    connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+    try:
+        channel = connection.channel()
+        for queue in queues:
+            channel.queue_purge(queue)
     finally:
         with suppress(Exception):
             connection.close()

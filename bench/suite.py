@@ -32,19 +32,27 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("pipeline_throughput",
               "captured backlog -> read model, vs raw pika with streamed confirms",
               "changes", 100_000, 300),
-    Benchmark("lag", "legacy commit -> visible in the read model at a steady rate",
+    Benchmark("lag", "legacy commit -> visible in the read model at a steady rate "
+              "(trigger bridge, then Debezium engine)",
               "seconds at the steady rate", 60, 2),
     Benchmark("capture_overhead",
-              "single-row committed transactions, capture installed vs not (PostgreSQL)",
+              "single-row committed transactions: no capture vs triggers + relay vs the "
+              "Debezium engine (PostgreSQL, wal_level=logical)",
               "transactions per variant", 20_000, 200),
     Benchmark("facade_overhead",
-              "legacy route through the facade vs direct (gunicorn, 2 workers each)",
+              "legacy route through the data plane (HAProxy) and the facade alone vs "
+              "direct; the same with 1,050 connections held",
               "seconds per load phase", 20, 1),
     Benchmark("read_path",
-              "GET /allocations/<orderid>: new read model (via facade) vs legacy endpoint",
+              "GET /allocations/<orderid>: new read model (data plane + facade) vs legacy "
+              "endpoint",
               "allocations in each database", 1_000_000, 2_000),
     Benchmark("snapshot", "strangler bridge snapshot + relay over legacy rows",
               "legacy rows", 1_000_000, 2_000),
+    Benchmark("write_path",
+              "POST /allocate: facade with the write group on new vs legacy's own; "
+              "back-sync lag",
+              "seconds per load phase", 20, 1),
 )  # fmt: skip
 
 BY_NAME = {benchmark.name: benchmark for benchmark in BENCHMARKS}
