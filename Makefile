@@ -18,8 +18,9 @@ bench-smoke:
 	$(PYTHON) -m bench --smoke --load-tool python $(BENCH_ARGS)
 
 # The long fault run (tests/chaos, docs/reliability.md): 100,000+ changes through the
-# real pipeline while the bridge and the consumer are SIGKILLed 24 times and RabbitMQ is
-# restarted 4 times; prints the summary as JSON and as a Markdown table. Needs the local
-# PostgreSQL and RabbitMQ (with rabbitmqctl). The bounded run is part of `pytest`.
+# real pipeline while the write group moves to the new system and is handed back, the
+# bridge, the consumer and back-sync are SIGKILLed 36 times and RabbitMQ is restarted 4
+# times; prints the summary as JSON and as a Markdown table. Needs the local PostgreSQL
+# and RabbitMQ (with rabbitmqctl). The bounded run is part of `pytest`.
 chaos:
 	$(PYTHON) -m tests.chaos --long $(CHAOS_ARGS)

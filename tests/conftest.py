@@ -49,3 +49,14 @@ def memory_broker_url() -> Iterator[str]:
     url = f"memory://{unique_name('test')}"
     yield url
     reset_memory_brokers()
+
+
+@pytest.fixture
+def logical_pg_url() -> Iterator[str]:
+    """A fresh database on the local ``wal_level=logical`` PostgreSQL cluster (port 5433,
+    started by deploy/postgres/logical-cluster.sh when needed); its replication slots
+    are dropped after the test, also when it fails."""
+    from tests.services import logical_postgres_database
+
+    with logical_postgres_database() as url:
+        yield url

@@ -17,8 +17,15 @@ from new_domain.adapters.anomalies import AbstractAnomalyLog, Anomaly
 from new_domain.adapters.database import describe_error
 from new_domain.adapters.lag import AbstractProgress
 from new_domain.adapters.outbox import AbstractOutbox
+from new_domain.adapters.ownership import Lock
+from new_domain.adapters.ownership_records import (
+    AbstractWriteOwnership,
+    EchoAnomaly,
+    OwnershipViolation,
+)
 from new_domain.adapters.repository import AbstractRepository
 from new_domain.domain.model import Product
+from new_domain.domain.ownership import Ownership, OwnershipRule, State
 from new_domain.ingest.ports import (
     DEAD,
     LOADING,
@@ -30,6 +37,7 @@ from new_domain.ingest.ports import (
     AbstractLegacyKeys,
     DeadLetter,
     FailedMessage,
+    LegacyAllocation,
     LegacyLine,
     LegacyLot,
     Verdict,
@@ -97,6 +105,7 @@ class InMemoryLegacyKeys(AbstractLegacyKeys):
         self.products: dict[int, str] = {}
         self.lots: dict[int, LegacyLot] = {}
         self.lines: dict[int, LegacyLine] = {}
+        self.allocations: dict[int, LegacyAllocation] = {}
 
     def product_sku(self, prod_id: int) -> str | None:
         return self.products.get(prod_id)
@@ -119,11 +128,30 @@ class InMemoryLegacyKeys(AbstractLegacyKeys):
     def forget_line(self, line_id: int) -> None:
         self.lines.pop(line_id, None)
 
+    def allocation(self, alloc_id: int) -> LegacyAllocation | None:
+        return self.allocations.get(alloc_id)
+
+    def remember_allocation(self, alloc_id: int, allocation: LegacyAllocation) -> None:
+        self.allocations[alloc_id] = allocation
+
+    def forget_allocation(self, alloc_id: int) -> None:
+        self.allocations.pop(alloc_id, None)
+
 
 class InMemoryChangePositions(AbstractChangePositions):
     def __init__(self) -> None:
         self.positions: dict[str, int] = {}
         self.states: dict[str, str] = {}
+        self.echoes: dict[str, str] = {}
+
+    def echo(self, stream: str) -> str | None:
+        return self.echoes.get(stream)
+
+    def set_echo(self, stream: str, transaction_id: str | None) -> None:
+        if transaction_id is None:
+            self.echoes.pop(stream, None)
+        else:
+            self.echoes[stream] = transaction_id
 
     def get(self, stream: str) -> int | None:
         return self.positions.get(stream)
@@ -203,20 +231,62 @@ class InMemoryDeadLetters(AbstractDeadLetters):
 class InMemoryDecisionLog(AbstractDecisionLog):
     def __init__(self) -> None:
         self.verdicts: list[Verdict] = []
+        self.journal: list[tuple[Verdict, str]] = []
         self.unclassified_count = 0
 
-    def record(self, verdict: Verdict, change_id: str | None) -> None:
+    def record(self, verdict: Verdict, change_id: str | None, journal: str | None = None) -> None:
         self.verdicts.append(verdict)
+        if journal is not None:
+            self.journal.append((verdict, journal))
 
     def unclassified(self) -> None:
         self.unclassified_count += 1
 
 
+class InMemoryOwnership(AbstractWriteOwnership):
+    """Each group's ownership in ``ownerships`` (a group never moved is legacy's; set an
+    entry to move a group); every read, with the lock it asked for, goes to the unit of
+    work's ``log``; what was recorded in ``violations`` and ``echo_anomalies``."""
+
+    def __init__(self, log: list[str]) -> None:
+        self.ownerships: dict[str, Ownership] = {}
+        self.violations: list[OwnershipViolation] = []
+        self.echo_anomalies: list[EchoAnomaly] = []
+        self.log = log
+
+    def read(self, group: str, *, lock: Lock = None) -> Ownership:
+        self.log.append(f"read ownership of {group}" + (f" for {lock}" if lock else ""))
+        return self.ownerships.get(group, Ownership(group))
+
+    def set(self, ownership: Ownership) -> None:
+        self.ownerships[ownership.group] = ownership
+
+    def give(self, group: str, rule: str) -> None:
+        """``group`` settled (active) under ``rule``."""
+        self.set(Ownership(group, OwnershipRule.parse(rule), epoch=1))
+
+    def settle(self, group: str, epoch: int) -> bool:
+        current = self.ownerships.get(group, Ownership(group))
+        if current.epoch != epoch or current.state is not State.MOVING:
+            return False
+        self.ownerships[group] = replace(current, state=State.ACTIVE, previous_rule=None)
+        return True
+
+    def record_violation(self, violation: OwnershipViolation) -> None:
+        self.violations.append(violation)
+
+    def record_echo_anomaly(self, anomaly: EchoAnomaly) -> None:
+        self.echo_anomalies.append(anomaly)
+
+
 class InMemoryUnitOfWork(AbstractUnitOfWork):
     """Dict-backed repositories; not transactional. ``commits`` counts real (outermost)
-    commits."""
+    commits; ``log`` records each transaction's begin, commit and end, and the
+    ownership reads between them."""
 
     def __init__(self) -> None:
+        self.log: list[str] = []
+        self.ownership = InMemoryOwnership(self.log)
         self.stored_products: dict[str, Product] = {}
         self.allocations_view = InMemoryAllocationsView()
         self.legacy_keys = InMemoryLegacyKeys()
@@ -230,16 +300,18 @@ class InMemoryUnitOfWork(AbstractUnitOfWork):
         self.commits = 0
 
     def _begin(self) -> None:
+        self.log.append("begin")
         self.products = InMemoryRepository(self.stored_products)
 
     def _commit(self) -> None:
+        self.log.append("commit")
         self.commits += 1
 
     def _rollback(self) -> None:
-        pass
+        pass  # __exit__ rolls back after every transaction; nothing to undo here
 
     def _end(self) -> None:
-        pass
+        self.log.append("end")
 
     def close(self) -> None:
         pass

@@ -38,6 +38,19 @@ def require(service: str, host: str, port: int) -> None:
     pytest.skip(message)
 
 
+def require_haproxy() -> str:
+    """The haproxy binary; skip (or under CI=true, fail) when it is not installed."""
+    from skeleton_app.dataplane import find_haproxy
+
+    binary = find_haproxy()
+    if binary is not None:
+        return binary
+    message = "haproxy is not installed (apt-get install haproxy)"
+    if os.environ.get("CI", "").lower() == "true":
+        pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
+    pytest.skip(message)
+
+
 def unique_name(prefix: str) -> str:
     return f"{prefix}_{uuid.uuid4().hex[:12]}"
 
@@ -84,3 +97,44 @@ def mariadb_database(prefix: str = "strangler_test") -> Iterator[str]:
 def require_rabbitmq() -> str:
     require("RabbitMQ", "127.0.0.1", 5672)
     return AMQP_URL
+
+
+LOGICAL_PG_PORT = int(os.environ.get("TEST_PG_LOGICAL_PORT", "5433"))
+
+
+def require_logical_postgres() -> None:
+    """The second PostgreSQL cluster with ``wal_level=logical`` (started by
+    ``deploy/postgres/logical-cluster.sh start`` when it does not answer, as the
+    benchmarks start it); skip (or under CI=true, fail) when it cannot be started."""
+    from bench.processes import BenchmarkFailed
+    from bench.services import ensure_logical_cluster
+
+    try:
+        ensure_logical_cluster(PG_HOST, LOGICAL_PG_PORT)
+    except BenchmarkFailed as error:
+        message = f"the logical PostgreSQL cluster is not available: {error}"
+        if os.environ.get("CI", "").lower() == "true":
+            pytest.fail(f"{message} (CI=true: a missing service is a failure)", pytrace=False)
+        pytest.skip(message)
+
+
+@contextmanager
+def logical_postgres_database(prefix: str = "strangler_logical") -> Iterator[str]:
+    """A fresh database on the ``wal_level=logical`` cluster; after the test its
+    replication slots are dropped (their WAL senders ended first), then the database
+    (with its publications)."""
+    require_logical_postgres()
+    import psycopg
+
+    from bench.services import drop_replication
+
+    name = unique_name(prefix)
+    admin = f"host={PG_HOST} port={LOGICAL_PG_PORT} user={PG_USER} dbname=postgres"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield f"postgresql+psycopg://{PG_USER}@{PG_HOST}:{LOGICAL_PG_PORT}/{name}"
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            drop_replication(conn, name)
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')

@@ -14,7 +14,13 @@ def legacy() -> None:
 
 
 @legacy.command()
-@click.option("--port", type=click.IntRange(1, 65535), required=True, help="Port to listen on.")
+@click.option(
+    "--port",
+    type=click.IntRange(1, 65535),
+    envvar="LEGACY_PORT",
+    required=True,
+    help="Port to listen on (env LEGACY_PORT).",
+)
 @click.option("--host", default="127.0.0.1", show_default=True, help="Address to bind.")
 @click.option("--workers", type=click.IntRange(min=1), default=2, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=4, show_default=True)
@@ -22,7 +28,7 @@ def legacy() -> None:
     "--legacy-db-url",
     envvar="LEGACY_DB_URL",
     required=True,
-    help="SQLAlchemy URL of the shop's database [env: LEGACY_DB_URL].",
+    help="SQLAlchemy URL of the shop's database (env LEGACY_DB_URL).",
 )
 def serve(port: int, host: str, workers: int, threads: int, legacy_db_url: str) -> None:
     """Serve the shop's HTTP API under gunicorn until SIGTERM/SIGINT."""

@@ -10,13 +10,14 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from tests.chaos.harness import BOUNDED, LONG, assert_clean, markdown, run
+from tests.chaos.harness import BOUNDED, LONG, run
+from tests.chaos.report import assert_clean, markdown
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
     parser.add_argument(
-        "--long", action="store_true", help="100,000+ changes, 24 process kills, 4 broker restarts"
+        "--long", action="store_true", help="100,000+ changes, 36 process kills, 4 broker restarts"
     )
     parser.add_argument("--seed", type=int, default=None, help="default: a random one")
     parser.add_argument("--changes", type=int, default=None, help="override the size")

@@ -2,12 +2,14 @@
 
 Kinds:
 
-- ``kill_bridge`` / ``kill_consumer``: SIGKILL to the process group of ``strangler bridge
-  run`` / ``strangler consume``, then a fresh one started;
+- ``kill_bridge`` / ``kill_consumer`` / ``kill_backsync``: SIGKILL to the process group of
+  ``strangler bridge run`` / ``strangler consume`` / ``strangler backsync run``, then a
+  fresh one started;
 - ``broker_restart``: ``rabbitmqctl stop_app``, an outage, ``start_app`` (always, in a
   ``finally``) and ``await_startup``;
-- ``pg_terminate``: ``pg_terminate_backend`` on every PostgreSQL backend of the bridge and
-  the consumer (told apart from the legacy shop's by ``application_name``);
+- ``pg_terminate``: ``pg_terminate_backend`` on every PostgreSQL backend of the bridge, the
+  consumer, the outbox relay and back-sync (told apart from the legacy shop's and the
+  facade's by ``application_name``);
 - ``new_db_outage``: the new database refuses connections (``ALLOW_CONNECTIONS false``
   and its backends terminated) for a few seconds, then accepts them again;
 - ``poison``: malformed and schema-violating messages published into the run's
@@ -42,6 +44,7 @@ from tests.integration.facade_process import raw_exchange
 KINDS = (
     "kill_bridge",
     "kill_consumer",
+    "kill_backsync",
     "broker_restart",
     "pg_terminate",
     "new_db_outage",
@@ -50,7 +53,7 @@ KINDS = (
 )
 
 BRIDGE_APP, CONSUMER_APP, SHOP_APP = "chaos-bridge", "chaos-consumer", "chaos-legacy-shop"
-FACADE_APP = "chaos-facade"
+FACADE_APP, OUTBOX_APP, BACKSYNC_APP = "chaos-facade", "chaos-outbox-relay", "chaos-backsync"
 
 
 def with_application_name(url: str, name: str) -> str:

@@ -2,9 +2,12 @@
 
 PostgreSQL holds the legacy shop's database and the new domain's; RabbitMQ carries the
 run's own ``legacy.cdc`` exchange (uniquely named, so runs on one broker never see each
-other's messages) to the consumer's queue and to an audit queue bound with ``#``. The
-facade (``strangler serve``) runs in front of the shop with ``GET /allocations/<orderid>``
-in shadow mode, its route table and shadow results in the new database.
+other's messages) to the consumer's queue and to an audit queue bound with ``#``, and the
+run's own domain events exchange to back-sync's queue. The facade (``strangler serve``)
+runs in front of the shop: the workload's writes go through it, ``GET
+/allocations/<orderid>`` is in shadow mode for the fault rounds, its route table and
+shadow results in the new database. During the workload the write group ``allocation``
+goes legacy -> shadow -> canary 30 -> new -> legacy (the hand-back) -> new.
 """
 
 from __future__ import annotations
@@ -27,9 +30,10 @@ import requests
 from sqlalchemy.engine import make_url
 
 import broker
+from backsync import dead_letter_queue
 from broker import QueueSpec
 from examples.legacy_shop import TABLES
-from skeleton_app import Mode, RouteTable
+from skeleton_app import CutoverGate, Mode, RouteError, RouteTable
 from tests.chaos import faults
 from tests.chaos.faults import FacadeRound, FaultLog, Supervised, with_application_name
 from tests.chaos.oracle import (
@@ -43,8 +47,31 @@ from tests.chaos.oracle import (
     queue_counts,
 )
 from tests.chaos.workload import Workload
+from tests.chaos.write_oracle import (
+    WriteVerdict,
+    judge_backsync,
+    judge_databases,
+    judge_ledger,
+    judge_ownership,
+    parity_between,
+)
 from tests.e2e.processes import STRANGLER, free_port, port_open, run_cli
 from tests.services import PG_HOST, PG_PORT, PG_USER, postgres_database, unique_name
+
+MOVES: tuple[tuple[float, str, str], ...] = (
+    (0.08, "shadow", "shadow"),
+    (0.16, "canary 30", "canary 30"),
+    (0.30, "new", "new"),
+    (0.60, "legacy", "handed back"),
+    (0.80, "new", "new again"),
+)
+"""The write group's journey: (share of the workload's changes, mode, phase name). The
+hand-back is the move to legacy; the run ends with the group on new."""
+
+HANDBACK = "handed back"
+
+PINNED = {"kill_backsync": HANDBACK, "kill_bridge": HANDBACK, "kill_consumer": "new"}
+"""Faults whose first one comes right after a move (the phase it starts) was set."""
 
 
 @dataclass(frozen=True)
@@ -56,6 +83,7 @@ class ChaosConfig:
     changes: int
     kill_bridge: int
     kill_consumer: int
+    kill_backsync: int
     broker_restart: int
     pg_terminate: int
     new_db_outage: int
@@ -66,6 +94,9 @@ class ChaosConfig:
     threads: int = 6
     outage: tuple[float, float] = (2.0, 5.0)  # seconds a broker / new-db outage lasts
     step_timeout: float = 600.0
+    moves: tuple[tuple[float, str, str], ...] = MOVES
+    settle: float = 1.0  # back-sync's --settle (the facade refreshes its routes every 0.2 s)
+    min_phase: float = 0.1  # share of ``changes`` each phase lasts at least, once settled
 
     def plan(self) -> list[str]:
         """The faults of the run, in a seeded random order."""
@@ -73,8 +104,33 @@ class ChaosConfig:
         random.Random(self.seed).shuffle(kinds)
         return kinds
 
+    def schedule(self, rng: random.Random) -> list[tuple[float, str]]:
+        """Every step of the run at its share of the workload's changes: the group's moves
+        (``move <phase>``) and the faults at random points between 5% and 90%, except the
+        first of each kind in ``PINNED``, which comes right after its move was set: the
+        hand-back's fence and the decisions before it still on their way through
+        back-sync and the bridge, the takeover's fence through the consumer."""
+        kinds = self.plan()
+        points = sorted(rng.uniform(0.05, 0.9) for _ in kinds)
+        steps = [(point, 1, kind) for point, kind in zip(points, kinds, strict=True)]
+        moved_at = {phase: at for at, _, phase in self.moves}
+        for kind, phase in PINNED.items():
+            first = next((n for n, step in enumerate(steps) if step[2] == kind), None)
+            if first is not None and phase in moved_at:
+                steps[first] = (moved_at[phase], 1, kind)
+        steps += [(at, 0, f"move {phase}") for at, _, phase in self.moves]
+        return [(point, step) for point, _, step in sorted(steps)]
 
-READY = {"bridge": "relaying captured changes", "consumer": "consuming "}
+
+MIN_DECISION_SAMPLES = 100
+"""The gate's default minimum of judged decisions before a group moves past shadow."""
+
+READY = {
+    "bridge": "relaying captured changes",
+    "consumer": "consuming ",
+    "outbox": "relaying the outbox of",
+    "backsync": "back-sync: ",
+}
 """What a process logs once it works (after its start-up checks)."""
 
 BOUNDED = ChaosConfig(
@@ -83,6 +139,7 @@ BOUNDED = ChaosConfig(
     changes=3000,
     kill_bridge=2,
     kill_consumer=2,
+    kill_backsync=2,
     broker_restart=1,
     pg_terminate=1,
     new_db_outage=1,
@@ -96,6 +153,7 @@ LONG = ChaosConfig(
     changes=100_000,
     kill_bridge=12,
     kill_consumer=12,
+    kill_backsync=12,
     broker_restart=4,
     pg_terminate=6,
     new_db_outage=4,
@@ -113,8 +171,8 @@ def run(config: ChaosConfig, workdir: Path, echo: Callable[[str], None] = print)
         new_url = stack.enter_context(postgres_database("chaos_new"))
         run_ = stack.enter_context(_Run(config, workdir, legacy_url, new_url, echo).started())
         run_.inject_faults_under_load()
-        verdict = run_.drain_and_judge()
-        summary = run_.summary(verdict, time.monotonic() - started)
+        verdict, writes = run_.drain_and_judge()
+        summary = run_.summary(verdict, writes, time.monotonic() - started)
     (workdir / "summary.json").write_text(json.dumps(summary, indent=2, default=str))
     echo(json.dumps(summary, indent=2, default=str))
     return summary
@@ -142,12 +200,18 @@ class _Run:
         self.events = unique_name("chaos_events")
         self.queue = unique_name("chaos_q")
         self.audit = unique_name("chaos_audit")
+        self.backsync_queue = unique_name("chaos_backsync")
         self.store = Store(legacy_url, new_url)
         self.faults = FaultLog()
         self.poison_ids: set[str] = set()
         self.legacy_port = free_port()
         self.legacy_http = f"http://127.0.0.1:{self.legacy_port}"
-        self.workload = Workload(self.legacy_http, config.seed, threads=config.threads)
+        self.facade_port = free_port()
+        self.facade_http = f"http://127.0.0.1:{self.facade_port}"
+        self.workload = Workload(
+            self.facade_http, self.legacy_http, config.seed, threads=config.threads
+        )
+        self.env = {"LEGACY_DB_URL": legacy_url, "NEW_DB_URL": new_url, "BROKER_URL": self.amqp_url}
         logs = workdir
         self.shop = Supervised(
             "legacy",
@@ -194,6 +258,7 @@ class _Run:
                 self.events,
                 "--max-attempts",
                 "3",
+                "--no-outbox-relay",
             ],
             {
                 "NEW_DB_URL": with_application_name(new_url, faults.CONSUMER_APP),
@@ -201,8 +266,33 @@ class _Run:
             },
             logs,
         )
-        self.facade_port = free_port()
-        self.facade_http = f"http://127.0.0.1:{self.facade_port}"
+        self.outbox = Supervised(
+            "outbox",
+            ["outbox", "relay", "--events-exchange", self.events],
+            {
+                "NEW_DB_URL": with_application_name(new_url, faults.OUTBOX_APP),
+                "BROKER_URL": self.amqp_url,
+            },
+            logs,
+        )
+        self.backsync = Supervised(
+            "backsync",
+            [
+                "backsync",
+                "run",
+                "--queue",
+                self.backsync_queue,
+                "--exchange",
+                self.events,
+                "--settle",
+                str(config.settle),
+            ],
+            {
+                "LEGACY_DB_URL": with_application_name(legacy_url, faults.BACKSYNC_APP),
+                "BROKER_URL": self.amqp_url,
+            },
+            logs,
+        )
         self.facade = Supervised(
             "facade",
             [
@@ -216,10 +306,16 @@ class _Run:
                 "--data-plane",
                 "none",
                 # the faults hold the consumer up for longer than the lag guard's 15 s,
-                # and a tripped guard compares nothing; this facade is here for the bad
-                # paths and the shadow results, so its guard never trips
+                # and a tripped guard compares nothing; the shadowed route is here for the
+                # bad paths and the shadow results, so its guard never trips
                 "--max-lag",
                 "86400",
+                # a move's settle (back-sync's --settle) must outlast a worker's snapshot
+                "--refresh-interval",
+                "0.2",
+                # a slow decision under load is not an unknown outcome
+                "--new-timeout",
+                "10",
             ],
             {
                 "LEGACY_URL": self.legacy_http,
@@ -230,7 +326,13 @@ class _Run:
         self.facade.env.pop("PROMETHEUS_MULTIPROC_DIR", None)  # serve makes its own
         self.facade_rounds: list[FacadeRound] = []
         # progress marks: a process is killed only after it did something since its start
-        self.mark = {"bridge": 0, "consumer": 0}
+        self.mark = {"bridge": 0, "consumer": 0, "backsync": 0}
+        self.journey: list[dict[str, Any]] = []  # the group's moves, as they went
+        self.parity_marks: dict[str, dict[str, dict[str, float]]] = {}
+
+    @property
+    def pipeline(self) -> tuple[Supervised, ...]:
+        return (self.shop, self.bridge, self.consumer, self.outbox, self.backsync, self.facade)
 
     # -- setup and teardown ---------------------------------------------------------------
 
@@ -239,9 +341,19 @@ class _Run:
         try:
             self.shop.start()
             self.poll(lambda: port_open(self.legacy_port), "the legacy shop", self.shop)
-            env = {"LEGACY_DB_URL": self.legacy_url, "NEW_DB_URL": self.new_url}
+            env = self.env
             run_cli("bridge", "install", "--tables", ",".join(TABLES), env=env)
             run_cli("db", "upgrade", env=env)
+            # back-sync's queue before the first decision: one published earlier reaches no one
+            run_cli(
+                "backsync",
+                "install",
+                "--queue",
+                self.backsync_queue,
+                "--exchange",
+                self.events,
+                env=env,
+            )
             table = RouteTable(self.new_url)
             try:
                 table.set(*faults.SHADOWED, Mode.SHADOW, by="chaos", reason="the chaos run")
@@ -259,12 +371,14 @@ class _Run:
                 admin.close()
             self.start(self.consumer)
             self.poll(lambda: self._depth(self.queue) >= 0, "the consumer's queue")
+            self.start(self.outbox)
+            self.start(self.backsync)
             self.start(self.bridge)
             self.workload.stock()
             yield self
         finally:
             self.workload.stop()
-            for process in (self.facade, self.consumer, self.bridge, self.shop):
+            for process in reversed(self.pipeline):
                 process.stop()
             self.store.close()
             self._delete_broker_objects()
@@ -290,9 +404,16 @@ class _Run:
             return
         try:
             channel = connection.channel()
-            for queue in (self.queue, f"{self.queue}.dlq", self.audit, self.unrouted):
+            backsync = (self.backsync_queue, dead_letter_queue(self.backsync_queue))
+            for queue in (self.queue, f"{self.queue}.dlq", self.audit, self.unrouted, *backsync):
                 channel.queue_delete(queue)
-            for exchange in (self.exchange, self.unrouted, f"{self.queue}.dlx", self.events):
+            for exchange in (
+                self.exchange,
+                self.unrouted,
+                f"{self.queue}.dlx",
+                self.events,
+                f"{self.backsync_queue}.dlx",
+            ):
                 channel.exchange_delete(exchange)
         finally:
             connection.close()
@@ -301,32 +422,119 @@ class _Run:
 
     def inject_faults_under_load(self) -> None:
         config = self.config
-        plan = config.plan()
-        points = sorted(self.rng.uniform(0.05, 0.9) * config.changes for _ in plan)
         self.workload.start()
-        for point, kind in zip(points, plan, strict=True):
-            self._wait_for_changes(int(point), f"{int(point)} captured changes")
-            self._inject(kind)
+        for share, step in config.schedule(self.rng):
+            point = int(share * config.changes)
+            self._wait_for_changes(point, f"{point} captured changes")
+            if step.startswith("move "):
+                self._move(step.removeprefix("move "))
+            else:
+                self._inject(step)
         self._wait_for_changes(config.changes, f"{config.changes} captured changes")
+        self._settled()
+        self._phase_lasted()
         self.workload.stop()
         self._check_alive()
         assert not self.workload.counts.errors, self.workload.counts.errors
 
     def _wait_for_changes(self, count: int, what: str) -> None:
         self.poll(
-            lambda: self.store.captured_count() >= count,
+            lambda: self._note_settled() and self.store.captured_count() >= count,
             what,
-            self.shop,
-            self.bridge,
-            self.consumer,
-            self.facade,
+            *self.pipeline,
             interval=0.25,
         )
 
     def _check_alive(self) -> None:
-        for process in (self.shop, self.bridge, self.consumer, self.facade):
+        for process in self.pipeline:
             process.assert_running()
         assert len(self.workload.counts.errors) == 0, self.workload.counts.errors
+
+    # -- the write group's journey --------------------------------------------------------
+
+    def _move(self, phase: str) -> None:
+        """Once the previous move settled, move the write group (``routes set`` on one of
+        its routes moves all four); the move settles while the run goes on."""
+        mode = next(mode for _, mode, name in self.config.moves if name == phase)
+        self._settled()
+        self._phase_lasted()
+        if mode != "legacy" and mode != "shadow":
+            # the gate judges the group on decision parity: wait for its samples
+            self.poll(
+                lambda: self.store.decision_samples() >= MIN_DECISION_SAMPLES,
+                f"{MIN_DECISION_SAMPLES} judged decisions before the move to {mode}",
+                *self.pipeline,
+            )
+        if self.workload.phase == "shadow":
+            self.parity_marks["shadow ended"] = self.store.decision_parity()
+        self.workload.phase = f"-> {phase}"
+        at, started = self.store.captured_count(), time.monotonic()
+        # what `strangler routes set POST /allocate <mode>` does, without its start-up
+        # (seconds on a busy machine): the faults pinned to a move follow it at once
+        table = RouteTable(self.new_url, gate=CutoverGate())
+        try:
+            change = table.change("POST", "/allocate", mode, by="chaos", reason=phase)
+        except RouteError as refused:
+            raise AssertionError(
+                f"the move to {mode} was refused: {refused}\n"
+                + self._strangler("ownership", "violations").stdout
+                + self._strangler("ownership", "anomalies").stdout
+            ) from None
+        finally:
+            table.close()
+        moved = change.ownership
+        assert moved is not None and len(change.routes) == 4, change
+        self.journey.append(
+            {
+                "phase": phase,
+                "mode": mode,
+                "at_changes": at,
+                "epoch": moved.epoch,
+                "state": str(moved.state),
+                "set_at": started,
+                "set_in_s": round(time.monotonic() - started, 2),
+                "moved": ", ".join(f"{r.method} {r.pattern}" for r in change.routes),
+            }
+        )
+        self.echo(
+            f"  move {phase} ({mode}) at {at} captured changes, epoch {moved.epoch},"
+            f" set in {self.journey[-1]['set_in_s']} s"
+        )
+
+    def _phase_lasted(self) -> None:
+        """Wait until the phase of the last move had its share of the workload since it
+        settled (``min_phase``)."""
+        if self.journey:
+            least = self.journey[-1]["settled_at_changes"] + int(
+                self.config.min_phase * self.config.changes
+            )
+            ends = self.journey[-1]["phase"]
+            self._wait_for_changes(least, f"{least} captured changes (the phase {ends} ends)")
+
+    def _settled(self) -> None:
+        """Wait until the group's last move is active (its fence came back through
+        legacy)."""
+        if self.journey:
+            self.poll(
+                lambda: self._note_settled(wait=True),
+                f"the move to {self.journey[-1]['mode']} to settle (its fence back through legacy)",
+                *self.pipeline,
+            )
+
+    def _note_settled(self, wait: bool = False) -> bool:
+        """Note when the last move went active: the workload's writes from then on count
+        in its phase. True, unless ``wait`` and the move is still under way."""
+        last = self.journey[-1] if self.journey else None
+        if last is None or "settled_after_s" in last:
+            return True
+        if self.store.ownership()["state"] != "active":
+            return not wait
+        last["settled_after_s"] = round(time.monotonic() - last.pop("set_at"), 2)
+        last["settled_at_changes"] = self.store.captured_count()
+        self.workload.phase = last["phase"]
+        if last["phase"] == "shadow":
+            self.parity_marks["shadow started"] = self.store.decision_parity()
+        return True
 
     def poll(
         self,
@@ -377,6 +585,22 @@ class _Run:
             self.faults.record(kind, at, applied=self.store.applied_position())
             self.start(self.consumer)
             self.mark["consumer"] = self.store.applied_position()
+        elif kind == "kill_backsync":
+            # mid-stream when the new system decides; while legacy owns every product
+            # back-sync only acknowledges legacy's mirrored events (and a hand-back fence)
+            if self.store.ownership()["rule"] not in ("legacy", "shadow"):
+                self._progressed("backsync", self.store.backsync_written)
+            waiting = self._depth(self.backsync_queue)
+            self.backsync.kill()
+            self.faults.record(
+                kind,
+                at,
+                written=self.store.backsync_written(),
+                queued=waiting,
+                group=self.workload.phase,
+            )
+            self.start(self.backsync)
+            self.mark["backsync"] = self.store.backsync_written()
         elif kind == "broker_restart":
             outage = round(self.rng.uniform(low, high), 2)
             faults.broker_restart(outage)
@@ -385,7 +609,7 @@ class _Run:
             terminated = faults.pg_terminate(
                 self.admin_dsn,
                 [self.legacy_db, self.new_db],
-                [faults.BRIDGE_APP, faults.CONSUMER_APP],
+                [faults.BRIDGE_APP, faults.CONSUMER_APP, faults.OUTBOX_APP, faults.BACKSYNC_APP],
             )
             self.faults.record(kind, at, backends=terminated)
         elif kind == "new_db_outage":
@@ -438,28 +662,34 @@ class _Run:
     def _progressed(self, name: str, position: Callable[[], int]) -> None:
         """Wait until ``name`` has moved past its mark (it is working mid-stream)."""
         mark = self.mark[name]
-        process = self.bridge if name == "bridge" else self.consumer
+        process = {"bridge": self.bridge, "consumer": self.consumer, "backsync": self.backsync}[
+            name
+        ]
         self.poll(lambda: position() > mark, f"the {name} to make progress past {mark}", process)
 
     # -- drain and oracle -----------------------------------------------------------------
 
-    def drain_and_judge(self) -> Verdict:
-        both = (self.bridge, self.consumer)
-        last = self.poll(self.store.relay_done, "the relay to publish everything", *both)
+    def drain_and_judge(self) -> tuple[Verdict, WriteVerdict]:
+        alive = self.pipeline
+        # every decision of the new system published and written into legacy ...
+        self.poll(self._decisions_in_legacy, "back-sync to write every decision", *alive)
+        # ... captured (the echoes too), relayed and applied ...
+        last = self.poll(self.store.relay_done, "the relay to publish everything", *alive)
         self.poll(
             lambda: self.store.applied_position() >= last,
             f"the consumer to apply up to position {last}",
-            *both,
+            *alive,
         )
-        self.poll(lambda: self.store.outbox_backlog() == 0, "the outbox relay", *both)
+        # ... and the events the consumer raised for legacy's own changes published
+        self.poll(lambda: self.store.outbox_backlog() == 0, "the outbox relay", *alive)
         self.poll(
             lambda: self._depth(f"{self.queue}.dlq") >= len(self.poison_ids),
             "the poison to reach the dead-letter queue",
-            *both,
+            *alive,
         )
         self._check_alive()
 
-        verdict = Verdict()
+        verdict, writes = Verdict(), WriteVerdict()
         assert self.bridge.stop() == 0, self.bridge.log()  # no more heartbeats after this
         try:
             self.poll(
@@ -471,18 +701,28 @@ class _Run:
         finally:
             verdict.queue_ready, verdict.queue_unacked = queue_counts(self.queue)
         assert self.consumer.stop() == 0, self.consumer.log()
+        assert self.outbox.stop() == 0, self.outbox.log()
+        try:
+            self.poll(
+                lambda: queue_counts(self.backsync_queue) == (0, 0),
+                "back-sync's queue to hold nothing ready or unacknowledged",
+                self.backsync,
+                timeout=60,
+            )
+        finally:
+            backsync_queue = queue_counts(self.backsync_queue)
+        assert self.backsync.stop() == 0, self.backsync.log()
         verdict.unrouted = self._depth(self.unrouted)
         applied = self.store.applied_position()
         judge_changes(verdict, self.store, drain(self.amqp_url, self.audit), applied)
         judge_dead_letters(verdict, self.poison_ids, drain(self.amqp_url, f"{self.queue}.dlq"))
-        result = subprocess.run(
-            [STRANGLER, "verify", "--legacy-url", self.legacy_http, "--show", "20"],
-            env={**os.environ, "LEGACY_DB_URL": self.legacy_url, "NEW_DB_URL": self.new_url},
-            capture_output=True,
-            text=True,
-            timeout=1800,
-        )
-        judge_verify(verdict, result)
+        backsync_dlq = drain(self.amqp_url, dead_letter_queue(self.backsync_queue))
+        judge_backsync(writes, self.store, self.backsync_queue, backsync_dlq, backsync_queue)
+        judge_ownership(writes, self.store)
+        judge_ledger(writes, self.store, self.workload.ledger)
+        judge_databases(writes, self._strangler("verify", "--databases", "--show", "20"))
+        http_verify = self._strangler("verify", "--legacy-url", self.legacy_http, "--show", "20")
+        judge_verify(verdict, http_verify)
         # after the drain new equals legacy: a round on real orders must match all through
         orders = self.store.order_ids()
         sample = sorted(self.rng.sample(orders, min(len(orders), self.config.requests_per_round)))
@@ -494,9 +734,28 @@ class _Run:
             self.store.shadow_results(),
             self.facade.log_path.read_text(errors="backslashreplace"),
         )
-        return verdict
+        return verdict, writes
 
-    def summary(self, verdict: Verdict, duration: float) -> dict[str, Any]:
+    def _decisions_in_legacy(self) -> bool:
+        """Nothing left in the outbox, nothing waiting in back-sync's queue, and as many
+        decisions written into legacy as the new system took."""
+        return (
+            self.store.outbox_backlog() == 0
+            and self._depth(self.backsync_queue) == 0
+            and self.store.backsync_decisions() >= self.store.decisions_taken()
+        )
+
+    def _strangler(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [STRANGLER, *args],
+            env={**os.environ, **self.env},
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
+
+    def summary(self, verdict: Verdict, writes: WriteVerdict, duration: float) -> dict[str, Any]:
+        kills = ("kill_bridge", "kill_consumer", "kill_backsync")
         return {
             "mode": self.config.mode,
             "seed": self.config.seed,
@@ -505,120 +764,17 @@ class _Run:
             "duration_s": round(duration, 1),
             "config": asdict(self.config),
             "workload": self.workload.counts.as_dict(),
+            "ledger": self.workload.ledger.as_dict(),
+            "journey": self.journey,
             "faults": dict(sorted(self.faults.counts.items())),
-            "process_kills": self.faults.counts["kill_bridge"]
-            + self.faults.counts["kill_consumer"],
+            "process_kills": sum(self.faults.counts[kind] for kind in kills),
             "fault_events": self.faults.events,
             "verdict": verdict.as_dict(),
+            "writes": writes.as_dict(),
             "decision_parity": self.store.decision_parity(),
+            "decision_parity_shadow": parity_between(
+                self.parity_marks.get("shadow started", {}),
+                self.parity_marks.get("shadow ended", {}),
+            ),
             "decision_differences": self.store.decision_differences(),
         }
-
-
-def markdown(summary: dict[str, Any]) -> str:
-    """The summary as a Markdown table (for docs/reliability.md)."""
-    v, w = summary["verdict"], summary["workload"]
-    rows = [
-        ("date", summary["date"]),
-        ("machine", summary["machine"]),
-        ("mode / seed", f"{summary['mode']} / {summary['seed']}"),
-        ("duration", f"{summary['duration_s']} s"),
-        (
-            "HTTP requests to legacy",
-            f"{w['requests']:,}: " + ", ".join(f"{k} {n:,}" for k, n in w["by_kind"].items()),
-        ),
-        ("cuts that made legacy reallocate", f"{w['reallocating_cuts']:,}"),
-        (
-            "changes captured",
-            f"{v['captured']:,}: "
-            + ", ".join(f"{k} {n:,}" for k, n in v["captured_by_kind"].items()),
-        ),
-        (
-            "changes published (distinct / deliveries)",
-            f"{v['published']:,} / {v['deliveries_to_audit']:,}",
-        ),
-        ("changes applied", f"{v['applied']:,}"),
-        (
-            "domain events expected / recorded",
-            f"{v['effects_expected']:,} / {v['effects_recorded']:,}",
-        ),
-        ("faults", ", ".join(f"{k} {n}" for k, n in summary["faults"].items())),
-        ("process kills", str(summary["process_kills"])),
-        (
-            "poison injected / dead-lettered (of them again) / other dead letters",
-            f"{v['poison_injected']} / {v['dead_lettered']} ({v['dead_letter_duplicates']})"
-            f" / {v['dead_letters_unexpected']}",
-        ),
-        (
-            "left in the consumer's queue (ready / unacked)",
-            f"{v['queue_ready']} / {v['queue_unacked']}",
-        ),
-        (
-            "facade: bad paths refused with JSON / sent; good requests answered / sent",
-            f"{v['facade_bad_refused']} / {v['facade_bad_requests']};"
-            f" {v['facade_good_answered']} / {v['facade_good_requests']}",
-        ),
-        (
-            "facade: shadow results matching / recorded (unexpected, missing)",
-            f"{v['facade_shadow_matching']} / {v['facade_shadow_recorded']}"
-            f" ({v['facade_shadow_unexpected']}, {v['facade_shadow_missing']})",
-        ),
-        ("**lost**", f"**{v['lost']}**"),
-        ("**double-applied**", f"**{v['double_applied']}**"),
-        (
-            "**parity**",
-            f"**{v['parity']}%** ({v['orders_matching']:,} of {v['orders_checked']:,} orders)",
-        ),
-        (
-            "decision parity (agree of judged)",
-            "; ".join(
-                f"{route} {p['percent']}% ({p['agree']:,} of {p['agree'] + p['differ']:,})"
-                if route != "unclassified"
-                else f"unclassified transactions {p['differ']:,}"
-                for route, p in summary.get("decision_parity", {}).items()
-            ),
-        ),
-    ]
-    lines = ["| | |", "|---|---|"] + [f"| {k} | {val} |" for k, val in rows]
-    return "\n".join(lines)
-
-
-def assert_clean(summary: dict[str, Any]) -> None:
-    """The run's promises: nothing lost, nothing applied twice, full parity, only the
-    poison dead-lettered, nothing left in the queue, every planned fault injected."""
-    v, config = summary["verdict"], summary["config"]
-    planned = {k: config[k] for k in faults.KINDS if config[k]}
-    promises = {
-        "nothing lost": v["lost"] == 0,
-        "nothing applied twice": v["double_applied"] == 0,
-        "nothing published that was not captured": v["phantom_published"] == 0,
-        "every order matches legacy": v["verify_exit"] == 0 and v["parity"] == 100.0,
-        "the workload's size": v["captured"] >= config["changes"],
-        "captured = published = applied": v["applied"] == v["captured"] == v["published"],
-        "one domain event per effect": v["effects_recorded"] == v["effects_expected"],
-        "the poison, and only it, dead-lettered": v["poison_injected"] > 0
-        and v["dead_letters_unexpected"] == 0
-        and v["poison_missing"] == 0,
-        "nothing left in the queues": (v["queue_ready"], v["queue_unacked"], v["unrouted"])
-        == (0, 0, 0),
-        "every planned fault injected": summary["faults"] == planned,
-        "the facade refused every bad path with a JSON error and answered every good one": 0
-        < v["facade_bad_refused"]
-        == v["facade_bad_requests"]
-        and 0 < v["facade_good_answered"] == v["facade_good_requests"],
-        "the facade's shadow results: one per good request, all matching, none for a bad one": v[
-            "facade_shadow_matching"
-        ]
-        == v["facade_shadow_recorded"]
-        == v["facade_good_requests"]
-        and (v["facade_shadow_unexpected"], v["facade_shadow_missing"]) == (0, 0),
-        "the facade's log: no traceback, no raw NUL or escape, one line per refused path": v[
-            "facade_log_problems"
-        ]
-        == 0,
-    }
-    broken = [promise for promise, kept in promises.items() if not kept]
-    assert not broken, (
-        f"seed {summary['seed']}: broken: {', '.join(broken)}; faults {summary['faults']};"
-        f" verdict {v}"
-    )

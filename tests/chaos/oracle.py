@@ -12,9 +12,10 @@ Definitions (all per run; a run has its own databases, exchange and queues):
   consumer stored for the stream in the new database (stored in the same transaction as
   the effect).
 - **effects**: the changes that must raise exactly one domain event in the new domain's
-  outbox (written in the same transaction): ``lot_allocation`` inserts (``Allocated``)
-  and deletes (``Deallocated``), ``stock_lot`` updates that change ``qty_units``
-  (``BatchQuantityChanged``). An outbox row names its cause (``legacy_change``).
+  outbox (written in the same transaction): ``stock_lot`` inserts (``BatchCreated``),
+  ``lot_allocation`` inserts (``Allocated``) and deletes (``Deallocated``), ``stock_lot``
+  updates that change ``qty_units`` (``BatchQuantityChanged``). An outbox row names its
+  cause (``legacy_change``).
 - **lost** = captured but never published + captured but not applied + effect-bearing
   changes without their event.
 - **double-applied** = events beyond the first per cause + events whose cause is not an
@@ -72,6 +73,71 @@ class Store:
             }
             for route, agree, differ in sorted(rows)
         }
+
+    def decision_samples(self) -> int:
+        """Legacy decisions the consumer judged (every write route)."""
+        with self.new.connect() as conn:
+            return int(
+                conn.scalar(
+                    text(
+                        "SELECT coalesce(sum(agree + differ), 0) FROM decision_parity"
+                        " WHERE route <> 'unclassified'"
+                    )
+                )
+                or 0
+            )
+
+    def ownership(self, group: str = "allocation") -> dict[str, Any]:
+        """The write group's ownership row (legacy, epoch 0, before its first move)."""
+        with self.new.connect() as conn:
+            row = (
+                conn.execute(
+                    text(
+                        "SELECT rule, previous_rule, epoch, state FROM write_ownership"
+                        " WHERE group_name = :group"
+                    ),
+                    {"group": group},
+                )
+                .mappings()
+                .first()
+            )
+        return dict(row) if row else {"rule": "legacy", "epoch": 0, "state": "active"}
+
+    def backsync_written(self) -> int:
+        """Decisions and fences back-sync wrote into legacy."""
+        with self.legacy.connect() as conn:
+            return int(
+                conn.scalar(
+                    text(
+                        "SELECT coalesce(sum(decisions + fences), 0)"
+                        " FROM strangler_backsync_position"
+                    )
+                )
+                or 0
+            )
+
+    def backsync_decisions(self) -> int:
+        """Decisions back-sync wrote into legacy."""
+        with self.legacy.connect() as conn:
+            return int(
+                conn.scalar(
+                    text("SELECT count(*) FROM strangler_backsync_applied WHERE kind = 'decision'")
+                )
+                or 0
+            )
+
+    def decisions_taken(self) -> int:
+        """Distinct decisions of the new system in the outbox."""
+        with self.new.connect() as conn:
+            return int(
+                conn.scalar(
+                    text(
+                        "SELECT count(DISTINCT (body::jsonb -> 'decision' ->> 'id')) FROM outbox"
+                        " WHERE body::jsonb -> 'decision' <> 'null'::jsonb"
+                    )
+                )
+                or 0
+            )
 
     def decision_differences(self, limit: int = 10) -> list[dict[str, str]]:
         with self.new.connect() as conn:
@@ -133,14 +199,21 @@ class Store:
             return str(conn.scalar(text("SELECT install_id FROM strangler_relay_state")))
 
     def changes(self) -> list[dict[str, Any]]:
+        """Every captured change; ``own``: its legacy transaction was opened by an origin
+        marker (back-sync's echo of a decision, or a fence)."""
         with self.legacy.connect() as conn:
             rows = (
                 conn.execute(
                     text(
-                        "SELECT change_id, table_name, op, pos,"
-                        " (before ->> 'qty_units') AS qty_before,"
-                        " (after ->> 'qty_units') AS qty_after"
-                        " FROM strangler_change ORDER BY change_id"
+                        "SELECT c.change_id, c.table_name, c.op, c.pos,"
+                        " (c.before ->> 'qty_units') AS qty_before,"
+                        " (c.after ->> 'qty_units') AS qty_after,"
+                        " (o.table_name = 'strangler_origin' AND o.op = 'c') AS own"
+                        " FROM strangler_change c"
+                        " JOIN (SELECT txid, min(change_id) AS first FROM strangler_change"
+                        "       GROUP BY txid) f ON f.txid = c.txid"
+                        " JOIN strangler_change o ON o.change_id = f.first"
+                        " ORDER BY c.change_id"
                     )
                 )
                 .mappings()
@@ -148,10 +221,21 @@ class Store:
             )
         return [dict(row) for row in rows]
 
-    def outbox_causes(self) -> Counter[str | None]:
+    def outbox_bodies(self) -> list[dict[str, Any]]:
         with self.new.connect() as conn:
-            bodies = conn.execute(text("SELECT body FROM outbox")).scalars().all()
-        return Counter(json.loads(body).get("legacy_change") for body in bodies)
+            rows = conn.execute(
+                text("SELECT event_type, body, published_at FROM outbox ORDER BY id")
+            ).all()
+        return [
+            {"type": kind, "published_at": published, **json.loads(body)}
+            for kind, body, published in rows
+        ]
+
+    def outbox_causes(self) -> Counter[str]:
+        """Domain events the consumer raised for legacy's changes, by cause."""
+        return Counter(
+            body["legacy_change"] for body in self.outbox_bodies() if body.get("legacy_change")
+        )
 
     def shadow_results(self) -> list[tuple[str, str]]:
         """(path, outcome) of every shadow comparison the facade recorded."""
@@ -224,6 +308,7 @@ def queue_counts(queue: str) -> tuple[int, int]:
 class Verdict:
     captured: int = 0
     captured_by_kind: dict[str, int] = field(default_factory=dict)
+    captured_own: int = 0  # changes of transactions opened by an origin marker
     published: int = 0
     deliveries_to_audit: int = 0
     applied: int = 0
@@ -254,6 +339,7 @@ class Verdict:
     facade_shadow_unexpected: int = 0  # results beyond one per good request, or for a bad path
     facade_shadow_missing: int = 0  # good requests without their result
     facade_log_problems: int = 0
+    facade_new_system_unavailable: int = 0  # writes answered 502: the new database was down
     queue_ready: int = 0
     queue_unacked: int = 0
     examples: dict[str, list[str]] = field(default_factory=dict)
@@ -299,7 +385,9 @@ def judge_changes(
     verdict.applied = len(ids) - len(unapplied)
     verdict.lost_unapplied = len(unapplied)
 
-    expected = {i for i, c in ids.items() if _has_effect(c)}
+    # the system's own transactions (back-sync's echoes, fences) raise nothing
+    verdict.captured_own = sum(1 for c in changes if c["own"])
+    expected = {i for i, c in ids.items() if _has_effect(c) and not c["own"]}
     causes = store.outbox_causes()
     verdict.effects_expected = len(expected)
     verdict.effects_recorded = sum(causes.values())
@@ -328,6 +416,8 @@ def _has_effect(change: dict[str, Any]) -> bool:
     table, op = change["table_name"], change["op"]
     if table == "lot_allocation":
         return op in ("c", "d")
+    if table == "stock_lot" and op == "c":
+        return True
     return bool(table == "stock_lot" and op == "u" and change["qty_before"] != change["qty_after"])
 
 
@@ -355,6 +445,22 @@ def judge_dead_letters(verdict: Verdict, poison_ids: set[str], dlq: list[broker.
         verdict.examples["dead_letters_unexpected"] = unexpected[:5]
 
 
+_LOG_RECORD = re.compile(r"^\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d+ ", re.MULTILINE)
+
+
+def _log_records(log: str) -> list[str]:
+    """The log's records: a line that starts with a timestamp and the lines after it."""
+    starts = [m.start() for m in _LOG_RECORD.finditer(log)]
+    return [log[a:b] for a, b in zip(starts, [*starts[1:], len(log)], strict=True)]
+
+
+def _new_system_unavailable(record: str) -> bool:
+    """A write the new system could not take because its database was unreachable: the
+    facade answers 502 and logs the failure with its traceback (not a problem)."""
+    header = record.split("\n", 1)[0]
+    return "not retried on legacy" in header and "OperationalError" in record
+
+
 def judge_facade(
     verdict: Verdict, rounds: list[FacadeRound], results: list[tuple[str, str]], log: str
 ) -> None:
@@ -373,8 +479,11 @@ def judge_facade(
     verdict.facade_shadow_unexpected = sum((recorded - sent).values())
     verdict.facade_shadow_missing = sum((sent - recorded).values())
     refused_lines = sum(1 for line in log.splitlines() if "refused GET /allocations/" in line)
+    records = _log_records(log)
+    unavailable = [r for r in records if _new_system_unavailable(r)]
+    verdict.facade_new_system_unavailable = len(unavailable)
     verdict.facade_log_problems = (
-        log.count("Traceback")
+        sum(1 for r in records if "Traceback" in r and r not in unavailable)
         + log.count("\x00")
         + log.count("\x1b")
         + abs(refused_lines - sum(r.refused_by_facade for r in rounds))

@@ -1,8 +1,12 @@
-"""The bounded chaos run: the real pipeline under a workload of a few thousand changes,
-with the bridge and the consumer SIGKILLed twice each, a RabbitMQ restart, our PostgreSQL
+"""The bounded chaos run: the real pipeline under a workload of a few thousand changes
+written through the facade while the write group goes legacy -> shadow -> canary 30 ->
+new -> legacy (a hand-back) -> new, with the bridge, the consumer and back-sync SIGKILLed
+twice each (back-sync once right after the hand-back), a RabbitMQ restart, our PostgreSQL
 connections terminated, the new database unreachable for a few seconds and poison
-messages; then nothing may be lost or applied twice, every order must match legacy and
-the dead-letter queue must hold the poison and nothing else."""
+messages; then nothing may be lost or applied twice, in either database: every write the
+workload was told succeeded is in both as told, every decision of the new system is in
+legacy once, both databases are equal, every order matches legacy and the dead-letter
+queue holds the poison and nothing else."""
 
 from __future__ import annotations
 
@@ -15,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import BOUNDED, assert_clean, markdown, run
+from tests.chaos.harness import BOUNDED, HANDBACK, run
+from tests.chaos.report import WRITE_ROUTES, assert_clean, markdown
 from tests.services import require_rabbitmq
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -31,7 +36,7 @@ def _require_rabbitmqctl() -> None:
     pytest.skip("rabbitmqctl is not installed")
 
 
-@pytest.mark.timeout(420)
+@pytest.mark.timeout(600)
 def test_bounded_chaos_run_loses_nothing_and_matches_legacy(tmp_path: Path) -> None:
     require_rabbitmq()
     _require_rabbitmqctl()
@@ -42,14 +47,22 @@ def test_bounded_chaos_run_loses_nothing_and_matches_legacy(tmp_path: Path) -> N
 
     print(markdown(summary))
     assert (tmp_path / "summary.json").exists()
-    assert summary["process_kills"] == 4
+    assert summary["process_kills"] == 6
     assert_clean(summary)
     events = summary["fault_events"]
     # faults happened during the workload, not after it
     assert all(e["at_changes"] < summary["verdict"]["captured"] for e in events)
     assert all(e["backends"] >= 1 for e in events if e["kind"] == "pg_terminate")
+    # the hand-back happened during the workload, and back-sync was killed right after it
+    journey = {step["phase"]: step for step in summary["journey"]}
+    assert journey[HANDBACK]["mode"] == "legacy"
+    assert journey[HANDBACK]["at_changes"] < summary["verdict"]["captured"]
+    kills = [e for e in events if e["kind"] == "kill_backsync"]
+    assert any(e["group"] in (f"-> {HANDBACK}", HANDBACK) for e in kills), kills
+    # the new system decided about every write route, and wrote each into legacy
+    assert set(summary["writes"]["decisions_by_route"]) == set(WRITE_ROUTES)
     # every write route's legacy decisions were judged against the new rules
     judged = summary["decision_parity"]
-    for route in ("POST /batches", "POST /allocate", "POST /deallocate", "PATCH /batches/<ref>"):
+    for route in WRITE_ROUTES:
         assert judged[route]["agree"] + judged[route]["differ"] > 0, (route, judged)
     print(json.dumps(summary["decision_differences"], indent=2))

@@ -291,8 +291,8 @@ def test_a_route_moves_legacy_shadow_canary_new_and_back(
             procs.assert_running()
     finally:
         read_model.close()
-        broker.delete_queue(queue)
-        broker.delete_queue(f"{queue}.dlq")
+        for name in (queue, f"{queue}.dlq", f"{exchange}.unrouted"):
+            broker.delete_queue(name)
         broker.close()
         _delete_exchanges(amqp_url, [exchange, f"{exchange}.unrouted", f"{queue}.dlx"])
 

@@ -39,7 +39,7 @@ from tests.e2e.runbook import (
     missing_fragments,
     parse_steps,
 )
-from tests.services import postgres_database, require_rabbitmq, unique_name
+from tests.services import postgres_database, require_haproxy, require_rabbitmq, unique_name
 
 ROOT = Path(__file__).resolve().parents[2]
 DOCS = ROOT / "docs"
@@ -54,6 +54,7 @@ ORDER = (
     "rebuild-the-read-model.md",
     "dead-letter-queue.md",
     "decommission.md",
+    "move-the-write-routes.md",
 )
 """Runbooks with commands, in the order they are rehearsed."""
 
@@ -213,6 +214,7 @@ class Rehearsal:
 @pytest.fixture(scope="module")
 def rehearsal(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Rehearsal]:
     amqp_url = require_rabbitmq()
+    require_haproxy()  # the facade runs behind its data plane, as in production
     base = tmp_path_factory.mktemp("runbooks")
     with ExitStack() as stack:
         legacy_db = stack.enter_context(postgres_database("runbook_legacy"))

@@ -14,6 +14,8 @@ import json
 import random
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -61,6 +63,8 @@ class LegacyShopStream:
         self.lines: dict[int, _Line] = {}
         self._by_order: dict[tuple[str, int], int] = {}
         self._ids = {"prod": 0, "lot": 0, "line": 0, "alloc": 0, "change": 0, "tx": 1000}
+        self._ids["origin"] = 0
+        self._echo: dict[str, Any] | None = None
 
     # -- the shop's requests -------------------------------------------------------------
 
@@ -116,6 +120,36 @@ class LegacyShopStream:
             if target is not None:
                 events.append(self._allocation_created(line, target))
         self._transaction(events)
+
+    # -- the kit's own transactions (docs/write-path.md, "The origin marker") --------------
+
+    @contextmanager
+    def echo(self, route: str, summary: str, sku: str, decision_id: str = "d-1") -> Iterator[None]:
+        """The requests in the block are the new system's decision ``route``/``summary``
+        written back by back-sync: each legacy transaction opens with an origin marker."""
+        self._echo = {
+            "kind": "decision",
+            "group_name": "allocation",
+            "epoch": None,
+            "decision_id": decision_id,
+            "route": route,
+            "sku": sku,
+            "summary": summary,
+        }
+        try:
+            yield
+        finally:
+            self._echo = None
+
+    def fence(self, epoch: int, group: str = "allocation") -> None:
+        """Back-sync's fence of the write group's ownership ``epoch``."""
+        marker = {"kind": "fence", "group_name": group, "epoch": epoch}
+        self._transaction([("strangler_origin", "c", None, self._origin_row(marker))])
+
+    def _origin_row(self, marker: dict[str, Any]) -> dict[str, Any]:
+        row: dict[str, Any] = dict.fromkeys(("epoch", "decision_id", "route", "sku", "summary"))
+        row.update(marker, origin_id=self._next("origin"), written_at="2024-05-01T10:00:02")
+        return row
 
     # -- a busy day --------------------------------------------------------------------
 
@@ -220,6 +254,8 @@ class LegacyShopStream:
         return self._ids[kind]
 
     def _transaction(self, events: list[tuple[str, str, Any, Any]]) -> None:
+        if self._echo is not None:
+            events = [("strangler_origin", "c", None, self._origin_row(self._echo)), *events]
         txid = self._next("tx")
         per_table: dict[str, int] = {}
         for order, (table, op, before, after) in enumerate(events, 1):

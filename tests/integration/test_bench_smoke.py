@@ -12,11 +12,19 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from bench.processes import strangler_has_command
 from bench.suite import BENCHMARKS
-from tests.services import PG_HOST, PG_PORT, PG_USER, require
+from tests.services import (
+    LOGICAL_PG_PORT,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    require,
+    require_logical_postgres,
+)
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
@@ -26,17 +34,19 @@ MISSING_SNAPSHOT = "not available: strangler bridge snapshot missing"
 
 def test_every_benchmark_runs_at_smoke_size(amqp_url: str, tmp_path: Path) -> None:
     require("PostgreSQL", PG_HOST, PG_PORT)
+    require_logical_postgres()  # capture_overhead and lag run the Debezium engine there
     env = {
         **os.environ,
         "BENCH_PG_HOST": PG_HOST,
         "BENCH_PG_PORT": str(PG_PORT),
         "BENCH_PG_USER": PG_USER,
+        "BENCH_PG_LOGICAL_PORT": str(LOGICAL_PG_PORT),
         "BENCH_AMQP_URL": amqp_url,
     }
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--load-tool", "python",
          "--results-dir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
@@ -57,3 +67,26 @@ def test_every_benchmark_runs_at_smoke_size(amqp_url: str, tmp_path: Path) -> No
             assert figure["value"] > 0 and math.isfinite(figure["value"]), figure
             if figure["target"] is not None:
                 assert figure["met"] in (True, False), figure
+
+    writes = json.loads((tmp_path / "write_path.json").read_text())["details"]
+    # the new system's writes reached legacy: both databases agree after the load
+    assert writes["verified_after"] == "equal", writes["verified_after"]
+    loops = [value for key, value in writes.items() if key.startswith("open_loop_")]
+    assert len(loops) == 2  # half the rate, then the rate
+    for loop in loops:
+        assert loop["lag_decisions"] == loop["requests"] > 0
+
+    # both engines measured, and every replication slot they created dropped
+    capture = json.loads((tmp_path / "capture_overhead.json").read_text())
+    lag = json.loads((tmp_path / "lag.json").read_text())
+    assert len(capture["figures"]) == 4 and len(lag["figures"]) == 4
+    for engine in ("triggers", "debezium"):
+        assert lag["details"][engine]["changes_written"] > 0
+    slots = [capture["details"]["slot"], lag["details"]["debezium"]["slot"]]
+    assert all(slots), slots
+    admin = f"host={PG_HOST} port={LOGICAL_PG_PORT} user={PG_USER} dbname=postgres"
+    with psycopg.connect(admin) as conn:
+        left = conn.execute(
+            "SELECT slot_name FROM pg_replication_slots WHERE slot_name = ANY(%s)", (slots,)
+        ).fetchall()
+    assert left == []

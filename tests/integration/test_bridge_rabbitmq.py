@@ -297,12 +297,17 @@ def test_an_idle_relay_sends_persistent_heartbeats(engine: Engine, amqp_url: str
             channel = connection.channel()
 
             def heartbeat_arrived() -> bool:
-                method, properties, body = channel.basic_get(queue, auto_ack=True)
-                if method is not None:
+                # a consumer, not basic.get: the queue has a single active consumer
+                for method, properties, body in channel.consume(
+                    queue, auto_ack=True, inactivity_timeout=0.05
+                ):
+                    if method is None:
+                        break
                     got.append((properties, body))
                 return any(p.type == "heartbeat" for p, _ in got)  # type: ignore[attr-defined]
 
             wait_until(heartbeat_arrived, 10)
+            channel.cancel()
         finally:
             connection.close()
             stop.set()

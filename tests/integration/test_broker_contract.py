@@ -355,6 +355,22 @@ def test_queue_depth_counts_ready_messages(session: Session) -> None:
     assert b.queue_depth(q) == 2
 
 
+def test_queue_consumers_counts_the_sessions_taking_from_a_queue(session: Session) -> None:
+    b = session.connect()
+    x = session.exchange()
+    b.declare_exchange(x)
+    q = session.queue(b, (x, "#"), sac=False)
+    watcher = session.connect()
+    assert watcher.queue_consumers(q) == 0
+    b.publish(x, [message(1)])
+    take(b, q, 1, max_messages=1)
+    wait_until(lambda: watcher.queue_consumers(q) == 1)
+    b.close()
+    wait_until(lambda: watcher.queue_consumers(q) == 0)
+    with pytest.raises(BrokerError, match="NOT_FOUND"):
+        watcher.queue_consumers(unique_name("missing"))
+
+
 def test_publish_to_a_missing_exchange_raises(session: Session) -> None:
     b = session.connect()
     started = time.monotonic()

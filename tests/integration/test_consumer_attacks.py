@@ -94,7 +94,8 @@ def dead_letters(rabbit: Broker, queue: str, expected: int) -> list[Message]:
     assert rabbit.queue_depth(f"{queue}.dlq") == expected
     taken: list[Message] = []
     while len(taken) < expected:  # a get may hand over fewer than are ready
-        got = rabbit.get_batch(f"{queue}.dlq", expected - len(taken), 1.0)
+        # the window counts what was handed over and not acked yet: ask for all of them
+        got = rabbit.get_batch(f"{queue}.dlq", expected, 1.0)
         assert got, f"{len(taken)} of {expected} dead letters taken"
         taken += [d.message for d in got]
     return taken

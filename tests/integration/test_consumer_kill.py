@@ -188,49 +188,16 @@ def test_a_consumer_killed_20_times_ends_up_matching_legacy_and_publishes_every_
         assert last >= EXPECTED_CHANGES
         assert all(applied < captured_ for applied, captured_ in killed_at)  # mid-stream
 
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        with served(workload.app) as legacy_http:
-            verified = subprocess.run(
-                [
-                    sys.executable,
-                    "-c",
-                    "from skeleton_app.composition.cli import main; main()",
-                    "verify",
-                    "--legacy-url",
-                    legacy_http,
-                ],
-                cwd=ROOT,
-                env={**env, "LEGACY_DB_URL": legacy_url},
-                capture_output=True,
-                text=True,
-                timeout=300,
-            )
-        assert verified.returncode == 0, verified.stdout + verified.stderr
-        [summary] = [line for line in verified.stdout.splitlines() if line.startswith("checked")]
+        summary = verified_summary(workload, env, legacy_url)
         checked = int(summary.split()[1])
         assert checked > 3000  # (orders all of whose lines were deleted are gone)
         assert f"{checked} matching, 0 differing, 0 only in legacy" in summary
 
-        with legacy_db.connect() as connection:
-            changes = dict(
-                connection.execute(
-                    text(
-                        "SELECT table_name || '.' || op, count(*) FROM strangler_change GROUP BY 1"
-                    )
-                ).all()
-            )
+        assert_one_event_per_state_change(legacy_db, new_db)
         with new_db.connect() as connection:
             rows = connection.execute(
                 select(orm.outbox.c.message_id, orm.outbox.c.event_type)
             ).all()
-        by_type: dict[str, int] = {}
-        for _, event_type in rows:
-            by_type[event_type] = by_type.get(event_type, 0) + 1
-        assert by_type == {
-            "Allocated": changes["lot_allocation.c"],
-            "Deallocated": changes["lot_allocation.d"],
-            "BatchQuantityChanged": changes["stock_lot.u"],
-        }  # one row per state change, however often changes were redelivered
         reader = broker.connect(amqp_url)
         try:
             received = drain(reader, subscriber)
@@ -249,17 +216,64 @@ def test_a_consumer_killed_20_times_ends_up_matching_legacy_and_publishes_every_
         new_db.dispose()
 
 
+def verified_summary(workload: LegacyWorkload, env: dict[str, str], legacy_url: str) -> str:
+    """`strangler verify` against the legacy shop served over HTTP: it must exit 0; its
+    summary line ("checked N orders: ...")."""
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    with served(workload.app) as legacy_http:
+        verified = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "from skeleton_app.composition.cli import main; main()",
+                "verify",
+                "--legacy-url",
+                legacy_http,
+            ],
+            cwd=ROOT,
+            env={**env, "LEGACY_DB_URL": legacy_url},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert verified.returncode == 0, verified.stdout + verified.stderr
+    [summary] = [line for line in verified.stdout.splitlines() if line.startswith("checked")]
+    return summary
+
+
+def assert_one_event_per_state_change(legacy_db: Engine, new_db: Engine) -> None:
+    """One outbox row per legacy state change, however often changes were redelivered:
+    a change applied twice would add one."""
+    with legacy_db.connect() as connection:
+        changes = dict(
+            connection.execute(
+                text("SELECT table_name || '.' || op, count(*) FROM strangler_change GROUP BY 1")
+            ).all()
+        )
+    with new_db.connect() as connection:
+        rows = connection.execute(
+            select(orm.outbox.c.event_type, func.count()).group_by(orm.outbox.c.event_type)
+        ).all()
+    assert dict(rows) == {
+        "BatchCreated": changes["stock_lot.c"],
+        "Allocated": changes["lot_allocation.c"],
+        "Deallocated": changes["lot_allocation.d"],
+        "BatchQuantityChanged": changes["stock_lot.u"],
+    }
+
+
 class Writer(threading.Thread):
     """Legacy writes in rounds, while the consumer is killed and restarted."""
 
-    def __init__(self, workload: LegacyWorkload) -> None:
+    def __init__(self, workload: LegacyWorkload, rounds: int = ROUNDS) -> None:
         super().__init__(name="legacy-writes", daemon=True)
         self.workload = workload
+        self.rounds = rounds
         self.error: BaseException | None = None
 
     def run(self) -> None:
         try:
-            for round_ in range(ROUNDS):
+            for round_ in range(self.rounds):
                 self.workload.allocate_many(ORDERS_PER_ROUND, per_transaction=25)
                 self.workload.deallocate_some(10)
                 self.workload.squeeze(self.workload.skus[round_ % len(self.workload.skus)])
@@ -267,6 +281,8 @@ class Writer(threading.Thread):
             self.error = error
 
     def join(self, timeout: float | None = 300) -> None:
+        if self.ident is None:
+            return  # never started
         super().join(timeout)
         if self.error is not None:
             error, self.error = self.error, None

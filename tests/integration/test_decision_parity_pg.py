@@ -94,3 +94,25 @@ def test_the_admin_api_lists_decision_parity_with_the_routes(pg_url: str) -> Non
     parity = answer.get_json()["decision_parity"]
     assert parity[ADD_BATCH] == {"agree": 1, "differ": 0, "samples": 1, "percent": 100.0}
     assert parity[ALLOCATE] == {"agree": 1, "differ": 0, "samples": 1, "percent": 100.0}
+
+
+def test_the_journal_is_written_once_with_the_effects_and_replays(pg_url: str) -> None:
+    upgrade_database(pg_url)
+    stream = LegacyShopStream(seed=9)
+    stream.busy_day(600, products=4, lots_per_product=3)
+    changes = [parse_change(m.body, m.message_id) for m in stream.messages]
+    bus = bootstrap(pg_url)
+    try:
+        apply_changes(bus, changes, journal_decisions=True)
+        apply_changes(bus, changes, journal_decisions=True)  # redelivered: nothing twice
+    finally:
+        bus.uow.close()
+    judged = sum(by_route(applied(stream).decisions.verdicts)[r][0] for r in (ADD_BATCH, ALLOCATE))
+
+    result = CliRunner().invoke(decisions, ["replay"], env={"NEW_DB_URL": pg_url})
+
+    assert result.exit_code == 0, result.output
+    rows = {" ".join(line.split()[:2]): line.split()[2:] for line in result.output.splitlines()
+            if line.startswith(("POST ", "PATCH "))}  # fmt: skip
+    assert int(rows["POST /batches"][1]) + int(rows["POST /allocate"][1]) == judged
+    assert all(row[0] == "100.00%" and row[3] == "0" for row in rows.values()), rows

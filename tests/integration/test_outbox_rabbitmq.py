@@ -24,6 +24,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 SCHEMA_OF = {
+    "BatchCreated": "new-domain-batch-created",
     "Allocated": "new-domain-allocated",
     "Deallocated": "new-domain-deallocated",
     "BatchQuantityChanged": "new-domain-batch-quantity-changed",

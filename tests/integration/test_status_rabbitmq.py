@@ -32,6 +32,9 @@ def test_status_shows_lag_queue_depth_and_dead_letters(pg_url: str, amqp_url: st
         while taken < 3:
             taken += consumer.run_once()
         stream.allocate("o1", "LAMP", 1)
+        env = {"NEW_DB_URL": pg_url, "BROKER_URL": amqp_url}
+        running = CliRunner().invoke(status, ["--queue", queue], env=env)
+        assert f"consumer        connected (1 on {queue})" in running.output, running.output
         consumer.close()  # stopped: what comes now waits in the queue
         publisher.publish(exchange, stream.messages[2:])
 
@@ -44,7 +47,11 @@ def test_status_shows_lag_queue_depth_and_dead_letters(pg_url: str, amqp_url: st
         assert lines[1].startswith("lag ") and "s behind legacy" in lines[1]
         assert f"{queue}: 2 message(s) waiting" in result.output
         assert f"1 in {queue}.dlq (1 dead in the new database)" in result.output
-        assert "outbox          0 event(s) not published yet" in result.output
+        assert "outbox          1 event(s) not published yet" in result.output  # BatchCreated
+        assert (
+            f"consumer        none connected to {queue} (start 'strangler consume')"
+            in result.output
+        )
     finally:
         consumer.close()
         bus.uow.close()

@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from click.testing import CliRunner, Result
 from sqlalchemy import create_engine, text
 
+from broker import connect
 from examples.legacy_shop import TABLES
+from legacy_bridge import Relay, bridge_status
 from legacy_bridge.cli import _stop_on_signals, bridge
 from tests.unit.test_bridge_contract import create_legacy_schema, wait_until
 
@@ -61,6 +65,9 @@ def test_install_prints_what_it_installed(legacy_url: str) -> None:
         "strangler_cust_order_line_update, strangler_cust_order_line_delete",
         "  lot_allocation: primary key (alloc_id), triggers strangler_lot_allocation_insert, "
         "strangler_lot_allocation_update, strangler_lot_allocation_delete",
+        # the origin marker, always captured (docs/write-path.md)
+        "  strangler_origin: primary key (origin_id), triggers strangler_strangler_origin_insert"
+        ", strangler_strangler_origin_update, strangler_strangler_origin_delete",
     ]
 
 
@@ -70,7 +77,7 @@ def test_install_reads_the_url_from_the_environment_and_is_repeatable(legacy_url
     again = invoke("install", "--tables", "prod_catalog", env=env)
 
     assert first.exit_code == 0 and again.exit_code == 0, first.output + again.output
-    assert len(first.output.splitlines()) == 3
+    assert len(first.output.splitlines()) == 4  # two tables and the origin marker
     assert again.output.startswith("refreshed change capture")
 
 
@@ -83,9 +90,11 @@ def test_install_takes_its_tables_from_the_environment_unless_named(legacy_url: 
     assert [line.split(":")[0].strip() for line in from_env.output.splitlines()[1:]] == [
         "prod_catalog",
         "stock_lot",
+        "strangler_origin",
     ]
     assert [line.split(":")[0].strip() for line in named.output.splitlines()[1:]] == [
-        "lot_allocation"
+        "lot_allocation",
+        "strangler_origin",
     ]
 
 
@@ -115,6 +124,7 @@ def test_install_without_tables_refreshes_what_is_captured(legacy_url: str) -> N
     assert [line.split(":")[0].strip() for line in result.output.splitlines()[1:]] == [
         "stock_lot",
         "prod_catalog",
+        "strangler_origin",
     ]
 
 
@@ -161,12 +171,17 @@ def test_run_refuses_the_in_process_broker(legacy_url: str) -> None:
 
 
 @pytest.mark.parametrize("once", [True, False])
-def test_run_without_install_is_one_line(legacy_url: str, once: bool) -> None:
+def test_run_without_install_is_one_line(
+    legacy_url: str, once: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="legacy_bridge")
     args = ["run", "--legacy-db-url", legacy_url, "--broker-url", UNUSED_BROKER]
     result = invoke(*args, *(["--once"] if once else []))
     assert result.exit_code == 1
     assert len(error_lines(result)) == 1
     assert "not installed" in result.output and "bridge install" in result.output
+    # it never said it was relaying, nor logged a maintenance failure first
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO] == []
 
 
 def test_run_with_a_bad_database_url_is_one_line() -> None:
@@ -254,11 +269,17 @@ def test_status_shows_pending_changes_and_the_checkpoint(legacy_url: str) -> Non
     lines = result.output.splitlines()
     assert lines[0].startswith("change capture installed in sqlite database 'legacy'")
     assert "server name 'shop'" in lines[0]
-    assert lines[1].endswith("prod_catalog, stock_lot, cust_order_line, lot_allocation")
-    assert lines[2].startswith("  pending changes:        2 (oldest captured ")
-    assert lines[3] == "  last confirmed position: 0 (at never)"
+    assert lines[1].endswith(
+        "prod_catalog, stock_lot, cust_order_line, lot_allocation, strangler_origin"
+    )
+    assert lines[2] == (
+        "  relay:                  not running (never seen: start 'strangler bridge run')"
+    )
+    assert lines[3].startswith("  pending changes:        2 (oldest captured ")
+    assert lines[4] == "  last confirmed position: 0 (at never)"
     status = json.loads(as_json.output)
     assert (status["pending"], status["last_confirmed_pos"]) == (2, 0)
+    assert (status["relay_running"], status["relay_seen_age_s"]) == (False, None)
 
 
 def test_uninstall_refuses_pending_changes_unless_forced(legacy_url: str) -> None:
@@ -293,12 +314,13 @@ def test_uninstall_tables_stops_capturing_those_only(legacy_url: str) -> None:
     assert stopped.exit_code == 0, stopped.output
     assert stopped.output.startswith(
         "stopped capturing lot_allocation in sqlite database 'legacy'; still captured: "
-        "prod_catalog, stock_lot, cust_order_line"
+        "prod_catalog, stock_lot, cust_order_line, strangler_origin"
     )
     assert "  dropped trigger strangler_lot_allocation_insert" in stopped.output.splitlines()
     assert unknown.exit_code == 1
     assert error_lines(unknown) == [
-        "Error: not captured: lot_allocation (captured: prod_catalog, stock_lot, cust_order_line)"
+        "Error: not captured: lot_allocation (captured: prod_catalog, stock_lot, "
+        "cust_order_line, strangler_origin)"
     ]
     assert forced.exit_code == 2 and "--force applies to a full uninstall" in forced.output
     assert "prod_catalog, stock_lot, cust_order_line" in status.output
@@ -312,3 +334,49 @@ def test_run_rejects_negative_intervals(legacy_url: str, option: str) -> None:
     )
     assert result.exit_code == 2
     assert option in result.output
+
+
+def test_status_says_a_relay_runs_while_it_runs_and_since_when_it_stopped(
+    legacy_url: str, memory_broker_url: str
+) -> None:
+    invoke("install", "--legacy-db-url", legacy_url, "--tables", SHOP_TABLES)
+    stop = threading.Event()
+    relay = Relay(legacy_url, broker_factory=lambda: connect(memory_broker_url))
+    worker = threading.Thread(target=relay.run, args=(stop, 0.01))
+    worker.start()
+    try:
+        wait_until(
+            lambda: "running (last seen" in invoke("status", "--legacy-db-url", legacy_url).output
+        )
+    finally:
+        stop.set()
+        worker.join(10)
+        relay.close()
+    later = datetime.now(UTC) + timedelta(seconds=60)
+
+    stopped = bridge_status(legacy_url, now=later)
+
+    assert not stopped.relay_running
+    assert stopped.relay_line().startswith("not running (last seen ")
+
+
+def test_snapshot_logs_its_progress_per_chunk_when_not_on_a_terminal(
+    legacy_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    invoke("install", "--legacy-db-url", legacy_url, "--tables", SHOP_TABLES)
+    add_rows(legacy_url, 5)
+    caplog.set_level(logging.INFO, logger="legacy_bridge")
+
+    result = invoke("snapshot", "--legacy-db-url", legacy_url, "--chunk-size", "2")
+
+    assert result.exit_code == 0, result.output
+    chunks = [
+        r.getMessage()
+        for r in caplog.records
+        if r.getMessage().startswith("snapshot of prod_catalog")
+    ]
+    assert chunks == [
+        "snapshot of prod_catalog: 2 rows read of about 5",
+        "snapshot of prod_catalog: 4 rows read of about 5",
+        "snapshot of prod_catalog: 5 rows read of about 5",
+    ]

@@ -27,7 +27,9 @@ from legacy_bridge import (
     UnknownTable,
     bridge_status,
     install,
+    snapshot,
     stop_capture,
+    uninstall,
 )
 
 SCHEMA_PATH = Path(__file__).resolve().parents[2] / "docs/schemas/legacy-cdc-change.schema.json"
@@ -342,8 +344,11 @@ class CaptureContract:
     ) -> None:
         result = install(legacy_url, TABLES, server_name="shop")
 
-        assert [t.name for t in result.tables] == list(TABLES)
-        assert {t.name: t.primary_key for t in result.tables} == EXPECTED_PKS
+        assert [t.name for t in result.tables] == [*TABLES, "strangler_origin"]
+        assert {t.name: t.primary_key for t in result.tables} == {
+            **EXPECTED_PKS,
+            "strangler_origin": ("origin_id",),
+        }
         assert "qty_units" in next(t for t in result.tables if t.name == "stock_lot").columns
         assert all(
             t.triggers and all(n.startswith("strangler_") for n in t.triggers)
@@ -358,6 +363,7 @@ class CaptureContract:
             "notify": False,  # off unless asked for (install(notify=True), PostgreSQL)
             "last_confirmed_at": None,
             "last_captured_at": None,
+            "relay_seen_at": None,
         }
         assert uuid.UUID(result.install_id).version == 4
 
@@ -396,6 +402,91 @@ class CaptureContract:
         install(legacy_url, TABLES)
         with pytest.raises(UnknownTable, match="strangler_change"):
             install(legacy_url, tables=["strangler_change"])
+
+    def test_the_origin_marker_table_is_installed_with_the_documented_columns(
+        self, legacy_url: str, engine: Engine
+    ) -> None:
+        install(legacy_url, ["prod_catalog"])
+
+        inspector = inspect(engine)
+        columns = {c["name"]: c for c in inspector.get_columns("strangler_origin")}
+        assert list(columns) == [
+            "origin_id",
+            "kind",
+            "group_name",
+            "epoch",
+            "decision_id",
+            "route",
+            "sku",
+            "summary",
+            "written_at",
+        ]
+        assert inspector.get_pk_constraint("strangler_origin")["constrained_columns"] == [
+            "origin_id"
+        ]
+        nullable = {name for name, column in columns.items() if column["nullable"]}
+        assert nullable == {"epoch", "decision_id", "route", "sku", "summary"}
+        lengths = {name: getattr(c["type"], "length", None) for name, c in columns.items()}
+        assert {k: lengths[k] for k in ("kind", "group_name", "decision_id", "route")} == {
+            "kind": 16,
+            "group_name": 64,
+            "decision_id": 64,
+            "route": 64,
+        }
+        assert (lengths["sku"], lengths["summary"]) == (255, 1000)
+
+    def test_an_origin_marker_travels_first_in_its_transaction(
+        self, relay: Relay, engine: Engine, broker: Broker
+    ) -> None:
+        add_product(engine, 1, "SKU-1")
+        publish_available(relay)  # SQLite: closes the commit group
+        with engine.begin() as conn:  # what back-sync commits: the marker first
+            conn.execute(
+                text(
+                    "INSERT INTO strangler_origin (kind, group_name, decision_id, route, sku,"
+                    " summary) VALUES ('decision', 'allocation', 'd-1', 'POST /batches',"
+                    " 'SKU-1', 'created LOT-1')"
+                )
+            )
+            conn.execute(
+                text(
+                    "INSERT INTO stock_lot (lot_id, lot_ref, prod_id, qty_units, created_at)"
+                    " VALUES (1, 'LOT-1', 1, 5, '2024-01-02 03:04:05')"
+                )
+            )
+
+        drain_relay(relay)
+
+        product, marker, lot = bodies(take_all(broker, self.QUEUE))
+        assert [(e["source"]["table"], e["op"]) for e in (product, marker, lot)] == [
+            ("prod_catalog", "c"),
+            ("strangler_origin", "c"),
+            ("stock_lot", "c"),
+        ]
+        assert {k: marker["after"][k] for k in ("kind", "group_name", "decision_id")} == {
+            "kind": "decision",
+            "group_name": "allocation",
+            "decision_id": "d-1",
+        }
+        assert marker["after"]["epoch"] is None and marker["after"]["written_at"]
+        assert marker["transaction"]["id"] == lot["transaction"]["id"]
+        assert marker["transaction"]["id"] != product["transaction"]["id"]
+        assert marker["transaction"]["total_order"] == 1
+
+    def test_the_origin_marker_stays_captured_until_uninstall(
+        self, legacy_url: str, engine: Engine
+    ) -> None:
+        install(legacy_url, ["prod_catalog"])
+
+        with pytest.raises(BridgeError, match="strangler_origin is always captured"):
+            stop_capture(legacy_url, ["strangler_origin"])
+        refreshed = install(legacy_url)
+        assert [t.name for t in refreshed.tables] == ["prod_catalog", "strangler_origin"]
+        assert [t.table for t in snapshot(legacy_url)] == ["prod_catalog"]  # not state
+        with pytest.raises(UnknownTable, match="not snapshotted"):
+            snapshot(legacy_url, ["strangler_origin"])
+        assert "table strangler_origin" in uninstall(legacy_url).dropped
+        assert not inspect(engine).has_table("strangler_origin")
 
     def test_insert_update_delete_become_c_u_d_events(
         self, relay: Relay, engine: Engine, broker: Broker

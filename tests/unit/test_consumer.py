@@ -362,3 +362,59 @@ def test_run_consumes_until_stopped_and_survives_a_broker_outage(
         thread.join(10)
     assert not thread.is_alive()
     assert len(connects) >= 3
+
+
+def test_run_ends_at_once_when_the_broker_refuses_and_never_says_it_consumes(
+    bus: MessageBus, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    def refusing() -> Broker:
+        attempts.append(1)
+        raise broker.BrokerRefused("RabbitMQ at h:5672 refused the connection: ACCESS_REFUSED")
+
+    consumer = Consumer(bus, refusing, QUEUE, reconnect_delay=0.01)
+    caplog.set_level(logging.INFO, logger="new_domain")
+
+    with pytest.raises(broker.BrokerRefused):
+        consumer.run(threading.Event())
+
+    assert attempts == [1]
+    assert not [r for r in caplog.records if "consuming" in r.getMessage()]
+
+
+def test_readiness_is_logged_once_connected_and_a_reconnection_is_logged(
+    bus: MessageBus, memory_broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    attempts: list[int] = []
+
+    def flaky() -> Broker:
+        attempts.append(1)
+        if len(attempts) in (1, 3):
+            raise BrokerError("connection refused")
+        return broker.connect(memory_broker_url)
+
+    consumer = Consumer(bus, flaky, QUEUE, reconnect_delay=0.01, batch_timeout=0.01)
+    caplog.set_level(logging.INFO, logger="new_domain")
+    stop = threading.Event()
+    thread = threading.Thread(target=consumer.run, args=(stop,))
+    thread.start()
+    try:
+        deadline = time.monotonic() + 10
+        while len(attempts) < 2 and time.monotonic() < deadline:
+            stop.wait(0.01)
+        consumer.close()  # the connection is lost: the next round reconnects (after a failure)
+        while len(attempts) < 4 and time.monotonic() < deadline:
+            stop.wait(0.01)
+        while not any("reconnected" in r.getMessage() for r in caplog.records):
+            assert time.monotonic() < deadline, "no reconnection logged"
+            stop.wait(0.01)
+    finally:
+        stop.set()
+        thread.join(10)
+    messages = [r.getMessage() for r in caplog.records if r.name.startswith("new_domain")]
+    ready = [m for m in messages if m.startswith("consuming")]
+    assert ready == [f"consuming {QUEUE} (connected to the broker)"]
+    first_failure = next(i for i, m in enumerate(messages) if "broker unavailable" in m)
+    assert first_failure < messages.index(ready[0])
+    assert f"reconnected to the broker: consuming {QUEUE} again" in messages

@@ -29,7 +29,6 @@ from skeleton_app import (
     create_app,
 )
 from skeleton_app.openapi import document, render
-from skeleton_app.schema import metadata
 from skeleton_app.shadow_results import ShadowResult
 from tests.unit.test_facade_fakes import (
     LEGACY,
@@ -37,6 +36,7 @@ from tests.unit.test_facade_fakes import (
     Allocation,
     BufferedClient,
     FakeReadModel,
+    create_new_database,
     legacy_json,
 )
 
@@ -50,7 +50,7 @@ GATE = CutoverGate(min_parity=99.0, min_samples=10, window=Window(3600, 1000))
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
-    metadata.create_all(engine)
+    create_new_database(engine)
     yield engine
     engine.dispose()
 
@@ -274,7 +274,7 @@ def test_list_routes_with_parity_and_noise(
 
     body = documented(client.get("/_strangler/routes", headers=AUTH), "/_strangler/routes", "GET")
 
-    [route] = body["routes"]
+    [route] = [r for r in body["routes"] if r["pattern"] == ROUTE]
     assert (route["method"], route["pattern"], route["mode"], route["setting"]) == (
         "GET",
         ROUTE,
@@ -434,7 +434,7 @@ def test_bad_changes_are_400_and_change_nothing(
 
 def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
     table.set("GET", ROUTE, "canary 50", by="alice", reason="half", force=True)
-    table.set("POST", "/allocate", "aa", by="bob")
+    table.set("POST", "/orders", "aa", by="bob")
 
     rolled = client.post(
         "/_strangler/routes/rollback", headers=AUTH, json={"reason": "incident", "by": "oncall"}
@@ -444,7 +444,7 @@ def test_history_and_rollback(client: FlaskClient, table: RouteTable) -> None:
     assert sorted(
         r["pattern"]
         for r in documented(rolled, "/_strangler/routes/rollback", "POST")["rolled_back"]
-    ) == ["/allocate", ROUTE]
+    ) == [ROUTE, "/orders"]
     entries = documented(history, "/_strangler/routes/history", "GET")["entries"]
     assert [(e["from_mode"], e["to_mode"], e["by"], e["reason"]) for e in entries] == [
         (None, "canary 50", "alice", "half"),
@@ -575,3 +575,126 @@ def test_metrics_are_served_in_prometheus_format_and_never_proxied(
     ]
     assert client.get("/_strangler/metrics").get_data(as_text=True).startswith("# HELP")
     assert json.loads(client.post("/metrics").data)["error"] == "method not allowed"
+
+
+# -- write groups ---------------------------------------------------------------------------
+
+
+def _decisions(engine: Engine, agree: int, differ: int) -> None:
+    from sqlalchemy import insert
+
+    from new_domain.adapters import orm
+
+    with engine.begin() as conn:
+        conn.execute(
+            insert(orm.decision_parity).values(route="POST /allocate", agree=agree, differ=differ)
+        )
+
+
+def test_setting_a_write_route_through_the_api_moves_its_group(
+    client: FlaskClient, engine: Engine
+) -> None:
+    _decisions(engine, agree=10, differ=0)
+
+    response = client.put(
+        "/_strangler/routes",
+        headers=AUTH,
+        json={"method": "PATCH", "pattern": "/batches/<ref>", "mode": "canary 20", "by": "al"},
+    )
+
+    body = documented(response, "/_strangler/routes", "PUT")
+    assert body["moved"] == [
+        {"method": "POST", "pattern": "/allocate"},
+        {"method": "POST", "pattern": "/batches"},
+        {"method": "PATCH", "pattern": "/batches/<ref>"},
+        {"method": "POST", "pattern": "/deallocate"},
+    ]
+    assert (body["route"]["method"], body["route"]["setting"], body["route"]["group"]) == (
+        "PATCH",
+        "canary 20",
+        "allocation",
+    )
+    assert body["group"]["name"] == "allocation" and body["group"]["forced"] is False
+    assert body["group"]["gate"].startswith("decision parity of write group allocation 100.00%")
+    ownership = body["group"]["ownership"]
+    assert (ownership["rule"], ownership["previous_rule"], ownership["epoch"]) == (
+        "canary 20",
+        "legacy",
+        1,
+    )
+    assert (ownership["state"], ownership["changed_by"]) == ("moving", "shared token, claimed: al")
+
+    listed = documented(client.get("/_strangler/routes", headers=AUTH), "/_strangler/routes", "GET")
+    write_routes = [r for r in listed["routes"] if "group" in r]
+    assert len(write_routes) == 4
+    assert {(r["setting"], r["ownership"]["epoch"]) for r in write_routes} == {("canary 20", 1)}
+    assert listed["groups"]["allocation"]["ownership"]["rule"] == "canary 20"
+
+
+@pytest.mark.parametrize(
+    ("method", "body", "detail"),
+    [
+        ("PUT", {"method": "POST", "pattern": "/allocate", "mode": "aa"}, "cannot be in aa"),
+        (
+            "PUT",
+            {
+                "method": "POST",
+                "pattern": "/allocate",
+                "mode": "shadow",
+                "options": {"sample_rate": 0.1},
+            },
+            "route options do not apply",
+        ),
+        ("DELETE", {"method": "POST", "pattern": "/allocate"}, "moves only with it"),
+    ],
+)
+def test_a_write_route_never_moves_alone_through_the_api(
+    client: FlaskClient, table: RouteTable, method: str, body: dict[str, Any], detail: str
+) -> None:
+    table.set("POST", "/batches", "shadow", by="ops")
+
+    response = client.open("/_strangler/routes", method=method, headers=AUTH, json=body)
+
+    assert response.status_code == 400
+    assert detail in documented(response, "/_strangler/routes", method)["detail"]
+    assert {r.setting for r in table.list() if r.group} == {"shadow"}
+
+
+def test_the_gate_refuses_a_group_move_with_409_and_its_decision_parity(
+    client: FlaskClient, engine: Engine, table: RouteTable
+) -> None:
+    _decisions(engine, agree=5, differ=5)
+
+    response = client.put(
+        "/_strangler/routes",
+        headers=AUTH,
+        json={"method": "POST", "pattern": "/allocate", "mode": "new"},
+    )
+
+    body = documented(response, "/_strangler/routes", "PUT")
+    assert response.status_code == 409
+    assert body["parity"]["samples"] == 10 and body["parity"]["percent"] == 50.0
+    assert body["detail"].startswith("refusing to move write group allocation to new")
+    assert table.history() == []
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "body"),
+    [
+        ("POST", "/_strangler/routes/rollback", {"method": "GET", "pattern": "/allocation/<id>"}),
+        ("GET", "/_strangler/routes/history?method=GET&pattern=/allocation/<id>", None),
+        ("GET", "/_strangler/routes/mismatches?method=GET&pattern=/allocation/<id>", None),
+    ],
+)
+def test_a_pattern_the_table_does_not_know_is_404(
+    client: FlaskClient, table: RouteTable, method: str, path: str, body: Any
+) -> None:
+    table.set("GET", ROUTE, "shadow", by="alice")
+
+    response = client.open(path, method=method, headers=AUTH, json=body)
+
+    assert response.status_code == 404
+    error = documented(response, path.split("?")[0], method)
+    assert error["detail"].startswith("unknown route GET '/allocation/<id>' (known: ")
+    assert f"GET {ROUTE}" in error["detail"]
+    assert table.get("GET", ROUTE).mode is Mode.SHADOW

@@ -21,7 +21,7 @@ from requests import PreparedRequest
 from sqlalchemy import Engine, create_engine
 
 from skeleton_app import Mode, RouteTable, create_app, facade_of
-from skeleton_app.schema import metadata
+from tests.unit.test_facade_fakes import create_new_database
 
 LEGACY = "http://legacy.test:8080"
 ANY_LEGACY_URL = re.compile(r"http://legacy\.test:8080/.*")
@@ -62,7 +62,7 @@ class Clock:
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
-    metadata.create_all(engine)
+    create_new_database(engine)
     yield engine
     engine.dispose()
 

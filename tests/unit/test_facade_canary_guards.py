@@ -16,7 +16,6 @@ from skeleton_app import FacadeSettings, NewRequest, RouteTable, close_app, crea
 from skeleton_app.canary import BUCKETS, bucket, request_key, serves_new
 from skeleton_app.new_routes import NEW_HANDLERS
 from skeleton_app.read_model import ReadModel
-from skeleton_app.schema import metadata
 from tests.unit.test_facade_fakes import (
     LEGACY,
     ROUTE,
@@ -24,6 +23,7 @@ from tests.unit.test_facade_fakes import (
     BufferedClient,
     FakeReadModel,
     Lag,
+    create_new_database,
     legacy_json,
     metric,
 )
@@ -35,7 +35,7 @@ ORDERS = [f"order-{n}" for n in range(200)]
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
-    metadata.create_all(engine)
+    create_new_database(engine)
     yield engine
     engine.dispose()
 

@@ -24,8 +24,8 @@ from skeleton_app import (
     commands,
     facade_of,
 )
-from skeleton_app.schema import metadata
 from skeleton_app.shadow_results import ShadowResult
+from tests.unit.test_facade_fakes import create_new_database
 
 ROUTE = "/allocations/<orderid>"
 
@@ -34,7 +34,7 @@ ROUTE = "/allocations/<orderid>"
 def new_db_url(tmp_path: Path) -> Iterator[str]:
     url = f"sqlite:///{tmp_path / 'new.db'}"
     engine = create_engine(url)
-    metadata.create_all(engine)
+    create_new_database(engine)
     engine.dispose()
     yield url
 
@@ -48,7 +48,7 @@ def test_routes_list_shows_movable_routes_never_set(runner: CliRunner) -> None:
     result = runner.invoke(commands.routes, ["list"])
 
     assert result.exit_code == 0, result.output
-    header, row = result.output.splitlines()
+    header, *rows, blank, group_header, group = result.output.splitlines()
     assert header.split() == [
         "METHOD",
         "PATTERN",
@@ -61,7 +61,43 @@ def test_routes_list_shows_movable_routes_never_set(runner: CliRunner) -> None:
         "BY",
         "REASON",
     ]
-    assert row.split() == ["GET", ROUTE, "legacy", "-", "0", "-", "-", "-", "-", "-"]
+    assert [row.split() for row in rows] == [
+        ["POST", "/allocate", "legacy", "-", "0", "-", "-", "-", "-", "-"],
+        ["GET", ROUTE, "legacy", "-", "0", "-", "-", "-", "-", "-"],
+        ["POST", "/batches", "legacy", "-", "0", "-", "-", "-", "-", "-"],
+        ["PATCH", "/batches/<ref>", "legacy", "-", "0", "-", "-", "-", "-", "-"],
+        ["POST", "/deallocate", "legacy", "-", "0", "-", "-", "-", "-", "-"],
+    ]
+    assert blank == ""
+    assert group_header.split() == [
+        "WRITE",
+        "GROUP",
+        "OWNERSHIP",
+        "EPOCH",
+        "STATE",
+        "CHANGED_AT",
+        "ROUTES",
+    ]
+    assert group.split() == [
+        "allocation",
+        "legacy",
+        "0",
+        "active",
+        "-",
+        "POST",
+        "/batches,",
+        "PATCH",
+        "/batches/<ref>,",
+        "POST",
+        "/allocate,",
+        "POST",
+        "/deallocate",
+    ]
+
+
+def _row(listing: list[str], method: str, pattern: str) -> list[str]:
+    [row] = [line.split() for line in listing if line.split()[:2] == [method, pattern]]
+    return row
 
 
 def test_routes_set_then_list_and_history(runner: CliRunner, new_db_url: str) -> None:
@@ -73,8 +109,8 @@ def test_routes_set_then_list_and_history(runner: CliRunner, new_db_url: str) ->
     assert result.exit_code == 0, result.output
     assert result.output.splitlines()[0] == f"GET {ROUTE} -> canary 25"
     listing = runner.invoke(commands.routes, ["list"]).output.splitlines()
-    assert listing[1].split()[:3] == ["GET", ROUTE, "canary:25"]
-    assert listing[1].split()[8:] == ["tester", "first", "quarter"]
+    assert _row(listing, "GET", ROUTE)[:3] == ["GET", ROUTE, "canary:25"]
+    assert _row(listing, "GET", ROUTE)[8:] == ["tester", "first", "quarter"]
     history = runner.invoke(commands.routes, ["history", "GET", ROUTE]).output.splitlines()
     assert history[0].split() == ["AT", "METHOD", "PATTERN", "FROM", "TO", "BY", "FORCED", "REASON"]
     assert history[1].split()[1:] == [
@@ -142,7 +178,7 @@ def test_routes_set_changes_route_options(runner: CliRunner, new_db_url: str) ->
     options = RouteTable(new_db_url).get("GET", ROUTE).options
     assert options == RouteOptions(canary_key="header:X-Customer", sample_rate=0.5)
     listing = runner.invoke(commands.routes, ["list"]).output.splitlines()
-    assert listing[1].split()[6] == "key=header:X-Customer,sample=0.5"
+    assert _row(listing, "GET", ROUTE)[6] == "key=header:X-Customer,sample=0.5"
 
 
 def test_routes_set_new_is_refused_by_the_gate_unless_forced(
@@ -195,7 +231,8 @@ def test_routes_list_and_history_as_json(runner: CliRunner, new_db_url: str) -> 
     listed = json.loads(runner.invoke(commands.routes, ["list", "--json"]).output)
     history = json.loads(runner.invoke(commands.routes, ["history", "--json"]).output)
 
-    [route] = listed["routes"]
+    [route] = [r for r in listed["routes"] if r["pattern"] == ROUTE]
+    assert "group" not in route
     assert (route["mode"], route["setting"], route["reason"]) == ("shadow", "shadow", "compare")
     assert route["parity"] == {
         "matches": 3,
@@ -253,14 +290,14 @@ def test_routes_rollback_moves_everything_back_in_one_command(
     runner.invoke(
         commands.routes, ["set", "GET", ROUTE, "canary", "10", "--force", "--reason", "test"]
     )
-    runner.invoke(commands.routes, ["set", "POST", "/allocate", "aa"])
+    runner.invoke(commands.routes, ["set", "POST", "/orders", "aa"])
 
     result = runner.invoke(commands.routes, ["rollback", "--reason", "incident"])
 
     assert result.exit_code == 0, result.output
     assert sorted(result.output.splitlines()) == [
         f"GET {ROUTE} -> legacy",
-        "POST /allocate -> legacy",
+        "POST /orders -> legacy",
     ]
     assert {r.mode for r in RouteTable(new_db_url).list()} == {Mode.LEGACY}
     again = runner.invoke(commands.routes, ["rollback"])
@@ -329,7 +366,24 @@ def test_an_unmigrated_database_is_one_clear_error(tmp_path: Path) -> None:
 
     assert isinstance(result.exception, click.ClickException)
     message = result.exception.format_message()
-    assert "run 'strangler db upgrade'" in message and "no such table" in message
+    assert message == (
+        f"the new database {url} is not migrated (no schema revision): run 'strangler db upgrade'"
+    )
+
+
+def test_an_unreachable_database_is_not_called_unmigrated() -> None:
+    url = "postgresql+psycopg://someone:hunter2@127.0.0.1:1/nowhere"
+
+    result = CliRunner().invoke(
+        commands.routes, ["history", "--new-db-url", url], standalone_mode=False
+    )
+
+    assert isinstance(result.exception, click.ClickException)
+    message = result.exception.format_message()
+    assert message.startswith(
+        "cannot reach the new database postgresql+psycopg://someone:***@127.0.0.1:1/nowhere: "
+    )
+    assert "refused" in message and "migrated" not in message and "hunter2" not in message
     assert "\n" not in message
 
 
@@ -612,3 +666,167 @@ def test_no_command_prints_a_credential(args: list[str], env: dict[str, str]) ->
     assert "s3cr3t" not in result.stdout + result.stderr
     errors = [line for line in result.stderr.splitlines() if "error" in line.lower()]
     assert len(errors) == 1, result.stderr
+
+
+# -- write groups -------------------------------------------------------------------------
+
+
+def test_setting_a_write_route_moves_its_group_and_names_every_route_moved(
+    runner: CliRunner, new_db_url: str
+) -> None:
+    result = runner.invoke(
+        commands.routes,
+        ["set", "POST", "/allocate", "canary", "30", "--force", "--reason", "first products"],
+    )
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "write group allocation -> canary 30 (ownership epoch 1, moving from legacy): "
+        "moved 4 routes",
+        "POST /allocate -> canary 30",
+        "POST /batches -> canary 30",
+        "PATCH /batches/<ref> -> canary 30",
+        "POST /deallocate -> canary 30",
+        "gate: forced past the gate: no decisions of write group allocation judged; "
+        "needs >= 99.9% over >= 100 samples",
+    ]
+    listing = runner.invoke(commands.routes, ["list"]).output.splitlines()
+    assert _row(listing, "PATCH", "/batches/<ref>")[2] == "canary:30"
+    [group] = [line.split() for line in listing if line.startswith("allocation ")]
+    assert group[:5] == ["allocation", "canary:30", "1", "moving", "(from"]
+    listed = json.loads(runner.invoke(commands.routes, ["list", "--json"]).output)
+    [route] = [r for r in listed["routes"] if r["pattern"] == "/deallocate"]
+    assert route["group"] == "allocation"
+    assert {k: route["ownership"][k] for k in ("rule", "previous_rule", "epoch", "state")} == {
+        "rule": "canary 30",
+        "previous_rule": "legacy",
+        "epoch": 1,
+        "state": "moving",
+    }
+    assert listed["groups"]["allocation"]["ownership"]["rule"] == "canary 30"
+    assert len(listed["groups"]["allocation"]["routes"]) == 4
+
+
+def test_a_write_route_cannot_be_set_to_aa_or_moved_past_the_gate_unforced(
+    runner: CliRunner, new_db_url: str
+) -> None:
+    aa = runner.invoke(commands.routes, ["set", "POST", "/batches", "aa"], standalone_mode=False)
+    gated = runner.invoke(
+        commands.routes, ["set", "POST", "/batches", "new"], standalone_mode=False
+    )
+
+    assert isinstance(aa.exception, click.ClickException)
+    assert "cannot be in aa: legacy would apply every write twice" in (
+        aa.exception.format_message()
+    )
+    assert isinstance(gated.exception, click.ClickException)
+    assert gated.exception.format_message().startswith(
+        "refusing to move write group allocation to new: no decisions of write group "
+        "allocation judged"
+    )
+    assert RouteTable(new_db_url).history() == []
+
+
+def test_rolling_back_a_write_route_names_the_whole_group(
+    runner: CliRunner, new_db_url: str
+) -> None:
+    runner.invoke(commands.routes, ["set", "POST", "/allocate", "shadow"])
+
+    result = runner.invoke(commands.routes, ["rollback", "PATCH", "/batches/<ref>"])
+
+    assert result.exit_code == 0, result.output
+    assert result.output.splitlines() == [
+        "POST /allocate -> legacy",
+        "POST /batches -> legacy",
+        "PATCH /batches/<ref> -> legacy",
+        "POST /deallocate -> legacy",
+    ]
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["rollback", "GET", "/allocation/<orderid>"],
+        ["history", "GET", "/allocation/<orderid>"],
+        ["mismatches", "GET", "/allocation/<orderid>"],
+    ],
+)
+def test_a_pattern_the_table_does_not_know_is_an_error(
+    runner: CliRunner, new_db_url: str, args: list[str]
+) -> None:
+    runner.invoke(commands.routes, ["set", "GET", ROUTE, "shadow"])
+
+    result = runner.invoke(commands.routes, args, standalone_mode=False)
+
+    assert isinstance(result.exception, click.ClickException)
+    message = result.exception.format_message()
+    assert message.startswith("unknown route GET '/allocation/<orderid>' (known: ")
+    assert f"GET {ROUTE}" in message and "POST /allocate" in message
+    assert "\n" not in message
+    assert RouteTable(new_db_url).get("GET", ROUTE).mode is Mode.SHADOW
+
+
+def test_a_deleted_route_still_has_its_history(runner: CliRunner) -> None:
+    runner.invoke(commands.routes, ["set", "POST", "/orders", "aa"])
+    runner.invoke(commands.routes, ["delete", "POST", "/orders", "--reason", "gone"])
+
+    result = runner.invoke(commands.routes, ["history", "POST", "/orders"])
+
+    assert result.exit_code == 0, result.output
+    assert [line.split()[4] for line in result.output.splitlines()[1:]] == ["aa", "deleted"]
+
+
+def test_after_a_rollback_the_gate_counts_only_fresh_shadow_samples(
+    runner: CliRunner, new_db_url: str
+) -> None:
+    gate = ["--min-parity", "95", "--min-samples", "10"]
+    runner.invoke(commands.routes, ["set", "GET", ROUTE, "shadow"])
+    _write_results(new_db_url, {"match": 20})
+    assert (
+        runner.invoke(commands.routes, ["set", "GET", ROUTE, "canary", "10", *gate]).exit_code == 0
+    )
+    runner.invoke(commands.routes, ["rollback", "GET", ROUTE, "--reason", "incident"])
+    runner.invoke(commands.routes, ["set", "GET", ROUTE, "shadow"])
+
+    stale = runner.invoke(
+        commands.routes, ["set", "GET", ROUTE, "new", *gate], standalone_mode=False
+    )
+
+    assert isinstance(stale.exception, click.ClickException)
+    message = stale.exception.format_message()
+    assert message.startswith(f"refusing to serve GET {ROUTE} from new: no shadow samples in ")
+    assert "since the move back to legacy at " in message
+
+    def shown() -> int:
+        listed = json.loads(runner.invoke(commands.routes, ["list", "--json"]).output)
+        [route] = [r for r in listed["routes"] if r["pattern"] == ROUTE]
+        return int(route["parity"]["samples"])
+
+    assert shown() == 0  # what routes list shows is what the gate counts
+    _write_results(new_db_url, {"match": 10})
+    assert shown() == 10
+    fresh = runner.invoke(commands.routes, ["set", "GET", ROUTE, "new", *gate])
+    assert fresh.exit_code == 0, fresh.output
+    assert fresh.output.splitlines()[1].startswith(
+        "gate: shadow parity 100.00% over 10 samples in the last 24 h (newest 10000 samples) "
+        "since the move back to legacy at "
+    )
+
+
+def test_serve_and_legacy_serve_take_their_ports_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, new_db_url: str
+) -> None:
+    from examples.legacy_shop import legacy_cli
+
+    monkeypatch.setenv("FACADE_PORT", "8123")
+    monkeypatch.setenv("LEGACY_PORT", "8124")
+    monkeypatch.setenv("LEGACY_URL", "http://127.0.0.1:8124")
+    monkeypatch.setenv("NEW_DB_URL", new_db_url)
+    monkeypatch.setenv("LEGACY_DB_URL", "sqlite://")
+
+    facade = commands.serve.make_context("serve", [])
+    legacy = legacy_cli.commands["serve"].make_context("serve", [])
+
+    assert facade.params["port"] == 8123
+    assert legacy.params["port"] == 8124
+    assert "(env FACADE_PORT)" in commands.serve.get_help(facade)

@@ -6,16 +6,28 @@ import json
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import date
 from typing import Any
 
 from flask import Flask
 from flask.testing import FlaskClient
+from sqlalchemy import Engine
 from werkzeug.test import TestResponse
 
+import new_domain
+from new_domain import Ownership, QuantityChanged
 from skeleton_app import facade_of
+from skeleton_app import metadata as facade_metadata
 
 LEGACY = "http://legacy.test:8080"
 ROUTE = "/allocations/<orderid>"
+
+
+def create_new_database(engine: Engine) -> None:
+    """The new database's tables the facade reads: the route table, shadow results, and
+    the new domain's (write ownership, decision parity ...)."""
+    new_domain.metadata.create_all(engine)
+    facade_metadata.create_all(engine)
 
 
 @dataclass(frozen=True)
@@ -86,7 +98,8 @@ class BufferedClient(FlaskClient):
 
 
 def drain(app: Flask) -> None:
-    assert facade_of(app).shadow.drain(10), "shadow work did not finish"
+    # a bound, not a pause: drain returns as soon as the work is written
+    assert facade_of(app).shadow.drain(60), "shadow work did not finish"
 
 
 def metric(app: Flask, name: str, **labels: str) -> float:
@@ -95,3 +108,64 @@ def metric(app: Flask, name: str, **labels: str) -> float:
     assert registry is not None
     value = registry.get_sample_value(name, labels)
     return 0.0 if value is None else value
+
+
+class FakeWritePath:
+    """The new system's write path: remembers every call, answers what the test set.
+
+    ``refusal`` is raised by the next decisions (a ``DomainError`` or ``NotOwned``);
+    ``block()`` makes decisions wait; ``batches`` maps refs to skus for ``PATCH``;
+    ``ownership()`` reads the group's ownership where ``stored`` says (legacy's when
+    nothing is stored: the route table the test uses)."""
+
+    def __init__(self, stored: Callable[[], Ownership] | None = None) -> None:
+        self.stored = stored
+        self.calls: list[tuple[Any, ...]] = []
+        self.batches: dict[str, str] = {}
+        self.refusal: Exception | None = None
+        self.batchref = "b-1"
+        self.changed: QuantityChanged | None = None
+        self.gate: threading.Event | None = None
+        self.closed = False
+
+    def block(self) -> threading.Event:
+        self.gate = threading.Event()
+        return self.gate
+
+    @property
+    def decisions(self) -> list[tuple[Any, ...]]:
+        return [call for call in self.calls if call[0] not in ("sku_of_batch", "ownership")]
+
+    def ownership(self) -> Ownership:
+        self.calls.append(("ownership",))
+        return self.stored() if self.stored is not None else Ownership("allocation")
+
+    def sku_of_batch(self, ref: str) -> str | None:
+        self.calls.append(("sku_of_batch", ref))
+        return self.batches.get(ref)
+
+    def add_batch(self, ref: str, sku: str, qty: int, eta: date | None) -> None:
+        self._decide("add_batch", ref, sku, qty, eta)
+        self.batches[ref] = sku
+
+    def allocate(self, orderid: str, sku: str, qty: int) -> str:
+        self._decide("allocate", orderid, sku, qty)
+        return self.batchref
+
+    def deallocate(self, orderid: str, sku: str) -> str:
+        self._decide("deallocate", orderid, sku)
+        return self.batchref
+
+    def change_batch_quantity(self, ref: str, qty: int) -> QuantityChanged:
+        self._decide("change_batch_quantity", ref, qty)
+        return self.changed or QuantityChanged(self.batches.get(ref, ""), [], [])
+
+    def close(self) -> None:
+        self.closed = True
+
+    def _decide(self, *call: Any) -> None:
+        self.calls.append(call)
+        if self.gate is not None:
+            self.gate.wait(10)
+        if self.refusal is not None:
+            raise self.refusal

@@ -16,7 +16,7 @@ from sqlalchemy import create_engine
 
 from examples.legacy_shop.app import create_app as create_legacy_app
 from skeleton_app import Mode, RouteTable, create_app
-from skeleton_app.schema import metadata
+from tests.unit.test_facade_fakes import create_new_database
 
 LEGACY = "http://legacy.test:5001"
 ROUTE = "/allocations/<orderid>"
@@ -55,7 +55,7 @@ def facade(tmp_path: Path) -> Iterator[tuple[FlaskClient, RouteTable]]:
         return answer.status_code, list(answer.headers.items()), answer.get_data()
 
     engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
-    metadata.create_all(engine)
+    create_new_database(engine)
     table = RouteTable(engine)
     read_model = FakeReadModel(
         {

@@ -31,7 +31,11 @@ from skeleton_app.shadow_results import ShadowResult
 
 ROOT = Path(__file__).resolve().parents[2]
 VERSIONS = ROOT / "migrations" / "versions"
-MIGRATIONS = [VERSIONS / "0002_facade_routes.py", VERSIONS / "0004_facade_shadow.py"]
+MIGRATIONS = [
+    VERSIONS / "0002_facade_routes.py",
+    VERSIONS / "0004_facade_shadow.py",
+    VERSIONS / "0010_facade_lag_samples.py",
+]
 ROUTE = "/allocations/<orderid>"
 AT = datetime(2026, 11, 23, 12, 0, tzinfo=UTC)
 
@@ -76,17 +80,22 @@ def clock() -> Clock:
 
 @pytest.fixture
 def table(engine: Engine, clock: Clock) -> RouteTable:
-    return RouteTable(engine, clock=clock, now=lambda: AT)
+    # the read routes' specs; write groups have their own (test_facade_write_groups.py)
+    return RouteTable(engine, clock=clock, now=lambda: AT, groups={})
 
 
 # -- the migration ---------------------------------------------------------------------
 
 
 def test_migration_revisions_follow_the_new_domain_and_branch_off_the_route_table() -> None:
-    routes, shadow = (load_migration(path) for path in MIGRATIONS)
+    routes, shadow, lag = (load_migration(path) for path in MIGRATIONS)
 
     assert (routes.revision, routes.down_revision) == ("0002_facade_routes", "0001_new_domain")
     assert (shadow.revision, shadow.down_revision) == ("0004_facade_shadow", "0002_facade_routes")
+    assert (lag.revision, lag.down_revision) == (
+        "0010_facade_lag_samples",
+        "0009_debezium_positions",
+    )
 
 
 def test_migration_creates_exactly_the_tables_the_code_uses(engine: Engine) -> None:
@@ -114,7 +123,7 @@ def test_migration_creates_exactly_the_tables_the_code_uses(engine: Engine) -> N
 
 def test_rows_written_before_the_shadow_revision_get_default_options(tmp_path: Path) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'old.db'}")
-    routes, shadow = (load_migration(path) for path in MIGRATIONS)
+    routes, shadow, _ = (load_migration(path) for path in MIGRATIONS)
     with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
         routes.upgrade()
         conn.execute(
@@ -126,7 +135,7 @@ def test_rows_written_before_the_shadow_revision_get_default_options(tmp_path: P
     with engine.begin() as conn, Operations.context(MigrationContext.configure(conn)):
         shadow.upgrade()
 
-    [route] = RouteTable(engine).list()
+    [route] = RouteTable(engine, groups={}).list()
     assert (route.mode, route.options, route.updated_by) == (Mode.NEW, RouteOptions(), "ops")
     engine.dispose()
 
@@ -475,7 +484,7 @@ def _results(
 @pytest.fixture
 def gated(engine: Engine, clock: Clock) -> RouteTable:
     gate = CutoverGate(min_parity=99.0, min_samples=100, window=Window(3600, 1000))
-    return RouteTable(engine, clock=clock, now=lambda: AT, gate=gate)
+    return RouteTable(engine, clock=clock, now=lambda: AT, gate=gate, groups={})
 
 
 def test_the_gate_refuses_new_without_enough_shadow_samples(
@@ -593,6 +602,7 @@ def test_thresholds_below_the_floor_count_as_forcing(
         clock=clock,
         now=lambda: AT,
         gate=CutoverGate(min_parity, min_samples, Window(3600, 1000)),
+        groups={},
     )
     _results(engine, {"match": 200})
 

@@ -23,9 +23,10 @@ from skeleton_app import (
     create_app,
     facade_of,
 )
+from skeleton_app import shadow as shadow_module
 from skeleton_app.new_routes import NEW_HANDLERS
 from skeleton_app.read_model import ReadModel
-from skeleton_app.schema import facade_shadow_result, metadata
+from skeleton_app.schema import facade_shadow_result
 from skeleton_app.shadow_results import ShadowResult
 from tests.unit.test_facade_fakes import (
     LEGACY,
@@ -34,6 +35,7 @@ from tests.unit.test_facade_fakes import (
     BufferedClient,
     FakeReadModel,
     Lag,
+    create_new_database,
     drain,
     legacy_json,
     metric,
@@ -46,7 +48,7 @@ ANY_LEGACY = re.compile(r"http://legacy\.test:8080/.*")
 @pytest.fixture
 def engine(tmp_path: Path) -> Iterator[Engine]:
     engine = create_engine(f"sqlite:///{tmp_path / 'new.db'}")
-    metadata.create_all(engine)
+    create_new_database(engine)
     yield engine
     engine.dispose()
 
@@ -393,6 +395,38 @@ def test_only_the_sampled_share_is_compared_and_a_route_may_override_it(
         client.get("/allocations/order-1")
     drain(app)
     assert len(stored(engine)) == 6
+
+
+def test_a_job_that_cannot_be_compared_is_counted_and_the_worker_goes_on(
+    facade: AppFactory,
+    table: RouteTable,
+    upstream: responses.RequestsMock,
+    engine: Engine,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    upstream.add_callback(responses.GET, ANY_LEGACY, callback=legacy_json(ORDER_1))
+    table.set("GET", ROUTE, "shadow", by="ops")
+    real_compare = shadow_module.compare
+    calls = itertools.count()
+
+    def compare_failing_once(*args: object, **kwargs: object) -> object:
+        if next(calls) == 0:
+            raise RuntimeError("a comparison bug")
+        return real_compare(*args, **kwargs)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(shadow_module, "compare", compare_failing_once)
+    app = facade()
+    client = app.test_client()
+
+    for _ in range(3):
+        assert client.get("/allocations/order-1").status_code == 200
+    drain(app)
+
+    assert [r.outcome for r in stored(engine)] == ["match", "match"]
+    dropped = metric(
+        app, "strangler_facade_shadow_dropped_total", route=f"GET {ROUTE}", reason="compare_failed"
+    )
+    assert dropped == 1
 
 
 def test_answers_too_large_to_compare_stream_through_and_are_counted(

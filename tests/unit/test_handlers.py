@@ -216,6 +216,8 @@ class TestSetBatchQuantity:
         assert uow.allocations_view.rows_for("first") == [("LAMP", "b2")]
         assert uow.allocations_view.rows_for("second") == []
         assert [row["event_type"] for row in uow.outbox.rows] == [
+            "BatchCreated",
+            "BatchCreated",
             "Allocated",
             "Allocated",
             "BatchQuantityChanged",

@@ -112,6 +112,17 @@ def test_every_import_contract_is_kept() -> None:
             "from tests import services",
             "nothing shipped imports bench or tests",
         ),
+        (
+            "backsync/runner.py",
+            "import new_domain",
+            "backsync imports only broker of ours (no new_domain, skeleton_app, legacy_bridge, "
+            "examples, migrations)",
+        ),
+        (
+            "skeleton_app/gate.py",
+            "import backsync",
+            "backsync is transitional: only the composition root imports it",
+        ),
     ],
 )
 def test_a_broken_layering_rule_fails_naming_its_contract(

@@ -17,7 +17,7 @@ from broker import Broker, BrokerError, Message, QueueSpec
 from new_domain import bootstrap, ingest
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
-from new_domain.entrypoints.outbox_relay import OutboxRelay
+from new_domain.entrypoints.outbox_relay import OutboxRelay, Pace
 from new_domain.ingest import apply_changes
 from new_domain.service_layer.messagebus import MessageBus
 from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
@@ -26,6 +26,7 @@ from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite
 SCHEMAS = Path(__file__).resolve().parents[2] / "docs" / "schemas"
 EXCHANGE = "new_domain.events"
 KEYS = {
+    "BatchCreated": ("batch.created", "new-domain-batch-created"),
     "Allocated": ("allocation.allocated", "new-domain-allocated"),
     "Deallocated": ("allocation.deallocated", "new-domain-deallocated"),
     "BatchQuantityChanged": ("batch.quantity_changed", "new-domain-batch-quantity-changed"),
@@ -78,6 +79,8 @@ def test_each_state_change_writes_one_row_and_a_redelivery_none(
     apply_changes(bus, changes(stream.messages[-3:]))  # and the end once more
     rows = outbox_rows(new_db_url)
     assert [(r["event_type"], json.loads(r["body"])["data"]) for r in rows] == [
+        ("BatchCreated", {"ref": "b1", "sku": "LAMP", "qty": 10, "eta": None}),
+        ("BatchCreated", {"ref": "b2", "sku": "LAMP", "qty": 10, "eta": "2027-01-01"}),
         ("Allocated", {"orderid": "o1", "sku": "LAMP", "qty": 6, "batchref": "b1"}),
         ("Allocated", {"orderid": "o2", "sku": "LAMP", "qty": 3, "batchref": "b1"}),
         ("Deallocated", {"orderid": "o2", "sku": "LAMP", "batchref": "b1"}),
@@ -102,6 +105,7 @@ def test_bodies_follow_the_published_schemas(bus: MessageBus, new_db_url: str) -
         assert row["routing_key"] == routing_key
         assert body["message_id"] == row["message_id"]
         assert body["legacy_change"].startswith(stream.install)
+        assert body["decision"] is None  # mirrored from legacy: no decision of ours
 
 
 @pytest.fixture
@@ -126,7 +130,7 @@ def test_the_relay_publishes_every_row_once_and_marks_it(
     engine = create_engine(new_db_url, for_writes=True)
     relay = OutboxRelay(engine, lambda: broker.connect(memory_broker_url), batch_size=4)
     try:
-        assert relay.drain() == 6
+        assert relay.drain() == 8
         assert relay.drain() == 0
     finally:
         relay.close()
@@ -164,9 +168,23 @@ def test_a_relay_that_fails_before_marking_publishes_the_same_ids_again(
     crashing.close()
     relay = OutboxRelay(engine, lambda: broker.connect(memory_broker_url))
     try:
-        assert relay.drain() == 6
+        assert relay.drain() == 8
     finally:
         relay.close()
         engine.dispose()
     ids = [m.message_id for m in received(subscriber)]
-    assert len(ids) == 12 and len(set(ids)) == 6  # at least once; duplicates share an id
+    assert len(ids) == 16 and len(set(ids)) == 8  # at least once; duplicates share an id
+
+
+def test_the_relay_waits_a_few_milliseconds_while_events_come_then_backs_off() -> None:
+    now = [0.0]
+    pace = Pace(poll_interval=0.1, fast=0.005, linger=1.0, clock=lambda: now[0])
+
+    assert pace.next_wait(0) == 0.1  # idle from the start: one look per poll interval
+    assert pace.next_wait(3) == 0.005  # published: look again soon
+    now[0] = 0.5
+    assert pace.next_wait(0) == 0.005  # still within the linger
+    now[0] = 1.2
+    waits = [pace.next_wait(0) for _ in range(6)]
+    assert waits == [0.01, 0.02, 0.04, 0.08, 0.1, 0.1]  # doubling up to the poll interval
+    assert pace.next_wait(1) == 0.005
