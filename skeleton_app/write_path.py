@@ -7,6 +7,7 @@ root builds it from ``NEW_DB_URL`` and hands it to the facade. Its refusals are
 
 from __future__ import annotations
 
+from contextlib import AbstractContextManager
 from datetime import date
 from typing import Protocol
 
@@ -51,6 +52,10 @@ class WritePathPort(Protocol):
     """What ``new_domain.WritePath`` offers the facade (one unit of work per call)."""
 
     def ownership(self) -> Ownership: ...
+
+    def held(self) -> AbstractContextManager[Ownership]:
+        """The ownership, share-locked until the block ends (a move waits for it)."""
+        ...
 
     def sku_of_batch(self, ref: str) -> str | None: ...
 

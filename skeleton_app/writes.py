@@ -14,7 +14,10 @@ and asks the group's ownership, as the route table's snapshot last read it, who 
 
 The write path checks ownership again in its own transaction; when it finds the product
 is not the new system's (this worker's snapshot was stale) it changes nothing and the
-facade proxies (legacy owns it) or answers 503 (changing hands). A write the new system
+facade proxies (legacy owns it) or answers 503 (changing hands). A write proxied to legacy
+is proxied while the group's ownership row is share-locked, after reading it again: a
+move waits until legacy has answered, so no write the facade gave legacy can commit after
+a takeover's fence. A write the new system
 may have applied is never sent to legacy as well: a timeout is a 504, a failure a 502.
 """
 
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 
 from flask import Response, g, request
 from werkzeug.exceptions import RequestEntityTooLarge
@@ -65,11 +69,12 @@ def serve_write(facade: Facade, found: RouteMatch, route: str) -> Response:
             ),
         )
     if legacy_decides_alone(ownership):
-        ownership = _confirmed(facade, ownership)
-        if ownership is None:
+        held = _to_legacy_held(facade, route, None, legacy_decides_alone)
+        if held is None:
             return _count(facade, route, UNKNOWN, _unconfirmed(found))
-        if legacy_decides_alone(ownership):
-            return _count(facade, route, LEGACY, _to_legacy(facade, route, None))
+        if isinstance(held, Response):
+            return _count(facade, route, LEGACY, held)
+        ownership = held
     handler = facade.write_handlers.get((found.method, found.pattern))
     write_path = facade.write_path
     if handler is None or write_path is None:
@@ -108,16 +113,20 @@ def _decide(
             return _count(facade, route, NEW, _failed(exc, route))
     # a batch the new model does not know: the new system answers it (404) only when it
     # owns every product; otherwise it may be legacy's
-    owner = ownership.owner_of_unknown_batch() if sku is None else ownership.owner(sku)
+
+    def owner_in(of: Ownership) -> Owner:
+        return of.owner_of_unknown_batch() if sku is None else of.owner(sku)
+
+    owner = owner_in(ownership)
     if owner is not Owner.NEW:
         # the snapshot may be stale either way: a move it still shows as in progress may
         # have settled (the new write path confirms its own side in its transaction)
-        confirmed = _confirmed(facade, ownership)
-        if confirmed is None:
+        held = _to_legacy_held(facade, route, body, lambda of: owner_in(of) is Owner.LEGACY)
+        if held is None:
             return _count(facade, route, UNKNOWN, _unconfirmed(found))
-        owner = confirmed.owner_of_unknown_batch() if sku is None else confirmed.owner(sku)
-    if owner is Owner.LEGACY:
-        return _count(facade, route, LEGACY, _to_legacy(facade, route, body))
+        if isinstance(held, Response):
+            return _count(facade, route, LEGACY, held)
+        owner = owner_in(held)
     if owner is Owner.CHANGING:
         return _count(facade, route, CHANGING, _changing(sku, intent.ref))
     started = time.perf_counter()
@@ -125,7 +134,9 @@ def _decide(
         answer = facade.new_system.call(lambda: intent.decide(write_path))
     except NotOwned as refused:
         if refused.owner is Owner.LEGACY:
-            return _count(facade, route, LEGACY, _to_legacy(facade, route, body))
+            held = _to_legacy_held(facade, route, body, lambda of: owner_in(of) is Owner.LEGACY)
+            if isinstance(held, Response):
+                return _count(facade, route, LEGACY, held)
         return _count(facade, route, CHANGING, _changing(refused.sku or None, intent.ref))
     except DomainError as refusal:
         legacy_answer = refusal_answer(refusal)
@@ -140,22 +151,37 @@ def _decide(
     return _count(facade, route, NEW, _answer(answer.status, answer.body))
 
 
-def _confirmed(facade: Facade, ownership: Ownership) -> Ownership | None:
-    """The group's ownership read again, now, before a write goes to legacy (None: it
-    could not be read). The snapshot may be older than its refresh interval (a reload
-    that takes long is not waited for), and a takeover's fence counts on the facade
-    having stopped sending the products' writes to legacy ``settle`` seconds before it:
-    a write legacy takes after the fence would be an ownership violation. The new write
-    path confirms in its own transaction; this is legacy's side of the same check."""
+def _to_legacy_held(
+    facade: Facade,
+    route: str,
+    body: bytes | None,
+    legacy_owns: Callable[[Ownership], bool],
+) -> Response | Ownership | None:
+    """Legacy's answer, when the group's ownership read now says legacy owns the product;
+    otherwise that ownership (None: it could not be read).
+
+    The ownership row stays share-locked until legacy has answered (``held``): a move
+    waits for the write, so a write the facade gives legacy under the old ownership
+    commits before the move, hence before a takeover's fence. The snapshot is not enough
+    (it may be older than its refresh interval), and neither is reading it just before
+    proxying: a slow request would reach legacy after the fence, an ownership violation
+    the client was told was accepted."""
     write_path = facade.write_path
     if write_path is None:
-        return ownership
+        return _to_legacy(facade, route, body)
+    answer: Response | None = None
     try:
-        fresh = facade.new_system.call(write_path.ownership)
-    except Exception as exc:  # noqa: BLE001 - answered 503: nobody decided
-        log.warning("write ownership of %s unreadable: %s", ownership.group, printable(str(exc)))
+        with write_path.held() as fresh:
+            if not legacy_owns(fresh):
+                return fresh
+            answer = _to_legacy(facade, route, body)
+    except Exception as exc:  # noqa: BLE001 - answered 503 unless legacy already answered
+        if answer is not None:  # the lock's release failed: legacy's answer stands
+            log.warning("releasing the write ownership failed: %s", printable(str(exc)))
+            return answer
+        log.warning("write ownership unreadable: %s", printable(str(exc)))
         return None
-    return fresh if isinstance(fresh, Ownership) else ownership
+    return answer
 
 
 def _unconfirmed(found: RouteMatch) -> Response:

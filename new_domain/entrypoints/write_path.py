@@ -35,7 +35,8 @@ attempts at most); nothing else is.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -53,6 +54,8 @@ from new_domain.ingest import decisions
 from new_domain.service_layer.unit_of_work import AbstractUnitOfWork, SqlAlchemyUnitOfWork
 
 ATTEMPTS = 3
+HELD_WAIT_S = 2.0
+"""How long :meth:`WritePath.held` waits for the ownership row (a move holds it briefly)."""
 RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 
@@ -116,6 +119,20 @@ class WritePath:
         """The group's ownership as stored now."""
         with self._units() as uow:
             return uow.ownership.read(self.group)
+
+    @contextmanager
+    def held(self, wait: float = HELD_WAIT_S) -> Iterator[Ownership]:
+        """The group's ownership, read ``FOR SHARE`` and held until the block ends.
+
+        The facade sends a write to legacy inside this block: a move (``FOR UPDATE``)
+        waits until legacy has answered it, so every write the facade gave legacy under
+        the old ownership commits before the move, hence before its fence. Without it a
+        write confirmed just before a move, but slow to reach legacy, could commit after
+        a takeover's fence and become an ownership violation the client was told was
+        accepted."""
+        with self._units() as uow:
+            uow.limit_waits(wait)  # a move in flight or a hung database: at most ``wait``
+            yield uow.ownership.read(self.group, lock="share")
 
     def sku_of_batch(self, ref: str) -> str | None:
         """The product batch ``ref`` belongs to in the new model (None: unknown batch)."""

@@ -22,6 +22,7 @@ from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Self
 
+from sqlalchemy import text
 from sqlalchemy.engine import Connection, Engine
 
 from new_domain.adapters.allocations_view import AbstractAllocationsView, SqlAlchemyAllocationsView
@@ -121,6 +122,11 @@ class AbstractUnitOfWork(abc.ABC):
         are there after it, not inside it)."""
         return nullcontext()
 
+    def limit_waits(self, seconds: float) -> None:
+        """Bound every lock wait and statement of this transaction to ``seconds`` (where
+        the database supports it): a caller that must not hang on a hung database."""
+        del seconds  # the fakes keep nothing that could wait
+
     def collect_new_events(self) -> Iterator[Event]:
         for product in list(self.products.seen):
             while product.events:
@@ -184,6 +190,17 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
     def reading_ahead(self) -> AbstractContextManager[None]:
         ahead: AbstractContextManager[None] = pipelined(self.connection)
         return ahead
+
+    def limit_waits(self, seconds: float) -> None:
+        if self.connection.dialect.name == "postgresql":
+            ms = max(1, round(seconds * 1000))
+            self.connection.execute(
+                text(
+                    "SELECT set_config('lock_timeout', :ms, true),"
+                    " set_config('statement_timeout', :ms, true)"
+                ),
+                {"ms": str(ms)},
+            )
 
     def flush(self) -> None:
         """Send every buffered write (the commit does this itself): on PostgreSQL all of

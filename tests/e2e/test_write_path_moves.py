@@ -41,6 +41,7 @@ class Ledger:
 
     allocated: dict[str, tuple[str, str]] = field(default_factory=dict)  # order -> (sku, batch)
     deallocated: set[str] = field(default_factory=set)
+    allocated_how: dict[str, tuple[str, str]] = field(default_factory=dict)  # (phase, side)
     batches: dict[str, tuple[str, int]] = field(default_factory=dict)  # ref -> (sku, qty)
     served_by: dict[str, set[str]] = field(default_factory=dict)  # phase -> {legacy, new}
     refused: int = 0
@@ -125,7 +126,10 @@ class Writers:
             orderid = mine.pop(rng.randrange(len(mine)))
             sku = self.ledger.allocated[orderid][0]
             answer = self._call(http, "POST", "/deallocate", {"orderid": orderid, "sku": sku})
-            assert answer.status_code == 200, answer.text
+            assert answer.status_code == 200, (
+                f"{answer.text} from {answer.headers.get('X-Served-By')} in phase {phase}; "
+                f"allocated in {self.ledger.allocated_how.get(orderid)}"
+            )
             assert answer.json()["batchref"] == self.ledger.allocated[orderid][1]
             with self.ledger.lock:
                 self.ledger.deallocated.add(orderid)
@@ -141,6 +145,7 @@ class Writers:
             if answer.status_code == 201:
                 with self.ledger.lock:
                     self.ledger.allocated[orderid] = (sku, answer.json()["batchref"])
+                    self.ledger.allocated_how[orderid] = (phase, answer.headers["X-Served-By"])
                 mine.append(orderid)
         with self.ledger.lock:
             self.done[phase] = self.done.get(phase, 0) + 1

@@ -238,3 +238,40 @@ def test_a_decision_waits_for_the_move_in_flight_and_then_obeys_it(
     assert isinstance(refused, NotOwned) and refused.owner is Owner.CHANGING
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(orm.batch_allocations)) == 0
+
+
+def test_a_move_waits_while_a_write_is_given_to_legacy_under_the_held_ownership(
+    write_path: WritePath, engine: Engine
+) -> None:
+    """What the facade does with a write legacy owns: the move (a takeover's first step)
+    commits only after the block that proxied the write has ended."""
+    with engine.begin() as connection:
+        move_ownership(connection, GROUP, "legacy", "ops")
+        settle_ownership(connection, GROUP, 2)
+    moved = threading.Event()
+
+    def take_over() -> None:
+        with engine.begin() as connection:
+            move_ownership(connection, GROUP, "new", "ops")
+        moved.set()
+
+    with write_path.held() as ownership:
+        assert ownership.owner("LAMP") is Owner.LEGACY
+        mover = threading.Thread(target=take_over)
+        mover.start()
+        wait_for(lambda: waiting_for_a_lock(engine), 30, "the move to wait for the write")
+        assert not moved.is_set()  # legacy is still deciding the write: no move yet
+    mover.join(30)
+    assert moved.is_set()
+    with write_path.held() as ownership:
+        assert ownership.owner("LAMP") is Owner.CHANGING
+
+
+def test_the_held_ownership_gives_up_after_its_wait_while_a_move_holds_the_row(
+    write_path: WritePath, engine: Engine
+) -> None:
+    with engine.begin() as mover:
+        move_ownership(mover, GROUP, "legacy", "ops")  # holds the row FOR UPDATE
+        # the driver's own error: a bounded wait, not a hang
+        with pytest.raises(Exception, match="timeout"), write_path.held(wait=0.2):  # noqa: PT011
+            pass

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -127,6 +128,7 @@ class FakeWritePath:
         self.changed: QuantityChanged | None = None
         self.gate: threading.Event | None = None
         self.closed = False
+        self.holding = False
 
     def block(self) -> threading.Event:
         self.gate = threading.Event()
@@ -134,11 +136,20 @@ class FakeWritePath:
 
     @property
     def decisions(self) -> list[tuple[Any, ...]]:
-        return [call for call in self.calls if call[0] not in ("sku_of_batch", "ownership")]
+        return [call for call in self.calls if call[0] not in ("sku_of_batch", "ownership", "held")]
 
     def ownership(self) -> Ownership:
         self.calls.append(("ownership",))
         return self.stored() if self.stored is not None else Ownership("allocation")
+
+    @contextmanager
+    def held(self) -> Iterator[Ownership]:
+        self.calls.append(("held",))
+        self.holding = True
+        try:
+            yield self.stored() if self.stored is not None else Ownership("allocation")
+        finally:
+            self.holding = False
 
     def sku_of_batch(self, ref: str) -> str | None:
         self.calls.append(("sku_of_batch", ref))

@@ -27,11 +27,14 @@ from new_domain import (
     NotOwned,
     OutOfStock,
     Owner,
+    Ownership,
+    OwnershipRule,
     QuantityChanged,
     UnknownBatch,
     UnknownSku,
 )
 from new_domain.adapters import orm
+from new_domain.domain.ownership import State
 from skeleton_app import FacadeSettings, RouteTable, close_app, create_app, facade_of
 from skeleton_app.metrics import FacadeMetrics
 from tests.unit.test_facade_fakes import (
@@ -175,8 +178,8 @@ def test_while_legacy_owns_every_product_writes_are_proxied(
         "sku": IN_10[0],
         "qty": 2,
     }
-    assert write_path.decisions == []  # only the ownership, confirmed before each proxied write
-    assert write_path.calls == [("ownership",), ("ownership",)]
+    assert write_path.decisions == []  # only the ownership, held during each proxied write
+    assert write_path.calls == [("held",), ("held",)]
     assert (
         metric(
             app,
@@ -190,6 +193,32 @@ def test_while_legacy_owns_every_product_writes_are_proxied(
 
 
 # -- new: the write path decides, answering as legacy does ---------------------------
+
+
+@pytest.mark.parametrize("mode", ["legacy", "canary 30"])
+def test_a_write_goes_to_legacy_while_the_ownership_row_is_held(
+    client: FlaskClient,
+    table: RouteTable,
+    engine: Engine,
+    write_path: FakeWritePath,
+    mode: str,
+) -> None:
+    """A move waits for the lock: a write proxied under the old ownership commits
+    before the move, so never after a takeover's fence."""
+    move(table, engine, mode)
+    held_when_called: list[bool] = []
+
+    def legacy_answers(request: Any) -> tuple[int, dict[str, str], str]:
+        held_when_called.append(write_path.holding)
+        return 299, {"Content-Type": "application/json"}, json.dumps(LEGACY_ANSWER)
+
+    with responses.RequestsMock() as mock:
+        mock.add_callback(responses.POST, ANY_LEGACY_URL, callback=legacy_answers)
+        response = allocate(client, OUTSIDE_60[0])
+
+    assert answer(response) == (299, LEGACY_ANSWER)
+    assert held_when_called == [True]
+    assert not write_path.holding
 
 
 def test_new_decides_every_write_route_with_legacys_success_answers(
@@ -553,6 +582,18 @@ def test_a_stale_snapshot_is_corrected_by_the_write_paths_own_check(
     expected: tuple[int, Any],
 ) -> None:
     move(table, engine, "new")
+    # the snapshot says new; the store (which the write path's own check reads) says
+    # legacy, or a hand-back waiting for its fence
+    stored = {
+        Owner.LEGACY: Ownership("allocation", epoch=2),
+        Owner.CHANGING: Ownership(
+            "allocation",
+            previous_rule=OwnershipRule("new"),
+            epoch=2,
+            state=State.MOVING,
+        ),
+    }[owner]
+    write_path.stored = lambda: stored
     write_path.refusal = NotOwned("LAMP", owner)
 
     got = allocate(client, "LAMP")
