@@ -1,7 +1,8 @@
 """Serving the routes of a write group: the owner of the product decides (docs/write-path.md).
 
 While the group is ``legacy`` or ``shadow`` and settled, legacy owns every product and
-writes are proxied (the data plane sends them straight to legacy). Otherwise the facade
+writes are proxied (the data plane sends a write group's routes to the facade whoever owns
+the product: only the facade holds the ownership row while legacy decides). Otherwise the facade
 checks the body exactly as legacy would (a refusal is legacy's answer, word for word),
 finds the product (the sku in the body; for ``PATCH /batches/<ref>`` the batch's product in
 the new model: an unknown ref goes to legacy in ``canary``, to the new system in ``new``),

@@ -7,12 +7,16 @@ facade's own route matching (:meth:`skeleton_app.patterns.PatternMatcher.search_
 the same werkzeug matcher walked in the order it searches), ``<regex of METHOD+path>
 <legacy|facade>``; the first line that matches a request's ``METHOD`` and path says who
 serves it, and a request no line matches is legacy's (a path the table does not know).
-A line says ``legacy`` when the route is in mode ``legacy``, or is a write group's route
-while legacy decides alone (the group is ``legacy`` or ``shadow`` and no move waits for
-its fence); ``facade`` in any other mode, and for a route whose converters check values
-the regex cannot (``<int(max=9):n>``: the facade decides, and proxies what it refuses).
+A line says ``legacy`` when the route is in mode ``legacy``; ``facade`` in any other mode,
+for every route of a write group whatever its ownership, and for a route whose converters
+check values the regex cannot (``<int(max=9):n>``: the facade decides, and proxies what it
+refuses). A write group's routes go through the facade even while legacy owns every
+product: the facade proxies such a write while it holds the group's ownership row, so a
+move waits for it and it can never commit in legacy after a takeover's fence. HAProxy
+holds no such lock; it would follow a move only when its map changes, which a loaded
+machine can delay past the fence (docs/write-path.md).
 
-The supervisor reads the table and the groups' ownership every ``interval`` seconds and,
+The supervisor reads the table every ``interval`` seconds and,
 when the lines differ, replaces the map's lines in one step through HAProxy's runtime
 API (``prepare map``, ``add map @version``, ``commit map @version``), without a reload:
 requests in flight finish where they went; the next ones follow the new map. While the
@@ -42,7 +46,6 @@ from urllib.parse import urlsplit
 from skeleton_app.modes import Mode
 from skeleton_app.patterns import RESERVED_PREFIX, Candidate
 from skeleton_app.routes_table import Routing
-from skeleton_app.write_path import legacy_decides_alone
 
 log = logging.getLogger("strangler.dataplane")
 
@@ -179,10 +182,8 @@ def _backend(candidate: Candidate, routing: Routing) -> str:
         return LEGACY
     if not candidate.exact:  # the facade may refuse the match: it decides
         return FACADE
-    group = routing.group_of.get(candidate.key)
-    if group is not None:
-        ownership = routing.ownership.get(group)
-        return LEGACY if ownership is not None and legacy_decides_alone(ownership) else FACADE
+    if candidate.key in routing.group_of:  # a write group's route: the facade holds its lock
+        return FACADE
     mode = routing.modes.get(candidate.key, Mode.LEGACY)
     return LEGACY if mode is Mode.LEGACY else FACADE
 

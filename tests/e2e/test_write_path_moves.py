@@ -256,7 +256,7 @@ def test_the_write_group_moves_and_hands_back_without_losing_a_write(
             _move(env, writers, "legacy", "hand-back drill")
             _move(env, writers, "new", "forward again", phase="new again")
         procs.assert_running()
-        assert not writers.errors, writers.errors
+        assert not writers.errors, _explained(writers.errors, legacy_db, new_db)
         assert ledger.served_by["canary 30"] == {"legacy", "new"}
         for phase in ("new", "new again"):
             assert ledger.served_by[phase] == {"new"}, ledger.examples.get((phase, "legacy"))
@@ -340,3 +340,34 @@ def _check_legacy_batches_agree(http: requests.Session, legacy: str, new_db: str
             allocated,
             qty - allocated,
         ), ref
+
+
+def _explained(errors: list[str], legacy_db: str, new_db: str) -> str:
+    """The writers' errors in full, with what each database holds about their orders and
+    what the guard recorded (pytest would cut a long assertion message)."""
+    lines = list(errors)
+    queries = {
+        legacy_db: "SELECT l.order_no, l.prod_id, a.lot_id FROM cust_order_line l"
+        " LEFT JOIN lot_allocation a ON a.line_id = l.line_id WHERE l.order_no = :o",
+        new_db: "SELECT orderid, sku, batchref FROM batch_allocations WHERE orderid = :o",
+    }
+    for url, sql in queries.items():
+        engine = create_engine(url)
+        try:
+            with engine.connect() as conn:
+                for order in {
+                    w for e in errors for w in e.replace("'", " ").split() if w.startswith("o-")
+                }:
+                    held = conn.execute(text(sql), {"o": order}).all()
+                    lines.append(f"{url.rsplit('/', 1)[-1]} {order}: {held}")
+                if url == new_db:
+                    for table in ("ownership_violation", "echo_anomaly", "dead_letter"):
+                        try:
+                            rows = conn.execute(text(f"SELECT * FROM {table}")).all()
+                        except Exception as exc:  # noqa: BLE001 - a diagnosis
+                            rows = [repr(exc)[:200]]
+                        lines.append(f"{table}: {rows[:20]}")
+        finally:
+            engine.dispose()
+    print("\n".join(lines))
+    return "\n".join(lines)

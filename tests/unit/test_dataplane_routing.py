@@ -84,7 +84,7 @@ def test_every_route_on_legacy_leaves_an_empty_map() -> None:
     assert map_lines(_routing({("GET", "/a/<x>"): Mode.LEGACY, ("GET", "/b"): Mode.LEGACY})) == []
 
 
-def test_write_groups_go_straight_to_legacy_only_while_legacy_decides_alone(
+def test_write_groups_go_through_the_facade_whoever_owns_their_products(
     tmp_path: Path,
 ) -> None:
     url = f"sqlite:///{tmp_path / 'new.db'}"
@@ -110,11 +110,12 @@ def test_write_groups_go_straight_to_legacy_only_while_legacy_decides_alone(
     seen.append(allocate())
     settle()
     seen.append(allocate())
-    assert _backend(map_lines(read()), "PATCH", "/batches/b-1") == LEGACY
+    assert _backend(map_lines(read()), "PATCH", "/batches/b-1") == FACADE
+    assert _backend(map_lines(read()), "GET", "/batches/b-1") == LEGACY  # not a write
     read.close()
     engine.dispose()
 
-    assert seen == [LEGACY, LEGACY, FACADE, FACADE, LEGACY]
+    assert seen == [FACADE] * 5  # the facade holds the ownership row for legacy's writes
     routing = _data_plane_routing("http://legacy:5001", url, 1.0)
     assert routing.interval == 0.5  # a change reaches HAProxy within a second
     assert _data_plane_routing("http://legacy:5001", url, 0.0).interval == 0.1
