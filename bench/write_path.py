@@ -66,6 +66,9 @@ PROCESSES = ("legacy", "facade", "consumer", "bridge", "backsync")
 ASYNCHRONOUS = ("consumer", "bridge", "backsync")
 """The kit's processes that carry writes between the systems after they were answered."""
 REASON = "write path benchmark"
+HELD = "legacy-via-facade"
+"""The side of legacy's own writes sent through the facade while the group is on legacy:
+the facade proxies each while it holds the group's ownership row (docs/write-path.md)."""
 
 
 def run(ctx: Context, size: int) -> Result:
@@ -300,6 +303,8 @@ class _AllMeasured:
     facade: dict[int, _Measured]
     lags: dict[int, _Lag]
     """by rate (writes/s): half the target rate, then the target rate"""
+    held: dict[int, _Measured]
+    """legacy's writes through the facade while the group is on legacy (not in smoke runs)"""
 
 
 class _Phases:
@@ -317,6 +322,7 @@ class _Phases:
         self.loads: dict[str, dict[int, list[tuple[LoadResult, dict[str, float]]]]] = {
             "legacy": {},
             "facade": {},
+            HELD: {},
         }
         self.phase = 0
 
@@ -325,6 +331,9 @@ class _Phases:
         self._warm("legacy")
         self._measure("legacy", one)
         self._measure("legacy", many)
+        if not self.ctx.smoke:  # legacy's writes through the facade, which holds the lock
+            self._measure(HELD, one)
+            self._measure(HELD, many)
         self.kit.move("new")
         self._warm("facade")
         self._measure("facade", one)
@@ -336,7 +345,9 @@ class _Phases:
             self.kit.move("legacy")
             self._measure("legacy", many)
             self._measure("legacy", one)
-        return _AllMeasured(self._merged("legacy"), self._merged("facade"), lags)
+        return _AllMeasured(
+            self._merged("legacy"), self._merged("facade"), lags, self._merged(HELD)
+        )
 
     def _url(self, side: str) -> str:
         return self.servers.legacy if side == "legacy" else self.servers.facade
@@ -378,7 +389,7 @@ class _Phases:
         """One closed-loop phase with the asynchronous processes stopped; the CPU the
         server spent per request; then they catch up."""
         self.phase += 1
-        server = side
+        server = "facade" if side == HELD else side
         self.kit.pause()
         before = self.kit.procs.cpu_seconds(server)
         load = run_closed(
@@ -499,6 +510,15 @@ def _report(result: Result, measured: _AllMeasured, shape: Shape, rate: int) -> 
         Figure(f"p99 latency, {n} connections", facade_n.load.p99_ms, "ms",
                legacy_n.load.p99_ms, "legacy"),
     ]  # fmt: skip
+    if measured.held:
+        held_1, held_n = measured.held[1], measured.held[n]
+        result.figures += [
+            Figure("group on legacy, through the facade: p50 latency, 1 connection",
+                   held_1.load.p50_ms, "ms", legacy_1.load.p50_ms, "legacy"),
+            Figure(f"group on legacy, through the facade: throughput, {n} connections",
+                   held_n.load.rate, "req/s", legacy_n.load.rate, "legacy"),
+        ]  # fmt: skip
+        result.details |= {"held_1": held_1.as_dict(), f"held_{n}": held_n.as_dict()}
     for at, lag in measured.lags.items():
         target = Target("value", "<=", 250) if at == rate else None
         result.figures += [

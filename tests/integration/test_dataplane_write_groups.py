@@ -110,9 +110,7 @@ def test_a_write_group_goes_through_the_facade_whoever_owns_its_products(
             url = served.url
             assert _legacy_through_the_facade(url)  # legacy owns every product
             metrics = requests.get(f"{url}/metrics", timeout=5).text
-            assert 'route="POST /allocate",status="201"' in metrics.replace(
-                'owner="legacy",', ""
-            )
+            assert 'route="POST /allocate",status="201"' in metrics.replace('owner="legacy",', "")
 
             table.set("POST", "/allocate", "canary 100", by="test", reason="takeover")
             [changing] = wait_for(
