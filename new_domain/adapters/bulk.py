@@ -36,7 +36,9 @@ from sqlalchemy import (
     Select,
     String,
     Table,
+    Text,
     and_,
+    any_,
     bindparam,
     cast,
     delete,
@@ -66,15 +68,21 @@ class _Statement:
 
 def member(column: ColumnElement[Any], name: str, connection: Connection) -> ColumnElement[bool]:
     """``column IN (<the list bound as name>)``, one JSON parameter on PostgreSQL (pass
-    the list itself to :func:`fetch`)."""
+    the list itself to :func:`fetch`).
+
+    On PostgreSQL it is ``column = ANY ((SELECT array_agg(value) FROM
+    json_array_elements_text(:name)))``: the array is computed once (an InitPlan) and the
+    column's index is used. The plainer ``column IN (SELECT json_array_elements_text(...))``
+    lets the planner assume 100 keys and, on a table of some ten thousand rows and more,
+    prefer a sequential scan with a hash join: the new write path's read of one order's
+    lines took 4.5 ms on 27,000 allocations instead of 0.2 ms."""
     if not _is_postgresql(connection):
         return column.in_(bindparam(name, expanding=True))
-    value: ColumnElement[Any] = func.json_array_elements_text(
-        cast(bindparam(name, type_=String), JSON)
-    )
-    if isinstance(column.type, Integer):
-        value = cast(value, BigInteger)
-    return column.in_(select(value))
+    elements = func.json_array_elements_text(cast(bindparam(name, type_=String), JSON))
+    value: ColumnElement[Any] = elements.table_valued("value").c.value
+    element: Any = BigInteger() if isinstance(column.type, Integer) else Text()
+    keys = select(func.array_agg(cast(value, element))).scalar_subquery()
+    return column == any_(cast(keys, postgresql.ARRAY(element)))
 
 
 def fetch(
