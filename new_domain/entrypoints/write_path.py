@@ -131,8 +131,10 @@ class WritePath:
         a takeover's fence and become an ownership violation the client was told was
         accepted."""
         with self._units() as uow:
-            uow.limit_waits(wait)  # a move in flight or a hung database: at most ``wait``
-            yield uow.ownership.read(self.group, lock="share")
+            with uow.reading_ahead():  # one round trip
+                uow.limit_waits(wait)  # a move in flight or a hung database: at most ``wait``
+                read = uow.ownership.read_ahead(self.group, lock="share")
+            yield read()
 
     def sku_of_batch(self, ref: str) -> str | None:
         """The product batch ``ref`` belongs to in the new model (None: unknown batch)."""

@@ -22,12 +22,12 @@ from contextlib import AbstractContextManager, nullcontext
 from types import TracebackType
 from typing import Self
 
-from sqlalchemy import text
+from sqlalchemy import String, bindparam, func, select
 from sqlalchemy.engine import Connection, Engine
 
 from new_domain.adapters.allocations_view import AbstractAllocationsView, SqlAlchemyAllocationsView
 from new_domain.adapters.anomalies import AbstractAnomalyLog, SqlAlchemyAnomalyLog
-from new_domain.adapters.bulk import pipelined
+from new_domain.adapters.bulk import fetch, pipelined
 from new_domain.adapters.change_positions import SqlAlchemyChangePositions
 from new_domain.adapters.database import is_transient
 from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
@@ -193,13 +193,17 @@ class SqlAlchemyUnitOfWork(AbstractUnitOfWork):
 
     def limit_waits(self, seconds: float) -> None:
         if self.connection.dialect.name == "postgresql":
-            ms = max(1, round(seconds * 1000))
-            self.connection.execute(
-                text(
-                    "SELECT set_config('lock_timeout', :ms, true),"
-                    " set_config('statement_timeout', :ms, true)"
+            ms = str(max(1, round(seconds * 1000)))
+            # a read, so it goes with the other reads of a reading_ahead block
+            fetch(
+                self.connection,
+                "unit_of_work.limit_waits",
+                lambda: select(
+                    func.set_config("lock_timeout", bindparam("ms", type_=String), True),
+                    func.set_config("statement_timeout", bindparam("ms", type_=String), True),
                 ),
-                {"ms": str(ms)},
+                {"ms": ms},
+                lambda _rows: None,
             )
 
     def flush(self) -> None:
