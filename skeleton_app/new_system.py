@@ -84,6 +84,28 @@ class NewSystem:
                 f"the new system did not answer within {self.timeout:g} s"
             ) from None
 
+    def acquire(self, enter: Callable[[], T], release: Callable[[], object]) -> T:
+        """:meth:`call` for taking a resource (a lock): when the wait gives up, ``enter``
+        may still succeed later on its thread, and ``release()`` then runs there, so
+        nothing stays taken."""
+        future: Future[T] = self._pool("serve").submit(self._in_context, enter)
+        try:
+            return future.result(timeout=self.timeout)
+        except FutureTimeout:
+            if not future.cancel():
+                future.add_done_callback(lambda done: _release_taken(done, release))
+            raise NewSystemTimeout(
+                f"the new system did not answer within {self.timeout:g} s"
+            ) from None
+
+    def release(self, release: Callable[[], object]) -> None:
+        """Run ``release()`` on a serving thread, not waited for (a hung database must not
+        hold an answer that is ready); a failure is logged."""
+        try:
+            self._pool("serve").submit(_logged, release)
+        except RuntimeError:  # shut down: the process is ending, and its connections too
+            log.warning("release after shutdown skipped")
+
     def _in_context(self, work: Callable[[], T]) -> T:
         with self._app.app_context():
             return work()
@@ -131,3 +153,15 @@ class NewSystem:
                     pool = ThreadPoolExecutor(self._sizes[name], thread_name_prefix=f"new-{name}")
                     self._pools[name] = pool
         return pool
+
+
+def _release_taken(done: Future[Any], release: Callable[[], object]) -> None:
+    if not done.cancelled() and done.exception() is None:
+        _logged(release)
+
+
+def _logged(release: Callable[[], object]) -> None:
+    try:
+        release()
+    except Exception:  # noqa: BLE001 - nothing to answer; the transaction ends with its connection
+        log.warning("releasing a hold on the new system failed", exc_info=True)

@@ -170,19 +170,24 @@ def _to_legacy_held(
     write_path = facade.write_path
     if write_path is None:
         return _to_legacy(facade, route, body)
-    answer: Response | None = None
+    hold = write_path.held()
+
+    def release() -> None:
+        hold.__exit__(None, None, None)
+
     try:
-        with write_path.held() as fresh:
-            if not legacy_owns(fresh):
-                return fresh
-            answer = _to_legacy(facade, route, body)
-    except Exception as exc:  # noqa: BLE001 - answered 503 unless legacy already answered
-        if answer is not None:  # the lock's release failed: legacy's answer stands
-            log.warning("releasing the write ownership failed: %s", printable(str(exc)))
-            return answer
+        # on a serving thread, at most the new system's timeout: a hung new database
+        # costs this request a 503, never a request thread
+        fresh = facade.new_system.acquire(hold.__enter__, release)
+    except Exception as exc:  # noqa: BLE001 - answered 503: nobody decided
         log.warning("write ownership unreadable: %s", printable(str(exc)))
         return None
-    return answer
+    try:
+        if not legacy_owns(fresh):
+            return fresh
+        return _to_legacy(facade, route, body)
+    finally:
+        facade.new_system.release(release)  # not waited for: legacy's answer is ready
 
 
 def _unconfirmed(found: RouteMatch) -> Response:

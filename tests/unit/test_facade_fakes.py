@@ -129,6 +129,8 @@ class FakeWritePath:
         self.gate: threading.Event | None = None
         self.closed = False
         self.holding = False
+        self.hold_gate: threading.Event | None = None  # set: held() waits for it
+        self.released = 0  # holds let go
 
     def block(self) -> threading.Event:
         self.gate = threading.Event()
@@ -145,11 +147,14 @@ class FakeWritePath:
     @contextmanager
     def held(self) -> Iterator[Ownership]:
         self.calls.append(("held",))
+        if self.hold_gate is not None:
+            self.hold_gate.wait(10)
         self.holding = True
         try:
             yield self.stored() if self.stored is not None else Ownership("allocation")
         finally:
             self.holding = False
+            self.released += 1
 
     def sku_of_batch(self, ref: str) -> str | None:
         self.calls.append(("sku_of_batch", ref))

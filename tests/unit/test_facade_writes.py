@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+import threading
 from collections.abc import Iterator
 from datetime import date
 from pathlib import Path
@@ -37,6 +38,7 @@ from new_domain.adapters import orm
 from new_domain.domain.ownership import State
 from skeleton_app import FacadeSettings, RouteTable, close_app, create_app, facade_of
 from skeleton_app.metrics import FacadeMetrics
+from tests.e2e.processes import wait_for
 from tests.unit.test_facade_fakes import (
     FakeReadModel,
     FakeWritePath,
@@ -218,7 +220,8 @@ def test_a_write_goes_to_legacy_while_the_ownership_row_is_held(
 
     assert answer(response) == (299, LEGACY_ANSWER)
     assert held_when_called == [True]
-    assert not write_path.holding
+    # released on a serving thread once legacy answered, not waited for
+    wait_for(lambda: not write_path.holding, 10, "the hold to be released")
 
 
 def test_new_decides_every_write_route_with_legacys_success_answers(
@@ -670,6 +673,39 @@ def test_a_write_the_new_system_may_have_applied_is_never_sent_to_legacy_too(
         502,
         {"error": "bad gateway", "detail": "the new system failed to answer POST /allocate"},
     )
+    assert len(upstream.calls) == 0
+
+
+def test_a_hung_new_database_costs_a_legacy_write_a_503_and_the_late_hold_is_released(
+    table: RouteTable, upstream: responses.RequestsMock, write_path: FakeWritePath
+) -> None:
+    """The ownership row cannot be held in time (a hung new database, a move that
+    holds it): nobody decides, and a hold that comes through later is let go at once."""
+    app = create_app(
+        LEGACY,
+        "sqlite://",
+        route_table=table,
+        read_model=FakeReadModel(),
+        lag_provider=None,
+        write_path=write_path,
+        settings=FacadeSettings(new_timeout=0.2),
+    )
+    write_path.hold_gate = threading.Event()
+    try:
+        refused = allocate(app.test_client(), OUTSIDE_60[0])
+        assert write_path.calls == [("held",)] and not write_path.holding
+        write_path.hold_gate.set()  # the database answers after all
+        wait_for(lambda: write_path.released == 1, 10, "the late hold to be released")
+    finally:
+        write_path.hold_gate.set()
+        close_app(app)
+
+    assert refused.status_code == 503 and refused.headers["Retry-After"] == "1"
+    assert refused.json == {
+        "error": "service unavailable",
+        "detail": "the ownership of write group allocation could not be read; retry",
+    }
+    assert not write_path.holding
     assert len(upstream.calls) == 0
 
 
