@@ -163,5 +163,6 @@ def _release_taken(done: Future[Any], release: Callable[[], object]) -> None:
 def _logged(release: Callable[[], object]) -> None:
     try:
         release()
-    except Exception:  # noqa: BLE001 - nothing to answer; the transaction ends with its connection
-        log.warning("releasing a hold on the new system failed", exc_info=True)
+    except Exception as exc:  # noqa: BLE001 - nothing to answer; the transaction ends with its connection
+        # expected while the new database is down: one line, no traceback
+        log.warning("releasing a hold on the new system failed: %s", printable(str(exc)))

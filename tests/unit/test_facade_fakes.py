@@ -131,6 +131,7 @@ class FakeWritePath:
         self.holding = False
         self.hold_gate: threading.Event | None = None  # set: held() waits for it
         self.released = 0  # holds let go
+        self.release_error: Exception | None = None  # raised when a hold is let go
 
     def block(self) -> threading.Event:
         self.gate = threading.Event()
@@ -155,6 +156,8 @@ class FakeWritePath:
         finally:
             self.holding = False
             self.released += 1
+            if self.release_error is not None:
+                raise self.release_error
 
     def sku_of_batch(self, ref: str) -> str | None:
         self.calls.append(("sku_of_batch", ref))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import re
 import threading
 from collections.abc import Iterator
@@ -707,6 +708,28 @@ def test_a_hung_new_database_costs_a_legacy_write_a_503_and_the_late_hold_is_rel
     }
     assert not write_path.holding
     assert len(upstream.calls) == 0
+
+
+def test_a_hold_that_cannot_be_let_go_costs_one_log_line_and_not_the_answer(
+    client: FlaskClient,
+    upstream: responses.RequestsMock,
+    write_path: FakeWritePath,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The new database went away while legacy decided: its answer stands, and the
+    failed release is one warning line (a traceback would read as a crash)."""
+    write_path.release_error = RuntimeError("the connection is lost")
+    with caplog.at_level(logging.WARNING, logger="skeleton_app.new_system"):
+        response = allocate(client, OUTSIDE_60[0])
+        wait_for(lambda: write_path.released == 1, 10, "the hold to be let go")
+        wait_for(lambda: bool(caplog.records), 10, "the warning")
+
+    assert answer(response) == (299, LEGACY_ANSWER)
+    [record] = caplog.records
+    assert record.getMessage() == (
+        "releasing a hold on the new system failed: the connection is lost"
+    )
+    assert record.exc_info is None
 
 
 def test_writes_wait_while_the_ownership_was_never_read(
