@@ -211,7 +211,9 @@ def test_the_consume_command_applies_changes_and_stops_on_sigterm(
         text=True,
     )
     try:
-        wait_for(lambda: queue_exists(rabbit, queue_name) or process.poll() is not None)
+        # consuming, so its queue is bound: a queue that merely exists may not be bound
+        # to the exchange yet, and a story published then is routed nowhere
+        wait_for(lambda: consuming(rabbit, queue_name) or process.poll() is not None)
         assert process.poll() is None, process.communicate()[0]
         stories = [
             Message(m.routing_key, m.body.replace(b'"o1"', b'"sigterm-order"'), m.message_id)
@@ -242,9 +244,10 @@ def rabbit_url() -> str:
     return require_rabbitmq()
 
 
-def queue_exists(rabbit: Broker, queue: str) -> bool:
+def consuming(rabbit: Broker, queue: str) -> bool:
     try:
-        rabbit.queue_depth(queue)
+        return rabbit.queue_consumers(queue) > 0
     except broker.BrokerError:
         return False
-    return True
+
+
