@@ -249,5 +249,3 @@ def consuming(rabbit: Broker, queue: str) -> bool:
         return rabbit.queue_consumers(queue) > 0
     except broker.BrokerError:
         return False
-
-
