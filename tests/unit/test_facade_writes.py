@@ -95,17 +95,23 @@ def write_path(table: RouteTable) -> FakeWritePath:
     return FakeWritePath(lambda: table.ownership("allocation"))
 
 
-@pytest.fixture
-def app(table: RouteTable, write_path: FakeWritePath) -> Iterator[Flask]:
-    app = create_app(
+def facade(table: RouteTable, write_path: FakeWritePath, **options: Any) -> Flask:
+    """The facade in front of the fake legacy upstream, with the write path ``write_path``."""
+    options.setdefault("metrics", FacadeMetrics(multiprocess_mode=False))
+    return create_app(
         LEGACY,
         "sqlite://",
         route_table=table,
         read_model=FakeReadModel(),
         lag_provider=None,
         write_path=write_path,
-        metrics=FacadeMetrics(multiprocess_mode=False),
+        **options,
     )
+
+
+@pytest.fixture
+def app(table: RouteTable, write_path: FakeWritePath) -> Iterator[Flask]:
+    app = facade(table, write_path)
     yield app
     close_app(app)
 
@@ -614,15 +620,7 @@ def test_a_snapshot_still_showing_the_move_is_read_again_before_a_503(
     stale = RouteTable(engine, refresh_interval=3600.0)
     fresh = RouteTable(engine, refresh_interval=0.0, refresh_wait=60.0)
     write_path = FakeWritePath(lambda: fresh.ownership("allocation"))
-    app = create_app(
-        LEGACY,
-        "sqlite://",
-        route_table=stale,
-        read_model=FakeReadModel(),
-        lag_provider=None,
-        write_path=write_path,
-        metrics=FacadeMetrics(multiprocess_mode=False),
-    )
+    app = facade(stale, write_path)
     try:
         move(stale, engine, "canary 10", settled=False)
         client = app.test_client()
@@ -645,15 +643,7 @@ def test_a_snapshot_still_showing_the_move_is_read_again_before_a_503(
 def test_a_write_the_new_system_may_have_applied_is_never_sent_to_legacy_too(
     table: RouteTable, engine: Engine, upstream: responses.RequestsMock, write_path: FakeWritePath
 ) -> None:
-    app = create_app(
-        LEGACY,
-        "sqlite://",
-        route_table=table,
-        read_model=FakeReadModel(),
-        lag_provider=None,
-        write_path=write_path,
-        settings=FacadeSettings(new_timeout=0.2),
-    )
+    app = facade(table, write_path, settings=FacadeSettings(new_timeout=0.2))
     client = app.test_client()
     move(table, engine, "new")
     released = write_path.block()
@@ -682,15 +672,7 @@ def test_a_hung_new_database_costs_a_legacy_write_a_503_and_the_late_hold_is_rel
 ) -> None:
     """The ownership row cannot be held in time (a hung new database, a move that
     holds it): nobody decides, and a hold that comes through later is let go at once."""
-    app = create_app(
-        LEGACY,
-        "sqlite://",
-        route_table=table,
-        read_model=FakeReadModel(),
-        lag_provider=None,
-        write_path=write_path,
-        settings=FacadeSettings(new_timeout=0.2),
-    )
+    app = facade(table, write_path, settings=FacadeSettings(new_timeout=0.2))
     write_path.hold_gate = threading.Event()
     try:
         refused = allocate(app.test_client(), OUTSIDE_60[0])
@@ -736,14 +718,7 @@ def test_writes_wait_while_the_ownership_was_never_read(
     tmp_path: Path, upstream: responses.RequestsMock, write_path: FakeWritePath
 ) -> None:
     engine = create_engine(f"sqlite:///{tmp_path / 'unmigrated.db'}")  # no tables at all
-    app = create_app(
-        LEGACY,
-        "sqlite://",
-        route_table=RouteTable(engine),
-        read_model=FakeReadModel(),
-        lag_provider=None,
-        write_path=write_path,
-    )
+    app = facade(RouteTable(engine), write_path)
 
     got = allocate(app.test_client(), "LAMP")
     close_app(app)
