@@ -21,6 +21,7 @@ acknowledges or hands back.
 """
 
 from new_domain.ingest.apply import (
+    AfterNewSnapshot,
     Applied,
     ChangeFailed,
     OutOfSequence,
@@ -66,6 +67,7 @@ __all__ = [
     "OutOfSequence",
     "Parsed",
     "PositionTooFar",
+    "AfterNewSnapshot",
     "Recognizer",
     "Tombstone",
     "TransactionBoundary",

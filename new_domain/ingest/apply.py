@@ -107,6 +107,26 @@ class PositionTooFar(OutOfSequence):
         self.position = position
 
 
+class AfterNewSnapshot(OutOfSequence):
+    """A Debezium change that came after the connector took a new snapshot of a stream
+    already applied past it (:func:`new_domain.ingest.debezium.after_new_snapshot`):
+    legacy's changes between the two are only in that snapshot, without their deletes.
+    It is dead-lettered at once (never skipped as a re-send) and the stream's position
+    stays where it is; the way back is a rebuild of the new database."""
+
+    def __init__(self, stream: str, last: int | None, position: int) -> None:
+        Exception.__init__(
+            self,
+            f"Debezium took a new snapshot of stream {stream} after it was applied up to"
+            f" {'-' if last is None else debezium.describe_position(last)}: this change"
+            f" ({debezium.describe_position(position)}) cannot be placed in the stream;"
+            " rebuild the new database from a fresh snapshot (docs/debezium.md)",
+        )
+        self.stream = stream
+        self.last = last
+        self.position = position
+
+
 def _jumps(last: int | None, position: int) -> bool:
     return last is not None and position > last + 1
 
@@ -405,8 +425,8 @@ def _choose(
         if change.dense and not replay and snapshot != AWAITING and _jumps(last, position):
             raise ChangeFailed(index, change, OutOfSequence(stream, last, position))
         if change.debezium:
-            if not replay and snapshot != AWAITING and debezium.jumps_too_far(last, position):
-                raise ChangeFailed(index, change, PositionTooFar(stream, last, position))
+            if not replay and snapshot != AWAITING:
+                _refuse_misplaced(index, change, last)
             if _debezium_snapshot_read(uow, change, last, snapshot):
                 chosen.append((index, change))
                 continue
@@ -436,6 +456,16 @@ def _choose(
             loading.add(index)
         chosen.append((index, change))
     return chosen, reopened, loading
+
+
+def _refuse_misplaced(index: int, change: LegacyChange, last: int | None) -> None:
+    """Raise :class:`ChangeFailed` for a Debezium change its position cannot place: a
+    forged far-future one, or one after a new snapshot."""
+    stream, position = change.stream, change.position
+    if debezium.jumps_too_far(last, position):
+        raise ChangeFailed(index, change, PositionTooFar(stream, last, position))
+    if debezium.after_new_snapshot(last, position, change.op == "r"):
+        raise ChangeFailed(index, change, AfterNewSnapshot(stream, last, position))
 
 
 def _debezium_snapshot_read(

@@ -127,6 +127,29 @@ def jumps_too_far(last: int | None, position: int) -> bool:
     return _wal_reach(position) - _wal_reach(last) > MAX_WAL_JUMP
 
 
+def after_new_snapshot(last: int | None, position: int, snapshot_row: bool) -> bool:
+    """Is the change at ``position`` one that came after Debezium took a NEW snapshot of
+    a stream already streaming past ``last`` (its offsets said the first snapshot was
+    not finished: a kill before they were stored)? Its position does not say where it
+    stands: such a change is neither applied nor skipped as a re-send.
+
+    - **PostgreSQL**: a new snapshot's rows sit at commit part 0 and the first
+      transaction after it at commit part 1, below a stream past its first transaction
+      (``last``'s commit part 2 or more); a re-send at or below ``last`` never lies beyond
+      the WAL ``last`` covers, while these lie beyond it (the new snapshot's lsn is
+      legacy's WAL position when it began).
+    - **MySQL / MariaDB**: a snapshot row above ``last`` while ``last`` is a streamed
+      position (a re-sent row of the first snapshot is below it)."""
+    if last is None:
+        return False
+    if _is_binlog(position) or _is_binlog(last):
+        streamed_last = (last - _BINLOG) % 2 == 1
+        return snapshot_row and streamed_last and position > last
+    if position > last or last // _U64 < 2:
+        return False
+    return position % _U64 > _wal_reach(last)
+
+
 def describe_position(position: int) -> str:
     """The position in the log's own words (for error messages)."""
     if _is_binlog(position):

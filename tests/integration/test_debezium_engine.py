@@ -124,13 +124,62 @@ class Writer(threading.Thread):
             raise error
 
 
-def wait_for(capture: Capture, condition: Callable[[], bool], timeout: float, what: str) -> None:
-    """Poll ``condition`` until it holds; fail after ``timeout`` s or when the engine exited."""
+def wait_for(
+    capture: Capture,
+    condition: Callable[[], bool],
+    timeout: float,
+    what: str,
+    explain: Callable[[], str] = lambda: "",
+) -> None:
+    """Poll ``condition`` until it holds; fail after ``timeout`` s (with ``explain()``)
+    or when the engine exited."""
     deadline = time.monotonic() + timeout
     while not condition():
         assert capture.running(), f"the engine exited:\n{capture.tail()}"
-        assert time.monotonic() < deadline, f"timed out after {timeout} s waiting for {what}"
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out after {timeout} s waiting for {what}\n{explain()}")
         threading.Event().wait(0.05)
+
+
+def state_of(
+    new_db: Engine, amqp_url: str, queue: str, legacy_url: str, slot: str, logs: list[Path]
+) -> Callable[[], str]:
+    """What a timed-out wait reports: where the consumer stands in each stream, the
+    queue, the replication slot, and the tails of the processes' logs."""
+
+    def explain() -> str:
+        lines = []
+        with new_db.connect() as connection:
+            for row in connection.execute(select(orm.applied_change_position)):
+                lines.append(f"applied: {dict(row._mapping)}")
+            dead = connection.scalar(select(func.count()).select_from(orm.dead_letter))
+            lines.append(f"dead letters recorded: {dead}")
+        check = broker.connect(amqp_url)
+        try:
+            lines.append(
+                f"queue {queue}: {check.queue_depth(queue)} ready,"
+                f" {check.queue_consumers(queue)} consumers"
+            )
+        finally:
+            check.close()
+        legacy_db = create_engine(legacy_url)
+        with legacy_db.connect() as connection:
+            slot_row = connection.execute(
+                text(
+                    "SELECT active, confirmed_flush_lsn, pg_current_wal_lsn() AS now"
+                    " FROM pg_replication_slots WHERE slot_name = :s"
+                ),
+                {"s": slot},
+            ).first()
+        legacy_db.dispose()
+        lines.append(f"slot {slot}: {slot_row}")
+        for log in logs:
+            text_ = log.read_text(errors="replace") if log.exists() else ""
+            kept = [x for x in text_.splitlines() if x[:2] == "20" or "ERROR" in x]
+            lines.append(f"--- {log.name} (last lines)\n" + "\n".join(kept[-40:]))
+        return "\n".join(lines)
+
+    return explain
 
 
 def applied_position(new_db: Engine) -> int:
@@ -220,6 +269,8 @@ def test_the_engine_killed_mid_stream_and_restarted_loses_nothing(
         legacy_url, new_url, amqp_url, names, slot, tmp_path
     )
     writer = Writer(workload)
+    logs = [tmp_path / "consume.log", tmp_path / "capture.log"]
+    explain = state_of(new_db, amqp_url, queue, legacy_url, slot, logs)
     try:
         consumers.start()
         capture.start()
@@ -229,7 +280,13 @@ def test_the_engine_killed_mid_stream_and_restarted_loses_nothing(
         for _ in range(KILLS):  # each time once this engine has moved the stream on
             assert writer.kill_due.acquire(timeout=120), "the workload asked for no kill"
             floor = max(killed_at[-1], STREAMED)
-            wait_for(capture, lambda f=floor: applied_position(new_db) > f, 60, "streamed changes")
+            wait_for(
+                capture,
+                lambda f=floor: applied_position(new_db) > f,
+                60,
+                f"streamed changes past {floor} (kills so far: {killed_at[1:]})",
+                explain,
+            )
             threading.Event().wait(random.uniform(0.0, 0.3))  # a random moment mid-stream
             killed_at.append(applied_position(new_db))
             capture.kill()
@@ -248,7 +305,13 @@ def test_the_engine_killed_mid_stream_and_restarted_loses_nothing(
 
         writer.join()
         last_lot = workload.add_lot(workload.skus[0], 5, None)  # the last write of all
-        wait_for(capture, lambda: has_batch(new_db, last_lot), 90, "the consumer to catch up")
+        wait_for(
+            capture,
+            lambda: has_batch(new_db, last_lot),
+            90,
+            f"the consumer to apply {last_lot} (kills at {killed_at[1:]})",
+            explain,
+        )
         assert applied_position(new_db) > killed_at[-1]
         assert capture.stop() == 0, capture.tail()
         assert consumers.stop() == 0, (tmp_path / "consume.log").read_text()[-3000:]

@@ -29,6 +29,7 @@ from new_domain import Consumer, bootstrap, upgrade_database
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
 from new_domain.ingest import (
+    AfterNewSnapshot,
     ChangeFailed,
     Heartbeat,
     LegacyChange,
@@ -403,6 +404,74 @@ def test_a_forged_far_future_position_is_dead_lettered_not_stored(
     assert isinstance(failed.value.error, PositionTooFar)
     with uow:
         assert uow.positions.get(STREAM) == stored
+
+
+def _moved(record: dict[str, Any], lsn: int, last_commit: int | None) -> str:
+    """``record`` as Debezium sends it at ``lsn`` after ``last_commit``."""
+    value = json.loads(record["value"])
+    commit = None if last_commit is None else str(last_commit)
+    value["source"] = {**value["source"], "lsn": lsn, "sequence": json.dumps([commit, str(lsn)])}
+    return json.dumps(value)
+
+
+def test_a_new_snapshot_taken_after_the_stream_moved_on_is_refused_not_skipped(
+    bus: MessageBus, uow: SqlAlchemyUnitOfWork
+) -> None:
+    """Debezium snapshots again when its stored offsets said the first snapshot was not
+    finished (a kill before they were stored): the new snapshot's rows and the first
+    transaction after it sit below the stream's position, but they are not re-sends (they
+    lie beyond the WAL the stream covers), so they are dead-lettered, never skipped."""
+    sample = records()
+    apply_changes(bus, [parse_message(body(r)) for r in sample])
+    with uow:
+        stored = uow.positions.get(STREAM)
+    assert stored is not None and stored // 2**64 >= 2  # past its first transaction
+    reach = max(stored // 2**64 - 2, stored % 2**64)
+    snapshot_row = next(r for r in sample if '"op":"r"' in (r["value"] or ""))
+    created = next(r for r in sample if '"op":"c"' in (r["value"] or ""))
+    for moved in (
+        _moved(snapshot_row, reach + 4096, None),  # a row of the new snapshot
+        _moved(created, reach + 8192, None),  # the first transaction after it
+    ):
+        with pytest.raises(ChangeFailed) as failed:
+            apply_changes(bus, [parse_message(moved)])
+        assert isinstance(failed.value.error, AfterNewSnapshot)
+        assert "rebuild" in str(failed.value.error)
+    resent = apply_changes(bus, [parse_message(body(snapshot_row)), parse_message(body(created))])
+    assert (resent.applied, resent.skipped) == (0, 2)  # re-sends of the first ones: skipped
+    with uow:
+        assert uow.positions.get(STREAM) == stored
+
+
+@pytest.mark.parametrize(
+    ("last", "position", "snapshot_row", "expected"),
+    [
+        (None, 5, True, False),  # a new stream: its first snapshot
+        ((3 + 2) * 2**64 + 90, 0 * 2**64 + 50, True, False),  # first snapshot, re-sent
+        ((3 + 2) * 2**64 + 90, 0 * 2**64 + 95, True, True),  # a snapshot beyond the WAL
+        ((3 + 2) * 2**64 + 90, 1 * 2**64 + 2, False, False),  # first transaction, re-sent
+        ((3 + 2) * 2**64 + 90, 1 * 2**64 + 91, False, True),  # after a new snapshot
+        ((3 + 2) * 2**64 + 90, (3 + 2) * 2**64 + 95, False, False),  # ahead: a new change
+        (1 * 2**64 + 40, 0 * 2**64 + 60, True, False),  # still in its first transaction
+        ((100 + 2) * 2**64 + 7, (60 + 2) * 2**64 + 95, False, False),  # long transactions
+    ],
+)
+def test_what_came_after_a_new_postgres_snapshot(
+    last: int | None, position: int, snapshot_row: bool, expected: bool
+) -> None:
+    assert debezium.after_new_snapshot(last, position, snapshot_row) is expected
+
+
+def test_what_came_after_a_new_binlog_snapshot() -> None:
+    def position(pos: int, snapshot: Any = "false") -> int:
+        source = {"connector": "mysql", "file": "bin.000002", "pos": pos, "snapshot": snapshot}
+        return debezium.coordinates(source, "r" if snapshot != "false" else "c", None).position
+
+    first, streamed, again = position(100, "true"), position(300), position(900, "true")
+    assert debezium.after_new_snapshot(streamed, again, snapshot_row=True)
+    assert not debezium.after_new_snapshot(streamed, first, snapshot_row=True)  # re-sent
+    assert not debezium.after_new_snapshot(first, again, snapshot_row=True)  # while loading
+    assert not debezium.after_new_snapshot(streamed, position(400), snapshot_row=False)
 
 
 def test_a_snapshot_after_a_reset_loads_again(bus: MessageBus, uow: SqlAlchemyUnitOfWork) -> None:

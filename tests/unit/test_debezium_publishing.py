@@ -110,7 +110,7 @@ def test_debezium_is_configured_as_the_consumer_expects() -> None:
         "snapshot.mode": "initial",
         "provide.transaction.metadata": "true",
         "poll.interval.ms": "20",
-        "offset.flush.interval.ms": "1000",
+        "offset.flush.interval.ms": "0",
         "value.converter.schemas.enable": "false",
         "offset.storage": "io.debezium.storage.jdbc.offset.JdbcOffsetBackingStore",
         "offset.storage.jdbc.connection.url": "jdbc:postgresql://db.internal:5433/legacy",
