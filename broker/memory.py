@@ -15,7 +15,7 @@ from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from broker.errors import BrokerError
+from broker.errors import BrokerError, BrokerRefused
 from broker.port import Delivery, Message, QueueSpec
 
 
@@ -121,7 +121,7 @@ class MemoryBroker:
             )
             if alternate_exchange is not None and ex.alternate != alternate_exchange:
                 # RabbitMQ refuses to change an exchange's arguments once it exists
-                raise BrokerError(
+                raise BrokerRefused(
                     f"PRECONDITION_FAILED - inequivalent arg 'alternate-exchange' for "
                     f"exchange {name!r}: received {alternate_exchange!r} but current is "
                     f"{ex.alternate!r}"

@@ -248,12 +248,23 @@ class RabbitBroker:
             self._declare(alternate_exchange, queue_arguments(self.queue_type, None))
             admin = self._admin_channel()
             admin.queue_bind(alternate_exchange, alternate_exchange, routing_key="")
-            admin.exchange_declare(
-                name,
-                exchange_type="topic",
-                durable=True,
-                arguments={"alternate-exchange": alternate_exchange},
-            )
+            try:
+                admin.exchange_declare(
+                    name,
+                    exchange_type="topic",
+                    durable=True,
+                    arguments={"alternate-exchange": alternate_exchange},
+                )
+            except pika_exceptions.ChannelClosedByBroker as exc:
+                self._admin = None
+                if exc.reply_code != _PRECONDITION_FAILED:
+                    raise
+                raise BrokerRefused(
+                    f"exchange {name!r} exists without alternate-exchange"
+                    f" {alternate_exchange!r} (declared by another tool?): without"
+                    " it a message no queue is bound for would be dropped; delete the"
+                    " exchange or publish to another one"
+                ) from None
 
     def declare_queue(self, spec: QueueSpec) -> None:
         with self._guard(f"declare queue {spec.name!r}"):

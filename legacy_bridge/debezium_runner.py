@@ -120,7 +120,8 @@ class Publisher(BasePythonChangeHandler):
         return self._broker
 
     def _drop_after(self, error: BrokerError) -> None:
-        log.warning("broker: %s (the batch is sent again)", str(error).splitlines()[0])
+        if _retryable(error):
+            log.warning("broker: %s (the batch is sent again)", str(error).splitlines()[0])
         broker, self._broker = self._broker, None
         if broker is not None:
             with contextlib.suppress(BrokerError):

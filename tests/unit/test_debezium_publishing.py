@@ -5,11 +5,14 @@ shop, tests/fixtures)."""
 from __future__ import annotations
 
 import json
+import threading
 from collections import Counter
 
 import pytest
 from click.testing import CliRunner
 
+import broker
+from broker import BrokerRefused
 from legacy_bridge.debezium_engine import EngineSettings, engine_properties, to_message
 from new_domain.ingest import Heartbeat, LegacyChange, TransactionBoundary, parse_message
 from skeleton_app.composition.cli import cli
@@ -118,3 +121,23 @@ def test_debezium_is_configured_as_the_consumer_expects() -> None:
         "offset.storage.jdbc.table.name": "strangler_dbz_offsets_kit_slot",
     }
     assert {key: properties[key] for key in expected} == expected
+
+
+def test_an_exchange_without_its_alternate_exchange_stops_the_engine_at_once(
+    memory_broker_url: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An exchange another tool declared without the alternate exchange would drop what
+    no queue is bound for: no retry cures it, so the engine does not start (and does not
+    say it will send the batch again)."""
+    from legacy_bridge.debezium_runner import Publisher
+
+    admin = broker.connect(memory_broker_url)
+    admin.declare_exchange("legacy.cdc", alternate_exchange="elsewhere")
+    publisher = Publisher(
+        lambda: broker.connect(memory_broker_url), "legacy.cdc", threading.Event()
+    )
+    with pytest.raises(BrokerRefused, match="alternate-exchange"):
+        publisher.ready()
+    publisher.close()
+    admin.close()
+    assert "sent again" not in caplog.text
