@@ -54,6 +54,7 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
+from urllib.parse import urlencode
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, text
@@ -107,6 +108,12 @@ def offsets_table(slot: str) -> str:
     return f"{OFFSETS_TABLE_PREFIX}{slot}"
 
 
+_SSL_OPTIONS = ("sslmode", "sslrootcert", "sslcert", "sslkey", "sslpassword")
+_DRIVER_OPTIONS = {"connect_timeout": "connectTimeout", "application_name": "ApplicationName"}
+"""libpq's options in ``LEGACY_DB_URL`` -> the PostgreSQL JDBC driver's names."""
+SSL_MODES = ("disable", "allow", "prefer", "require", "verify-ca", "verify-full")
+
+
 def check_supported(legacy_db_url: str) -> None:
     """Refuse a legacy database the engine cannot capture (one clear line)."""
     backend = make_url(legacy_db_url).get_backend_name()
@@ -114,6 +121,38 @@ def check_supported(legacy_db_url: str) -> None:
         raise EngineError(
             f"--engine debezium captures PostgreSQL only; {backend} uses --engine triggers"
         )
+    connection_options(legacy_db_url)
+
+
+def connection_options(legacy_db_url: str) -> dict[str, str]:
+    """The options of ``LEGACY_DB_URL``'s query, as the JDBC driver names them, for
+    Debezium's connections and its offset store: the TLS options (``sslmode``,
+    ``sslrootcert``, ``sslcert``, ``sslkey``, ``sslpassword``), ``connect_timeout`` and
+    ``application_name``. Any other option is refused (one line), never dropped: the
+    engine would otherwise connect otherwise than the rest of the kit (without TLS)."""
+    query = make_url(legacy_db_url).query
+    options: dict[str, str] = {}
+    for name, value in query.items():
+        if not isinstance(value, str):
+            raise EngineError(f"LEGACY_DB_URL gives {name!r} more than once")
+        if name in ("host", "port", "hostaddr"):
+            raise EngineError(
+                f"--engine debezium connects over TCP to the URL's host and port: move"
+                f" {name}={value!r} out of LEGACY_DB_URL's query (a socket directory"
+                " cannot be used)"
+            )
+        if name == "sslmode" and value not in SSL_MODES:
+            raise EngineError(f"sslmode must be one of {', '.join(SSL_MODES)}, got {value!r}")
+        if name in _SSL_OPTIONS:
+            options[name] = value
+        elif name in _DRIVER_OPTIONS:
+            options[_DRIVER_OPTIONS[name]] = value
+        else:
+            known = ", ".join([*_SSL_OPTIONS, *_DRIVER_OPTIONS])
+            raise EngineError(
+                f"LEGACY_DB_URL option {name!r} cannot be passed to Debezium (it takes: {known})"
+            )
+    return options
 
 
 def prepare_database(settings: EngineSettings) -> list[str]:
@@ -178,7 +217,15 @@ def engine_properties(settings: EngineSettings, tables: Sequence[str]) -> dict[s
     """Debezium's configuration for the PostgreSQL connector (docs/debezium.md)."""
     url = make_url(settings.legacy_db_url)
     host, port, database = url.host or "localhost", url.port or 5432, url.database or ""
-    return {
+    options = connection_options(settings.legacy_db_url)
+    jdbc = f"jdbc:postgresql://{host}:{port}/{database}"
+    if options:
+        jdbc += "?" + urlencode(options)
+    connector = {
+        f"database.{name}" if name in _SSL_OPTIONS else f"driver.{name}": value
+        for name, value in options.items()
+    }
+    return connector | {
         "name": f"strangler-{settings.slot}",
         "connector.class": CONNECTOR,
         "plugin.name": "pgoutput",
@@ -200,7 +247,7 @@ def engine_properties(settings: EngineSettings, tables: Sequence[str]) -> dict[s
         "max.batch.size": str(settings.max_batch),
         "max.queue.size": str(max(8192, 4 * settings.max_batch)),
         "offset.storage": "io.debezium.storage.jdbc.offset.JdbcOffsetBackingStore",
-        "offset.storage.jdbc.connection.url": f"jdbc:postgresql://{host}:{port}/{database}",
+        "offset.storage.jdbc.connection.url": jdbc,
         "offset.storage.jdbc.connection.user": url.username or "postgres",
         # Debezium requires a value; the server ignores it where it asks for none (trust)
         "offset.storage.jdbc.connection.password": url.password or "-",

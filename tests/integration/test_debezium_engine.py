@@ -434,3 +434,141 @@ def test_bad_engine_input_is_refused_in_one_line_before_the_engine_starts(
         assert connection.scalar(text(slots)) == 0
         assert connection.scalar(text("SELECT count(*) FROM pg_publication")) == 0
     probe.dispose()
+
+
+class SinkLayout(threading.Thread):
+    """Debezium Server's RabbitMQ sink's layout for the engine's records: each one is
+    taken from the engine's exchange (a queue bound with ``#``) and published, with
+    publisher confirms and in the same order, to the exchange named after its topic
+    (``<prefix>legacy.public.<table>``, ``<prefix>legacy.transaction``,
+    ``<prefix>__debezium-heartbeat.legacy``), routing key "", persistent, with no
+    ``message_id``, ``content_type`` or ``type``; the body is the engine's, unchanged."""
+
+    def __init__(self, amqp_url: str, source_exchange: str, prefix: str) -> None:
+        super().__init__(name="sink-layout", daemon=True)
+        self.url, self.prefix, self.tap = amqp_url, prefix, f"{prefix}tap"
+        self.stop = threading.Event()
+        self.relayed = 0
+        self.error: BaseException | None = None
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        channel = connection.channel()
+        channel.queue_declare(self.tap, durable=True)
+        channel.queue_bind(self.tap, source_exchange, "#")
+        connection.close()
+
+    def topic(self, routing_key: str) -> str:
+        if routing_key.endswith(".transaction") or routing_key.startswith("__debezium"):
+            return self.prefix + routing_key
+        return f"{self.prefix}legacy.public.{routing_key.rsplit('.', 1)[0]}"
+
+    def run(self) -> None:
+        try:
+            connection = pika.BlockingConnection(pika.URLParameters(self.url))
+            channel = connection.channel()
+            channel.confirm_delivery()
+            while not self.stop.is_set():
+                method, _, body = channel.basic_get(self.tap)
+                if method is None:
+                    self.stop.wait(0.01)
+                    continue
+                channel.basic_publish(
+                    self.topic(method.routing_key),
+                    "",
+                    body,
+                    pika.BasicProperties(delivery_mode=2),
+                )
+                channel.basic_ack(method.delivery_tag)
+                self.relayed += 1
+            channel.queue_delete(self.tap)
+            connection.close()
+        except BaseException as error:  # noqa: BLE001 - reported by finish()
+            self.error = error
+
+    def finish(self) -> None:
+        self.stop.set()
+        self.join(30)
+        assert self.error is None, self.error
+
+
+def test_the_engine_s_records_in_debezium_server_s_sink_layout_are_applied_whole(
+    logical_pg_url: str,
+    pg_url_factory: Callable[[], str],
+    amqp_url: str,
+    names: tuple[str, str],
+    tmp_path: Path,
+) -> None:
+    """The real engine's records under a concurrent workload, as Debezium Server's
+    RabbitMQ sink publishes them (an exchange per topic, routing key "", no message id):
+    the consumer, bound to those exchanges with ``--bind-exchange``, applies them with
+    exactly-once by position alone and both databases end equal. The engine's
+    ``LEGACY_DB_URL`` carries libpq options: they reach its offset store's connection."""
+    legacy_url, new_url = logical_pg_url, pg_url_factory()
+    exchange, queue = names
+    slot, prefix = unique_name("dbz_slot"), unique_name("sink") + "."
+    workload, new_db, env, _, capture = pipeline(
+        legacy_url, new_url, amqp_url, names, slot, tmp_path
+    )
+    topics = [f"legacy.public.{table}" for table in TABLES]
+    topics += ["legacy.transaction", "__debezium-heartbeat.legacy"]
+    binds = [arg for topic in topics for arg in ("--bind-exchange", prefix + topic)]
+    unused = unique_name("dbz_unused")
+    consumers = Consumers(
+        env,
+        ["--queue", queue, "--exchange", unused, "--batch-size", "500", *binds],
+        tmp_path / "consume.log",
+    )
+    sink = SinkLayout(amqp_url, exchange, prefix)
+    app = unique_name("dbz_app")
+    options = f"?application_name={app}&connect_timeout=10&sslmode=disable"
+    capture.env["LEGACY_DB_URL"] = legacy_url + options
+    logs = [tmp_path / "consume.log", tmp_path / "capture.log"]
+    explain = state_of(new_db, amqp_url, queue, legacy_url, slot, logs)
+    try:
+        consumers.start()
+        check = broker.connect(amqp_url)
+        try:  # its bindings exist once it consumes: the sink publishes only then
+            deadline = time.monotonic() + 60
+            while check.queue_consumers(queue) == 0:
+                assert time.monotonic() < deadline, "the consumer did not start"
+                threading.Event().wait(0.05)
+        finally:
+            check.close()
+        sink.start()
+        capture.start()
+        wait_for(capture, lambda: applied_position(new_db) > 0, 90, "the snapshot", explain)
+        legacy_db = create_engine(legacy_url)
+        with legacy_db.connect() as connection:
+            kinds = set(
+                connection.scalars(
+                    text("SELECT backend_type FROM pg_stat_activity WHERE application_name = :a"),
+                    {"a": app},
+                )
+            )
+        legacy_db.dispose()
+        assert "client backend" in kinds  # the offset store's (Debezium names its own)
+        for round_ in range(ROUNDS // 2):
+            workload.allocate_many(40, per_transaction=5)
+            workload.deallocate_some(8)
+            workload.squeeze(workload.skus[round_ % len(workload.skus)])
+        last_lot = workload.add_lot(workload.skus[0], 5, None)
+        wait_for(capture, lambda: has_batch(new_db, last_lot), 90, f"{last_lot}", explain)
+        assert capture.stop() == 0, capture.tail()
+        assert consumers.stop() == 0, (tmp_path / "consume.log").read_text()[-3000:]
+        sink.finish()
+        assert sink.relayed > 1000
+        check = broker.connect(amqp_url)
+        dead_letters = check.queue_depth(f"{queue}.dlq")
+        check.close()
+        assert dead_letters == 0
+        assert_equal_without_dead_letters(new_db, env, legacy_url)
+    finally:
+        capture.close()
+        consumers.close()
+        sink.stop.set()
+        workload.close()
+        new_db.dispose()
+        connection = pika.BlockingConnection(pika.URLParameters(amqp_url))
+        channel = connection.channel()
+        for name in [prefix + topic for topic in topics] + [unused]:
+            channel.exchange_delete(name)
+        connection.close()

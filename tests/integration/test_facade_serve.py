@@ -136,12 +136,6 @@ def test_serve_proxies_switches_without_restart_and_stops_on_sigterm(
         wait_for(lambda: served_by_all("legacy"), 10, "every worker to serve from legacy")
 
         # shadow results from every worker land in one table; metrics add up over workers
-        table.set("GET", ROUTE, Mode.SHADOW, by="test")
-        for n in range(40):
-            answer = requests.get(f"{facade}/allocations/o-{n}", timeout=5)
-            assert answer.headers["X-Served-By"] == "legacy"
-        results = ShadowResults(table.engine)
-
         def metric_total(name: str, **labels: str) -> float:
             text = requests.get(f"{facade}/metrics", timeout=5).text
             wanted = [f'{k}="{v}"' for k, v in labels.items()]
@@ -150,6 +144,19 @@ def test_serve_proxies_switches_without_restart_and_stops_on_sigterm(
                 for line in text.splitlines()
                 if line.startswith(name + "{") and all(w in line for w in wanted)
             )
+
+        table.set("GET", ROUTE, Mode.SHADOW, by="test")
+
+        def shadow_traffic() -> bool:
+            """Ten more requests; have 40 been served in shadow mode? (Legacy answers in
+            both modes: until the workers see the change they serve on legacy.)"""
+            for n in range(10):
+                answer = requests.get(f"{facade}/allocations/o-{n}", timeout=5)
+                assert answer.headers["X-Served-By"] == "legacy"
+            return metric_total("strangler_facade_requests_total", mode="shadow") >= 40
+
+        wait_for(shadow_traffic, 15, "40 requests served in shadow mode")
+        results = ShadowResults(table.engine)
 
         def recorded() -> float:
             shadowed = metric_total("strangler_facade_requests_total", mode="shadow")

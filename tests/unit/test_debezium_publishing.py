@@ -141,3 +141,41 @@ def test_an_exchange_without_its_alternate_exchange_stops_the_engine_at_once(
     publisher.close()
     admin.close()
     assert "sent again" not in caplog.text
+
+
+def test_the_url_s_tls_and_driver_options_reach_debezium_and_its_offset_store() -> None:
+    url = (
+        "postgresql+psycopg://dbz@db.internal/legacy?sslmode=verify-full"
+        "&sslrootcert=/etc/ssl/ca.pem&connect_timeout=5&application_name=strangler%20dbz"
+    )
+    properties = engine_properties(EngineSettings(url, ["stock_lot"]), ["stock_lot"])
+    assert properties["database.sslmode"] == "verify-full"
+    assert properties["database.sslrootcert"] == "/etc/ssl/ca.pem"
+    assert properties["driver.connectTimeout"] == "5"
+    assert properties["driver.ApplicationName"] == "strangler dbz"
+    assert properties["offset.storage.jdbc.connection.url"] == (
+        "jdbc:postgresql://db.internal:5432/legacy?sslmode=verify-full"
+        "&sslrootcert=%2Fetc%2Fssl%2Fca.pem&connectTimeout=5&ApplicationName=strangler+dbz"
+    )
+
+
+@pytest.mark.parametrize(
+    ("query", "complaint"),
+    [
+        ("target_session_attrs=read-write", "option 'target_session_attrs' cannot be passed"),
+        ("host=/run/postgresql", "connects over TCP"),
+        ("sslmode=sometimes", "sslmode must be one of"),
+    ],
+)
+def test_url_options_debezium_cannot_take_are_refused_in_one_line(
+    query: str, complaint: str
+) -> None:
+    url = f"postgresql+psycopg://dbz@db.internal/legacy?{query}"
+    result = CliRunner().invoke(
+        cli,
+        ["bridge", "run", "--engine", "debezium", "--tables", "stock_lot"],
+        env={"LEGACY_DB_URL": url, "BROKER_URL": "amqp://guest:guest@127.0.0.1:1/"},
+    )
+    assert result.exit_code != 0
+    assert complaint in result.output
+    assert len(result.output.strip().splitlines()) == 1, result.output
