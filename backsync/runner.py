@@ -131,6 +131,7 @@ class BackSync:
         self.decisions_written = self.fences_written = self.skipped = self.dead_lettered = 0
         self._attempts: dict[str, int] = {}
         self._broker: Broker | None = None
+        self._to_ack: list[int] = []
 
     # -- the loop ------------------------------------------------------------------------
 
@@ -155,16 +156,19 @@ class BackSync:
         for delivery in deliveries:
             self.pending.add(delivery, now)
         settled = 0
-        while True:
-            wave = self._wave()
-            if wave:
-                settled += self._settle_wave(broker, wave)
-                continue
-            unit = self.pending.head
-            if unit is None or not self._settle(broker, unit):
-                return settled
-            self.pending.pop()
-            settled += len(unit.deliveries)
+        try:
+            while True:
+                wave = self._wave()
+                if wave:
+                    settled += self._settle_wave(broker, wave)
+                    continue
+                unit = self.pending.head
+                if unit is None or not self._settle(broker, unit):
+                    return settled
+                self.pending.pop()
+                settled += len(unit.deliveries)
+        finally:
+            self._flush_acks(broker)
 
     def connect(self) -> None:
         """Connect and declare the queue and its dead-letter pair (idempotent)."""
@@ -177,6 +181,7 @@ class BackSync:
             pool.shutdown(wait=True)
         broker, self._broker = self._broker, None
         self.pending = Pending()  # their delivery tags mean nothing on a new connection
+        self._to_ack = []
         if broker is not None:
             try:
                 broker.close()
@@ -192,7 +197,7 @@ class BackSync:
             return self._settle_decision(broker, unit)
         parsed = unit.parsed
         if isinstance(parsed, LegacyFact):
-            _ack(broker, unit)
+            self._ack(unit)
             return True
         if isinstance(parsed, Unreadable):
             self._dead_letter(broker, unit, parsed.error)
@@ -272,7 +277,7 @@ class BackSync:
                     self._count_decision(unit, outcome)
                     self._written(broker, unit, unit.block.id, outcome)
             else:
-                _ack(broker, unit)  # a legacy fact
+                self._ack(unit)  # a legacy fact
             popped = self.pending.pop()
             assert popped is unit
             settled += len(unit.deliveries)
@@ -344,10 +349,32 @@ class BackSync:
             raise error
         self._dead_letter(broker, unit, error)
 
+    def _ack(self, unit: Unit) -> None:
+        """``unit`` is settled (written, found written, dead-lettered or only acknowledged):
+        its deliveries are acknowledged by :meth:`_flush_acks` before ``run_once`` returns."""
+        self._to_ack.extend(delivery.delivery_tag for delivery in unit.deliveries)
+
+    def _flush_acks(self, broker: Broker) -> None:
+        """Acknowledge the settled deliveries: one multiple ack for those below every
+        delivery still in hand (the usual case: all of them), one each for the rest. An
+        acknowledgement per delivery cost back-sync's loop most of its CPU (pika flushes
+        and polls its socket for each); a multiple ack cannot be used across a delivery
+        still in hand (a decision's events may interleave with another's)."""
+        tags, self._to_ack = sorted(self._to_ack), []
+        if not tags or broker is not self._broker:
+            return
+        in_hand = [d.delivery_tag for unit in self.pending.units for d in unit.deliveries]
+        floor = min(in_hand, default=tags[-1] + 1)
+        below = [tag for tag in tags if tag < floor]
+        if below:
+            broker.ack(below[-1], multiple=True)
+        for tag in tags[len(below) :]:
+            broker.ack(tag)
+
     def _written(self, broker: Broker, unit: Unit, key: str, written: Written) -> None:
         self._attempts.pop(key, None)
         if written.written:
-            _ack(broker, unit)
+            self._ack(unit)
         else:
             self._skipped(broker, unit)
 
@@ -362,7 +389,7 @@ class BackSync:
             raise LegacyUnavailable(f"legacy database: {first_line(error)}") from error
 
     def _skipped(self, broker: Broker, unit: Unit) -> None:
-        _ack(broker, unit)
+        self._ack(unit)
         self.skipped += 1
         metrics.DECISIONS_SKIPPED.inc()
 
@@ -375,7 +402,7 @@ class BackSync:
             dead_letter_exchange(self.queue),
             [_failed(d.message, reason, kind, failed_at) for d in unit.deliveries],
         )
-        _ack(broker, unit)
+        self._ack(unit)
         self.dead_lettered += len(unit.deliveries)
         metrics.DEAD_LETTERS.labels(kind).inc(len(unit.deliveries))
         logger.error(
@@ -441,11 +468,6 @@ class BackSync:
         else:
             logger.error("back-sync failed; retrying in %.1fs", delay, exc_info=error)
         self.close()
-
-
-def _ack(broker: Broker, unit: Unit) -> None:
-    for delivery in unit.deliveries:
-        broker.ack(delivery.delivery_tag)
 
 
 def _failed(message: Message, reason: str, kind: str, failed_at: str) -> Message:

@@ -188,6 +188,29 @@ def history(world: World, worker: BackSync, *orders: str) -> None:
     drain(worker)
 
 
+def test_settled_messages_are_acknowledged_together_but_never_one_still_in_hand(
+    world: World,
+) -> None:
+    """Acknowledgements go out together (one multiple ack) after the round, but a
+    decision still arriving whose first event sits between a written decision's events
+    keeps that event unacknowledged: it comes back after a crash."""
+    worker = world.backsync()
+    history(world, worker, "o1")
+    written = cut_to_zero(["o1"])
+    halves = [
+        ("BatchCreated", {"ref": f"d{n}", "sku": "DESK", "qty": 5, "eta": None}) for n in (1, 2)
+    ]
+    arriving = decision_messages("POST /batches", "DESK", "created", halves)
+    world.publish([written[0], arriving[0], *written[1:]])
+
+    assert drain(worker) == len(written)
+    worker.close()  # what was not acknowledged goes back to the queue
+
+    assert world.depth() == 1  # the first event of the decision still arriving
+    decision_id = json.loads(written[0].body)["decision"]["id"]
+    assert ("decision", decision_id, None) in world.markers()
+
+
 def test_a_decision_is_written_when_its_last_event_arrives_even_interleaved(
     world: World,
 ) -> None:
