@@ -16,9 +16,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select, update
+from sqlalchemy import delete, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Connection
+from sqlalchemy.engine import Connection, Engine
 
 from new_domain.adapters import orm
 from new_domain.adapters.bulk import insert_rows
@@ -185,3 +185,23 @@ def journal_rows(
         )
         for row in connection.execute(statement)
     ]
+
+
+def prune_journal(engine: Engine, before: datetime, chunk: int = 10_000) -> int:
+    """Delete the journaled decisions recorded before ``before``, oldest first, in
+    transactions of at most ``chunk`` ids (the consumer goes on writing); how many went.
+    Ids grow with the time of recording, so the range up to the last old one is read
+    once and then deleted by key."""
+    t = orm.decision_journal
+    with engine.connect() as connection:
+        last = connection.scalar(select(func.max(t.c.id)).where(t.c.recorded_at < before))
+        first = connection.scalar(select(func.min(t.c.id)))
+    if last is None or first is None:
+        return 0
+    deleted = 0
+    for low in range(int(first), int(last) + 1, chunk):
+        high = min(low + chunk - 1, int(last))
+        with engine.begin() as connection:
+            in_range = t.c.id.between(low, high) & (t.c.recorded_at < before)
+            deleted += int(connection.execute(delete(t).where(in_range)).rowcount or 0)
+    return deleted

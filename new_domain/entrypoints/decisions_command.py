@@ -6,18 +6,20 @@ import sys
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
 
 import click
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from new_domain.adapters.database import create_engine
+from new_domain.adapters.database import create_engine, safe_url
 from new_domain.adapters.decisions import (
     JournalRow,
     decision_counts,
     journal_rows,
     journal_size,
     latest_differences,
+    prune_journal,
 )
 from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.options import first_line, new_db_url_option, require_current_schema
@@ -175,3 +177,37 @@ def _report(tally: _Tally, route: str | None) -> None:
         click.echo(f"  new:    {_shown(verdict.new)}")
         if verdict.state:
             click.echo(f"  state:  {_shown(verdict.state)}")
+
+
+@decisions.command("prune")
+@new_db_url_option
+@click.option(
+    "--older-than",
+    "days",
+    type=click.IntRange(1, 36_500),
+    required=True,
+    help="Delete the journaled decisions recorded more than this many days ago.",
+)
+@click.option("--yes", is_flag=True, help="Do not ask before deleting.")
+def prune(new_db_url: str, days: int, yes: bool) -> None:
+    """Delete old entries of the decision journal (`strangler consume
+    --journal-decisions` adds one per legacy decision, and nothing else deletes them).
+    Decision parity's counts and differences are kept; only `decisions replay` sees less."""
+    require_current_schema(new_db_url)
+    before = datetime.now(UTC) - timedelta(days=days)
+    when = before.isoformat(timespec="seconds")
+    if not yes:
+        click.confirm(
+            f"Delete the journaled decisions recorded before {when} in {safe_url(new_db_url)}?",
+            abort=True,
+        )
+    engine = create_engine(new_db_url, for_writes=True)
+    try:
+        deleted = prune_journal(engine, before)
+        with engine.connect() as connection:
+            left = journal_size(connection)
+    except SQLAlchemyError as error:
+        raise click.ClickException(f"cannot prune the journal: {first_line(error)}") from error
+    finally:
+        engine.dispose()
+    click.echo(f"deleted {deleted} journaled decisions recorded before {when}; {left} left")

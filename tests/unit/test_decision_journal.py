@@ -4,6 +4,7 @@ again by ``strangler decisions replay`` exactly as the consumer would judge it l
 from __future__ import annotations
 
 import json
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -163,3 +164,43 @@ def test_replay_lists_the_verdicts_a_rule_change_would_flip_and_changes_nothing(
     with engine.connect() as connection:
         assert connection.execute(select(orm.decision_journal)).all() == before
     engine.dispose()
+
+
+def test_prune_deletes_only_entries_older_than_asked_and_asks_first(tmp_path: Path) -> None:
+    url = migrated_sqlite_url(tmp_path)
+    engine = create_engine(url)
+    now = datetime.now(UTC)
+    ages = [90, 45, 31, 29, 1, 0]  # days, oldest first (ids grow with time)
+    with engine.begin() as connection:
+        for n, age in enumerate(ages):
+            connection.execute(insert(orm.decision_journal).values(
+                recorded_at=now - timedelta(days=age, minutes=n), route=ALLOCATE, sku="LAMP",
+                agreed=True, entry="{}", change_id=f"c{n}",
+            ))  # fmt: skip
+
+    def kept() -> list[str]:
+        with engine.connect() as connection:
+            return list(connection.scalars(select(orm.decision_journal.c.change_id)))
+
+    declined = CliRunner().invoke(
+        decisions, ["prune", "--older-than", "30"], env={"NEW_DB_URL": url}, input="n\n"
+    )
+    assert declined.exit_code == 1 and "Aborted" in declined.output
+    assert len(kept()) == len(ages)
+
+    pruned = CliRunner().invoke(
+        decisions, ["prune", "--older-than", "30", "--yes"], env={"NEW_DB_URL": url}
+    )
+    assert pruned.exit_code == 0, pruned.output
+    assert "deleted 3 journaled decisions recorded before" in pruned.output
+    assert pruned.output.strip().endswith("; 3 left")
+    assert kept() == ["c3", "c4", "c5"]
+    engine.dispose()
+
+
+def test_prune_refuses_a_missing_or_silly_age_in_one_line(tmp_path: Path) -> None:
+    url = migrated_sqlite_url(tmp_path)
+    for args in (["prune"], ["prune", "--older-than", "0"], ["prune", "--older-than", "x"]):
+        result = CliRunner().invoke(decisions, args, env={"NEW_DB_URL": url})
+        assert result.exit_code == 2, result.output
+        assert "--older-than" in result.output
