@@ -54,8 +54,8 @@ import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import resources
-from urllib.parse import urlencode
 from typing import Any
+from urllib.parse import urlencode
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
