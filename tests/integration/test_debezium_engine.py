@@ -245,9 +245,17 @@ def pipeline(
     return workload, create_engine(new_url), env, consumers, capture
 
 
-def assert_equal_without_dead_letters(new_db: Engine, env: dict[str, str], legacy_url: str) -> None:
+def assert_equal_without_dead_letters(
+    new_db: Engine, env: dict[str, str], legacy_url: str, amqp_url: str, queue: str
+) -> None:
+    """No dead letter recorded or in the dead-letter queue, and both databases equal."""
     with new_db.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(orm.dead_letter)) == 0
+    check = broker.connect(amqp_url)
+    try:
+        assert check.queue_depth(f"{queue}.dlq") == 0
+    finally:
+        check.close()
     verified = CliRunner().invoke(
         cli, ["verify", "--databases"], env={"LEGACY_DB_URL": legacy_url, **env}
     )
@@ -315,11 +323,7 @@ def test_the_engine_killed_mid_stream_and_restarted_loses_nothing(
         assert applied_position(new_db) > killed_at[-1]
         assert capture.stop() == 0, capture.tail()
         assert consumers.stop() == 0, (tmp_path / "consume.log").read_text()[-3000:]
-        check = broker.connect(amqp_url)
-        dead_letters = check.queue_depth(f"{queue}.dlq")
-        check.close()
-        assert dead_letters == 0
-        assert_equal_without_dead_letters(new_db, env, legacy_url)
+        assert_equal_without_dead_letters(new_db, env, legacy_url, amqp_url, queue)
         legacy_db = create_engine(legacy_url)
         with legacy_db.connect() as connection:  # captured from the log, not by triggers
             triggers = connection.scalar(
@@ -380,11 +384,7 @@ def test_the_engine_rides_out_a_rabbitmq_restart_mid_stream(
         wait_for(capture, lambda: has_batch(new_db, last_lot), 120, "the consumer to catch up")
         assert capture.stop() == 0, capture.tail()
         assert consumers.stop() == 0, (tmp_path / "consume.log").read_text()[-3000:]
-        check = broker.connect(amqp_url)
-        dead_letters = check.queue_depth(f"{queue}.dlq")
-        check.close()
-        assert dead_letters == 0
-        assert_equal_without_dead_letters(new_db, env, legacy_url)
+        assert_equal_without_dead_letters(new_db, env, legacy_url, amqp_url, queue)
     finally:
         capture.close()
         consumers.close()
@@ -556,11 +556,7 @@ def test_the_engine_s_records_in_debezium_server_s_sink_layout_are_applied_whole
         assert consumers.stop() == 0, (tmp_path / "consume.log").read_text()[-3000:]
         sink.finish()
         assert sink.relayed > 1000
-        check = broker.connect(amqp_url)
-        dead_letters = check.queue_depth(f"{queue}.dlq")
-        check.close()
-        assert dead_letters == 0
-        assert_equal_without_dead_letters(new_db, env, legacy_url)
+        assert_equal_without_dead_letters(new_db, env, legacy_url, amqp_url, queue)
     finally:
         capture.close()
         consumers.close()
