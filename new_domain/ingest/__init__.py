@@ -54,6 +54,7 @@ from new_domain.ingest.translators import Recognizer, Translator, Translators, U
 
 __all__ = [
     "LEGACY_SHOP",
+    "AfterNewSnapshot",
     "Applied",
     "ChangeFailed",
     "DatabaseUnavailable",
@@ -67,7 +68,6 @@ __all__ = [
     "OutOfSequence",
     "Parsed",
     "PositionTooFar",
-    "AfterNewSnapshot",
     "Recognizer",
     "Tombstone",
     "TransactionBoundary",

@@ -78,14 +78,18 @@ class OutOfSequence(Exception):
     at once and the stream's position stays where it is."""
 
     def __init__(self, stream: str, last: int | None, position: int) -> None:
-        super().__init__(
+        super().__init__(self.describe(stream, last, position))
+        self.stream = stream
+        self.last = last
+        self.position = position
+
+    @staticmethod
+    def describe(stream: str, last: int | None, position: int) -> str:
+        return (
             f"position {position} does not follow the last applied position {last} of"
             f" stream {stream} (expected {0 if last is None else last + 1}); the stored"
             " position is kept"
         )
-        self.stream = stream
-        self.last = last
-        self.position = position
 
 
 class PositionTooFar(OutOfSequence):
@@ -94,17 +98,14 @@ class PositionTooFar(OutOfSequence):
     (:func:`new_domain.ingest.debezium.jumps_too_far`): a forged position. It is
     dead-lettered at once and the stream's position stays where it is."""
 
-    def __init__(self, stream: str, last: int | None, position: int) -> None:
-        Exception.__init__(
-            self,
+    @staticmethod
+    def describe(stream: str, last: int | None, position: int) -> str:
+        return (
             f"position {position} ({debezium.describe_position(position)}) is too far ahead"
             f" of the last applied position {last}"
             f" ({'-' if last is None else debezium.describe_position(last)}) of stream"
-            f" {stream}; the stored position is kept",
+            f" {stream}; the stored position is kept"
         )
-        self.stream = stream
-        self.last = last
-        self.position = position
 
 
 class AfterNewSnapshot(OutOfSequence):
@@ -114,17 +115,14 @@ class AfterNewSnapshot(OutOfSequence):
     It is dead-lettered at once (never skipped as a re-send) and the stream's position
     stays where it is; the way back is a rebuild of the new database."""
 
-    def __init__(self, stream: str, last: int | None, position: int) -> None:
-        Exception.__init__(
-            self,
+    @staticmethod
+    def describe(stream: str, last: int | None, position: int) -> str:
+        return (
             f"Debezium took a new snapshot of stream {stream} after it was applied up to"
             f" {'-' if last is None else debezium.describe_position(last)}: this change"
             f" ({debezium.describe_position(position)}) cannot be placed in the stream;"
-            " rebuild the new database from a fresh snapshot (docs/debezium.md)",
+            " rebuild the new database from a fresh snapshot (docs/debezium.md)"
         )
-        self.stream = stream
-        self.last = last
-        self.position = position
 
 
 def _jumps(last: int | None, position: int) -> bool:
