@@ -58,3 +58,7 @@ ECHO_ANOMALIES = Counter(
     "strangler_echo_anomalies",
     "Echoes of the new system's decisions whose legacy rows show another decision.",
 )
+ROUTED = Counter(
+    "strangler_router_changes_routed",
+    "Changes and heartbeats the shard router published to the shards (confirmed).",
+)

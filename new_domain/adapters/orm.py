@@ -305,6 +305,39 @@ outbox = Table(
     Index("ix_outbox_published_at", "published_at"),
 )
 
+# -- the shard router (new_domain/entrypoints/shard_router.py) ----------------------------
+
+shard_route_position = Table(
+    "shard_route_position",
+    metadata,
+    Column("stream", Text, primary_key=True),
+    Column("position", Position, nullable=False),
+    Column("shard_count", Integer, nullable=False),
+    Column("open_transaction", Text, nullable=True),
+)
+"""Per input stream: the last position routed (published to its shard and confirmed),
+the number of shards it was routed over, and the legacy transaction still open at that
+position (JSON: its id and each shard's count of its changes so far), if any."""
+
+shard_route_seq = Table(
+    "shard_route_seq",
+    metadata,
+    Column("stream", Text, primary_key=True),
+    Column("position", Position, nullable=False),
+)
+"""Per shard stream (``<input stream>#<k>/<n>``): the last position given out."""
+
+shard_route_key = Table(
+    "shard_route_key",
+    metadata,
+    Column("kind", String(16), primary_key=True),
+    Column("legacy_id", BigInteger, primary_key=True, autoincrement=False),
+    Column("sku", String(255), nullable=False),
+    Column("ref", String(255), nullable=True),
+)
+"""What the router learnt of legacy's keys to tell a change's product: ``product`` ids
+and ``lot`` ids, with their sku (and a lot's reference)."""
+
 NEW_DOMAIN_STATE = (
     batch_allocations,
     batches,

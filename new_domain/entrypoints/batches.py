@@ -8,7 +8,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from broker import Delivery
+from broker import Broker, BrokerError, Delivery
 from new_domain.ingest import FailedMessage, LegacyChange, Parsed, Tombstone, parse_message
 
 logger = logging.getLogger(__name__)
@@ -88,6 +88,17 @@ class Pending:
     def has_boundary(self) -> bool:
         """Does a legacy transaction end among them?"""
         return any(item.ends_transaction for item in reversed(self.items))
+
+    def hand_back(self, broker: Broker) -> bool:
+        """Requeue every pending delivery, in its original order, and forget them; False
+        when the broker failed (closing the connection requeues them as well)."""
+        items, self.items = self.items, []
+        try:
+            for item in reversed(items):
+                broker.reject(item.delivery.delivery_tag, requeue=True)
+        except BrokerError:
+            return False
+        return True
 
     def take(self, count: int) -> list[Item]:
         taken, self.items = self.items[:count], self.items[count:]

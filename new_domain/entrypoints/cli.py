@@ -34,6 +34,7 @@ from new_domain.entrypoints.options import (
 )
 from new_domain.entrypoints.outbox_relay import OutboxRelay
 from new_domain.ingest import DatabaseUnavailable
+from new_domain.ingest.shards import Shard
 
 __all__ = ["consume", "db"]
 
@@ -153,6 +154,16 @@ def _revisions(revisions: set[str]) -> str:
     help="Keep each legacy write decision with the state the new rules read (table "
     "decision_journal), for `strangler decisions replay`.",
 )
+@click.option(
+    "--shard",
+    "shards",
+    multiple=True,
+    metavar="K/N",
+    callback=lambda _ctx, _param, values: _shards(values),
+    help="Consume product shard K of N (routed by `strangler shard-router --shards N`) "
+    "instead of --queue itself; repeatable, one thread per shard. The same shard in "
+    "another process is a standby that takes over when this one dies.",
+)
 @click.option("--once", is_flag=True, help="Apply one batch (if any) and exit.")
 def consume(
     new_db_url: str,
@@ -169,6 +180,7 @@ def consume(
     metrics_port: int | None,
     tie_break: str,
     journal_decisions: bool,
+    shards: tuple[Shard, ...],
     once: bool,
 ) -> None:
     """Apply legacy change events from the broker to the new domain.
@@ -181,44 +193,89 @@ def consume(
     require_current_schema(new_db_url)
     _serve_metrics(metrics_port)
     rule = TieBreak(tie_break)
-    bus = bootstrap(new_db_url, tie_break=rule)
-    consumer = Consumer(
-        bus,
-        lambda: broker.connect(broker_url),
-        queue,
-        exchange=exchange,
-        bind_exchanges=bind_exchanges,
-        tombstone=None if tombstone_body is None else tombstone_body.encode(),
-        batch_size=batch_size,
-        batch_timeout=batch_timeout,
-        max_attempts=max_attempts,
-        tie_break=rule,
-        journal_decisions=journal_decisions,
-    )
+
+    def consumer(shard: Shard | None) -> Consumer:
+        return Consumer(
+            bootstrap(new_db_url, tie_break=rule),
+            lambda: broker.connect(broker_url),
+            queue,
+            exchange=exchange,
+            bind_exchanges=bind_exchanges,
+            tombstone=None if tombstone_body is None else tombstone_body.encode(),
+            batch_size=batch_size,
+            batch_timeout=batch_timeout,
+            max_attempts=max_attempts,
+            tie_break=rule,
+            journal_decisions=journal_decisions,
+            shard=shard,
+        )
+
+    consumers = [consumer(shard) for shard in shards or (None,)]
     relay = _outbox_relay(new_db_url, broker_url, events_exchange) if outbox_relay else None
     try:
-        _run_consumer(consumer, relay, once, safe_url(new_db_url))
+        _run_consumers(consumers, relay, once, safe_url(new_db_url))
     finally:
-        consumer.close()
-        bus.uow.close()
+        for each in consumers:
+            each.close()
+            each.bus.uow.close()
         if relay is not None:
             relay.close()
             relay.engine.dispose()
 
 
-def _run_consumer(consumer: Consumer, relay: OutboxRelay | None, once: bool, into: str) -> None:
-    """One batch (``once``), or until a signal; the outbox relay beside it."""
+def _shards(values: tuple[str, ...]) -> tuple[Shard, ...]:
+    try:
+        shards = tuple(sorted(set(map(Shard.parse, values))))
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--shard") from None
+    if len({shard.count for shard in shards}) > 1:
+        raise click.BadParameter("every --shard must have the same N", param_hint="--shard")
+    return shards
+
+
+def _run_consumers(
+    consumers: list[Consumer], relay: OutboxRelay | None, once: bool, into: str
+) -> None:
+    """One batch each (``once``), or until a signal: one thread per consumer, the
+    outbox relay beside them."""
     try:
         if once:
-            _consume_once(consumer, relay)
+            for consumer in consumers:
+                _consume_once(consumer, relay)
             return
         stop = threading.Event()
         with stop_on_signals(stop), _relaying(relay, stop):
-            logger.info("connecting to the broker to consume %s into %s", consumer.queue, into)
-            consumer.run(stop)
+            queues = ", ".join(consumer.queue for consumer in consumers)
+            logger.info("connecting to the broker to consume %s into %s", queues, into)
+            _run_in_threads(consumers, stop)
         logger.info("consumer stopped")
     except broker.BrokerRefused as error:
         raise click.ClickException(f"broker: {first_line(error)}") from error
+
+
+def _run_in_threads(consumers: list[Consumer], stop: threading.Event) -> None:
+    """Each consumer in its own thread until ``stop`` is set or one of them ends with
+    an error (then all stop, and the first error is raised)."""
+    errors: list[BaseException] = []
+
+    def run(consumer: Consumer) -> None:
+        try:
+            consumer.run(stop)
+        except BaseException as error:  # noqa: BLE001 - raised in the main thread
+            errors.append(error)
+        finally:
+            stop.set()
+
+    threads = [
+        threading.Thread(target=run, args=(c,), name=c.queue, daemon=True) for c in consumers
+    ]
+    for thread in threads:
+        thread.start()
+    stop.wait()
+    for thread in threads:
+        thread.join(60)
+    if errors:
+        raise errors[0]
 
 
 def _require_amqp_url(broker_url: str) -> None:

@@ -7,6 +7,7 @@ from new_domain.entrypoints.dlq_commands import dlq
 from new_domain.entrypoints.outbox_commands import outbox
 from new_domain.entrypoints.ownership_commands import ownership
 from new_domain.entrypoints.rebuild_command import rebuild
+from new_domain.entrypoints.shard_commands import shard_router
 from new_domain.entrypoints.status_commands import anomalies, status
 from new_domain.entrypoints.verify_command import verify
 
@@ -19,6 +20,7 @@ CLI_COMMANDS = (
     outbox,
     ownership,
     rebuild,
+    shard_router,
     status,
     verify,
 )
@@ -34,6 +36,7 @@ __all__ = [
     "outbox",
     "ownership",
     "rebuild",
+    "shard_router",
     "status",
     "verify",
 ]

@@ -31,7 +31,7 @@ from new_domain import metrics
 from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.batches import Item, Pending
 from new_domain.entrypoints.retrying import failure_of, reconnecting
-from new_domain.entrypoints.topology import declare_consumer
+from new_domain.entrypoints.topology import declare_consumer, declare_shard
 from new_domain.ingest import (
     LEGACY_SHOP,
     DatabaseUnavailable,
@@ -41,6 +41,7 @@ from new_domain.ingest import (
     Translators,
     apply_changes,
 )
+from new_domain.ingest.shards import Shard
 from new_domain.service_layer.messagebus import MessageBus
 
 logger = logging.getLogger(__name__)
@@ -75,15 +76,16 @@ class Consumer:
         journal_decisions: bool = False,
         bind_exchanges: Collection[str] = (),
         tombstone: bytes | None = None,
+        shard: Shard | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
-        self.bus = bus
-        self.broker_factory = broker_factory
-        self.queue = queue
+        self.bus, self.broker_factory = bus, broker_factory
+        # a shard's queue is named after the unsharded one, whose dead-letter pair it uses
+        self.base_queue, self.shard = queue, shard
+        self.queue = queue if shard is None else shard.queue(queue)
         self.exchange = exchange
-        self.batch_size = batch_size
-        self.batch_timeout = batch_timeout
+        self.batch_size, self.batch_timeout = batch_size, batch_timeout
         self.prefetch = min(prefetch or 2 * batch_size, MAX_PREFETCH)
         self.transaction_hold, self.reconnect_delay = transaction_hold, reconnect_delay
         self.translators = translators
@@ -104,11 +106,11 @@ class Consumer:
 
     @property
     def dead_letter_exchange(self) -> str:
-        return f"{self.queue}.dlx"
+        return f"{self.base_queue}.dlx"
 
     @property
     def dead_letter_queue(self) -> str:
-        return f"{self.queue}.dlq"
+        return f"{self.base_queue}.dlq"
 
     def run(self, stop: threading.Event) -> None:
         """Consume until ``stop`` is set; the batch in hand is finished first. While the
@@ -228,16 +230,14 @@ class Consumer:
         return self._broker
 
     def _declare(self, broker: Broker) -> None:
-        declare_consumer(broker, self.queue, self.exchange, self.bind_exchanges)
+        if self.shard is not None:
+            declare_shard(broker, self.base_queue, self.shard)
+        else:
+            declare_consumer(broker, self.queue, self.exchange, self.bind_exchanges)
 
     def _hand_back(self, broker: Broker) -> None:
-        """Requeue every pending delivery, in its original order."""
-        items, self._pending = self._pending.items, Pending(tombstone=self.tombstone)
-        try:
-            for item in reversed(items):
-                broker.reject(item.delivery.delivery_tag, requeue=True)
-        except BrokerError:
-            self._disconnect()  # closing the connection requeues them as well
+        if not self._pending.hand_back(broker):
+            self._disconnect()
 
     def _disconnect(self) -> None:
         broker, self._broker = self._broker, None

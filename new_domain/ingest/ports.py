@@ -21,7 +21,7 @@ from __future__ import annotations
 import abc
 import hashlib
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
@@ -92,6 +92,37 @@ class AbstractLegacyKeys(abc.ABC):
 
     @abc.abstractmethod
     def forget_allocation(self, alloc_id: int) -> None: ...
+
+
+# -- the shard router's open transactions ---------------------------------------------
+
+
+@dataclass
+class OpenTransaction:
+    """A legacy transaction the router has routed part of: how many of its changes each
+    shard got so far, per shard and per (shard, table)."""
+
+    id: str | None
+    parts: dict[int, int] = field(default_factory=dict)
+    tables: dict[str, int] = field(default_factory=dict)  # "<shard>:<table>" -> count
+
+    def add(self, shard: int, table: str) -> tuple[int, int]:
+        """Count one more change of ``table`` for ``shard``: its order in the shard's part
+        and among the part's changes of its table (both from 1)."""
+        self.parts[shard] = self.parts.get(shard, 0) + 1
+        key = f"{shard}:{table}"
+        self.tables[key] = self.tables.get(key, 0) + 1
+        return self.parts[shard], self.tables[key]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"id": self.id, "parts": self.parts, "tables": self.tables}
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> OpenTransaction:
+        parts = {int(k): int(v) for k, v in dict(data.get("parts") or {}).items()}
+        tables = {str(k): int(v) for k, v in dict(data.get("tables") or {}).items()}
+        found = data.get("id")
+        return cls(None if found is None else str(found), parts, tables)
 
 
 # -- stream positions ---------------------------------------------------------------------
