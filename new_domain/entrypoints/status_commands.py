@@ -5,10 +5,13 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 import click
+from sqlalchemy import select
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import SQLAlchemyError
 
 import broker
+from broker import Broker
+from new_domain.adapters import orm
 from new_domain.adapters.anomalies import anomaly_counts, latest_anomalies
 from new_domain.adapters.database import create_engine, safe_url
 from new_domain.adapters.dead_letters import SqlAlchemyDeadLetters
@@ -32,6 +35,7 @@ from new_domain.entrypoints.options import (
 )
 from new_domain.ingest import LEGACY_SHOP
 from new_domain.ingest.ports import DEAD
+from new_domain.ingest.shards import Shard
 
 
 @click.command()
@@ -55,6 +59,7 @@ def status(new_db_url: str, broker_url: str, queue: str) -> None:
             waiting = backlog(connection)
             kinds = anomaly_counts(connection)
             ownership = _ownership_lines(connection, now)
+            shards = _shards(connection)
     except SQLAlchemyError as error:
         raise click.ClickException(f"cannot read the new database: {first_line(error)}") from error
     finally:
@@ -79,23 +84,71 @@ def status(new_db_url: str, broker_url: str, queue: str) -> None:
     click.echo(f"anomalies       {total}" + (f" ({detail})" if detail else ""))
     for line in ownership:
         click.echo(line)
+    for line in _queue_lines(broker_url, queue, dead, shards):
+        click.echo(line)
+
+
+def _queue_lines(broker_url: str, queue: str, dead: int, shards: _Shards) -> list[str]:
+    """The queue, who reads it, the shards and the dead letters, as the broker says."""
     try:
-        connection_ = broker.connect(broker_url)
+        connection = broker.connect(broker_url)
         try:
-            depth = connection_.queue_depth(queue)
-            consumers = connection_.queue_consumers(queue)
-            dead_depth = connection_.queue_depth(f"{queue}.dlq")
+            depth = connection.queue_depth(queue)
+            consumers = connection.queue_consumers(queue)
+            dead_depth = connection.queue_depth(f"{queue}.dlq")
+            shard_lines = _shard_lines(connection, queue, shards)
         finally:
-            connection_.close()
+            connection.close()
     except broker.BrokerError as error:
         click.echo(f"dead letters    {dead} in the new database")
         raise click.ClickException(f"cannot read queue {queue}: {error}") from error
-    click.echo(f"queue           {queue}: {depth} message(s) waiting")
+    lines = [f"queue           {queue}: {depth} message(s) waiting"]
+    reader = "shard router" if shards else "consumer"
     if consumers:
-        click.echo(f"consumer        connected ({consumers} on {queue})")
+        lines.append(f"{reader:<15} connected ({consumers} on {queue})")
     else:
-        click.echo(f"consumer        none connected to {queue} (start 'strangler consume')")
-    click.echo(f"dead letters    {dead_depth} in {queue}.dlq ({dead} dead in the new database)")
+        start = "strangler shard-router" if shards else "strangler consume"
+        lines.append(f"{reader:<15} none connected to {queue} (start '{start}')")
+    lines.extend(shard_lines)
+    lines.append(f"dead letters    {dead_depth} in {queue}.dlq ({dead} dead in the new database)")
+    return lines
+
+
+_Shards = dict[Shard, tuple[int, int]]
+"""Each shard of the routed streams: (positions routed to it, positions applied)."""
+
+
+def _shards(connection: Connection) -> _Shards:
+    """The shards the router routes to (of its current count), with how far each got."""
+    counts = set(connection.scalars(select(orm.shard_route_position.c.shard_count)))
+    routed: dict[str, int] = dict(connection.execute(select(orm.shard_route_seq)).tuples().all())
+    positions = orm.applied_change_position
+    applied: dict[str, int] = dict(
+        connection.execute(select(positions.c.stream, positions.c.position)).all()
+    )
+    found: _Shards = {shard: (0, 0) for count in counts for shard in Shard.all(count)}
+    for stream, last in routed.items():
+        shard = Shard.parse(stream.rpartition("#")[2])
+        if shard in found:
+            given, done = found[shard]
+            found[shard] = (given + int(last), done + int(applied.get(stream) or 0))
+    return found
+
+
+def _shard_lines(connection: Broker, queue: str, shards: _Shards) -> list[str]:
+    lines = [f"shards          {len(shards)} (strangler shard-router)"] if shards else []
+    for shard, (given, done) in sorted(shards.items()):
+        name = shard.queue(queue)
+        depth, consumers = connection.queue_depth(name), connection.queue_consumers(name)
+        taken = (
+            f"{consumers} consumer(s), one active"
+            if consumers
+            else f"NO consumer (start 'strangler consume --shard {shard}')"
+        )
+        lines.append(
+            f"  shard {shard}: {name}: {depth} waiting, {taken}; applied {done} of {given}"
+        )
+    return lines
 
 
 def _ownership_lines(connection: Connection, now: datetime) -> list[str]:
