@@ -25,6 +25,7 @@ from broker import QueueSpec
 from examples.legacy_shop import TABLES
 from new_domain import upgrade_database
 from new_domain.adapters import orm
+from new_domain.entrypoints.topology import declare_shards
 from new_domain.ingest.shards import SHARD_EXCHANGE, Shard
 from tests.integration.consumer_streams import LegacyWorkload
 from tests.integration.test_consumer_kill import (
@@ -131,6 +132,7 @@ def test_three_consumers_on_four_shards_killed_in_turn_keep_each_products_order(
     everyone = (router, first, second, standby)
     tap = unique_name("shard_tap")  # every routed message, for the oracle
     admin = broker.connect(cluster)
+    declare_shards(admin, queue, Shard.all(SHARDS))  # as the router and consumers do
     admin.declare_queue(QueueSpec(tap, [(SHARD_EXCHANGE, "#")]))
     writer = Writer(workload, rounds=ROUNDS)
     try:
@@ -140,11 +142,8 @@ def test_three_consumers_on_four_shards_killed_in_turn_keep_each_products_order(
         wait_for(lambda: all(admin.queue_consumers(s.queue(queue)) for s in Shard.all(SHARDS)),
                  60, "the shard consumers")  # fmt: skip
         standby.start()  # registered last: the standby of every shard
-        wait_for(
-            lambda: all(admin.queue_consumers(s.queue(queue)) == 2 for s in Shard.all(SHARDS)),
-            60,
-            "the standby",
-        )
+        wait_for(lambda: standby.log.read_text().count("(connected to the broker)") == 4,
+                 60, "the standby")  # fmt: skip
         with relaying(legacy_url, cluster, exchange):
             writer.start()
             for victim, at in ((first, 1500), (router, 3500), (second, 5500), (standby, 7500)):
