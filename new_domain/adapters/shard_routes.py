@@ -96,6 +96,7 @@ class RouteState:
     keys: RouterKeys = field(default_factory=RouterKeys)
     changed_streams: set[str] = field(default_factory=set)
     changed_seqs: set[str] = field(default_factory=set)
+    stored: dict[str, int] = field(default_factory=dict)  # positions as in the database
 
     def next_position(self, shard_stream: str) -> int:
         position = self.seqs.get(shard_stream, 0) + 1
@@ -124,6 +125,7 @@ class ShardRouteStore:
                     int(row["shard_count"]),
                     None if opened is None else OpenTransaction.from_json(json.loads(opened)),
                 )
+            state.stored = {name: route.position for name, route in state.streams.items()}
             seqs = connection.execute(select(orm.shard_route_seq)).all()
             state.seqs = {stream: int(position) for stream, position in seqs}
             for kind, legacy_id, sku, ref in connection.execute(select(orm.shard_route_key)).all():
@@ -132,6 +134,13 @@ class ShardRouteStore:
                 elif kind == LOT:
                     state.keys.lots[int(legacy_id)] = LegacyLot(ref or "", sku)
         return state
+
+    def stored_positions(self) -> dict[str, int]:
+        """How far each input stream is routed, as the database says now."""
+        table = orm.shard_route_position
+        with self.engine.connect() as connection:
+            rows = connection.execute(select(table.c.stream, table.c.position)).all()
+            return {stream: int(position) for stream, position in rows}
 
     def save(self, state: RouteState) -> None:
         """Store what changed since the last save, in one transaction."""
@@ -169,6 +178,8 @@ class ShardRouteStore:
                 key=["kind", "legacy_id"],
                 on_conflict="update",
             )
+        for name in state.changed_streams:
+            state.stored[name] = state.streams[name].position
         state.changed_streams.clear()
         state.changed_seqs.clear()
         state.keys.new.clear()

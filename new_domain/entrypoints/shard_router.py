@@ -64,6 +64,11 @@ class NotShardable(Exception):
     """A message the router cannot route by product (see the module docstring)."""
 
 
+class StaleRouteState(Exception):
+    """Another router moved the stored routing on since this one loaded it (this one was
+    a standby until now): the batch goes back to the queue and the state is read again."""
+
+
 class ShardCountChanged(Exception):
     """The stored routing used another number of shards."""
 
@@ -122,7 +127,7 @@ class ShardRouter:
         finally:
             self.close()
 
-    def run_once(self) -> int:
+    def run_once(self, *, retry_stale: bool = True) -> int:
         """Route one batch of whole legacy transactions; how many messages were acked."""
         broker = self._connected()
         state = self._loaded(broker)
@@ -135,6 +140,11 @@ class ShardRouter:
         batch = self._pending.items[:count]
         try:
             self._route(broker, state, batch)
+        except StaleRouteState:
+            logger.info("the routing moved on elsewhere (a standby taking over): reloading it")
+            self._state = None
+            self._hand_back(broker)
+            return self.run_once(retry_stale=False) if retry_stale else 0
         except BaseException:
             self._state = None  # what this batch did in memory is not stored
             self._hand_back(broker)
@@ -183,6 +193,8 @@ class ShardRouter:
         out.extend(self._publishable(state, group, ended=False))
         if refused:
             self.failures.record_undecodable(refused)
+        if self.failures.with_db_retry(self.store.stored_positions) != state.stored:
+            raise StaleRouteState
         if out:
             broker.publish(SHARD_EXCHANGE, out)
         self.failures.with_db_retry(self.store.save, state)

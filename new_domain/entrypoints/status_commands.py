@@ -121,7 +121,7 @@ _Shards = dict[Shard, tuple[int, int]]
 def _shards(connection: Connection) -> _Shards:
     """The shards the router routes to (of its current count), with how far each got."""
     counts = set(connection.scalars(select(orm.shard_route_position.c.shard_count)))
-    routed: dict[str, int] = dict(connection.execute(select(orm.shard_route_seq)).tuples().all())
+    routed = {str(k): int(v) for k, v in connection.execute(select(orm.shard_route_seq)).all()}
     positions = orm.applied_change_position
     applied: dict[str, int] = dict(
         connection.execute(select(positions.c.stream, positions.c.position)).all()

@@ -11,22 +11,24 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import jsonschema
 import pytest
 from sqlalchemy import select
 
 import broker
-from broker import Broker, Message
+from broker import Broker, Message, QueueSpec
 from new_domain import Consumer, bootstrap
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
 from new_domain.adapters.shard_routes import ShardRouteStore
 from new_domain.entrypoints.shard_router import ShardCountChanged, ShardRouter
-from new_domain.ingest.shards import Shard, shard_of
+from new_domain.ingest.shards import SHARD_EXCHANGE, Shard, shard_of
 from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite_url
 
 EXCHANGE = "legacy.cdc"
 QUEUE = "new_domain.legacy_cdc"
 SHARDS = 4
+SCHEMA = Path(__file__).resolve().parents[2] / "docs/schemas/legacy-cdc-change.schema.json"
 
 
 class Pipeline:
@@ -148,9 +150,18 @@ def test_four_shards_end_exactly_as_one_consumer_with_each_products_events_in_or
     stream: LegacyShopStream, pipelines: Callable[..., Pipeline]
 ) -> None:
     single, sharded = pipelines("single", None), pipelines("sharded", SHARDS)
+    tap = sharded.connect()
+    tap.declare_queue(QueueSpec("tap", [(SHARD_EXCHANGE, "#")]))
     for pipeline in (single, sharded):
         publish(pipeline, stream.messages)
         pipeline.run()
+    routed = [d.message for d in tap.get_batch("tap", 100_000, 0.1)]
+    tap.close()
+    validator = jsonschema.Draft202012Validator(json.loads(SCHEMA.read_text()))
+    changes = [json.loads(m.body) for m in routed if m.type != "heartbeat"]
+    assert len(changes) >= len(stream.messages)
+    for change in changes[::7]:
+        validator.validate(change)
     expected = single.state()
     assert len(expected["allocations"]) > 500 and len(expected["events"]) == 12
     assert sharded.state() == expected
@@ -263,4 +274,21 @@ def test_the_router_refuses_another_shard_count_until_told_and_the_old_shards_ar
     single = pipelines("single", None)
     publish(single, legacy.messages)
     single.run()
+    assert sharded.state() == single.state()
+
+
+def test_a_standby_router_taking_over_reads_the_routing_again_before_it_publishes(
+    stream: LegacyShopStream, pipelines: Callable[..., Pipeline]
+) -> None:
+    single, sharded = pipelines("single", None), pipelines("sharded", SHARDS)
+    publish(single, stream.messages)
+    single.run()
+    standby = sharded.make_router(SHARDS)  # loaded the (empty) routing, then waited
+    publish(sharded, stream.messages[:2000])
+    sharded.run()  # the active router routes the first part
+    assert sharded.router is not None
+    sharded.router.close()  # ... and dies
+    sharded.router = standby
+    publish(sharded, stream.messages[2000:])
+    sharded.run()
     assert sharded.state() == single.state()
