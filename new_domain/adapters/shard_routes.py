@@ -31,6 +31,10 @@ from new_domain.ingest.ports import (
 )
 
 
+class ShardsNotDrained(Exception):
+    """A shard still has routed changes its consumer has not applied."""
+
+
 class RouterKeys(AbstractLegacyKeys):
     """The keys a change's product is told by: products (id -> sku) and lots (id ->
     reference and sku), learnt from the stream. Order lines and allocations are not
@@ -128,6 +132,16 @@ class ShardRouteStore:
             state.stored = {name: route.position for name, route in state.streams.items()}
             seqs = connection.execute(select(orm.shard_route_seq)).all()
             state.seqs = {stream: int(position) for stream, position in seqs}
+            # what the consumers learnt (all of it, when the router starts on an install
+            # that one consumer fed until now), then what the router learnt itself
+            products = select(orm.legacy_product_map.c.prod_id, orm.legacy_product_map.c.sku)
+            for prod_id, sku in connection.execute(products).all():
+                state.keys.products[int(prod_id)] = sku
+            lots = orm.legacy_lot_map
+            for lot_id, ref, sku in connection.execute(
+                select(lots.c.lot_id, lots.c.batchref, lots.c.sku)
+            ).all():
+                state.keys.lots[int(lot_id)] = LegacyLot(ref, sku)
             for kind, legacy_id, sku, ref in connection.execute(select(orm.shard_route_key)).all():
                 if kind == PRODUCT:
                     state.keys.products[int(legacy_id)] = sku
@@ -141,6 +155,45 @@ class ShardRouteStore:
         with self.engine.connect() as connection:
             rows = connection.execute(select(table.c.stream, table.c.position)).all()
             return {stream: int(position) for stream, position in rows}
+
+    def applied_position(self, stream: str) -> int | None:
+        """The last position one unsharded consumer applied from ``stream`` (None: none):
+        where the router starts on an install one consumer fed until now."""
+        table = orm.applied_change_position
+        with self.engine.connect() as connection:
+            found = connection.scalar(select(table.c.position).where(table.c.stream == stream))
+        return None if found is None else int(found)
+
+    def unshard(self) -> dict[str, int]:
+        """Give every routed stream back to one consumer: store its routed position as the
+        unsharded consumer's and forget the routing (the learnt keys stay). Refused with
+        :class:`ShardsNotDrained` while a shard has routed changes not applied. Returns the
+        streams and their positions."""
+        positions, seqs = orm.shard_route_position, orm.shard_route_seq
+        applied = orm.applied_change_position
+        with self.engine.begin() as connection:
+            routed = {
+                s: int(p)
+                for s, p in connection.execute(
+                    select(positions.c.stream, positions.c.position)
+                ).all()
+            }  # noqa: E501
+            given = {s: int(p) for s, p in connection.execute(select(seqs)).all()}
+            done = {
+                s: int(p)
+                for s, p in connection.execute(select(applied.c.stream, applied.c.position)).all()
+            }
+            behind = sorted(s for s, last in given.items() if done.get(s) != last)
+            if behind:
+                raise ShardsNotDrained(
+                    f"shard stream(s) {', '.join(behind)} not applied up to where they are"
+                    " routed: let their consumers drain them first"
+                )
+            rows = [{"stream": s, "position": p, "snapshot_state": None} for s, p in routed.items()]
+            insert_rows(connection, applied, rows, key=["stream"], on_conflict="update")
+            connection.execute(positions.delete())
+            connection.execute(seqs.delete())
+        return routed
 
     def save(self, state: RouteState) -> None:
         """Store what changed since the last save, in one transaction."""

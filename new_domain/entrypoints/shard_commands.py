@@ -7,10 +7,11 @@ import logging
 import threading
 
 import click
+from sqlalchemy.exc import SQLAlchemyError
 
 import broker
 from new_domain.adapters.database import create_engine, safe_url
-from new_domain.adapters.shard_routes import ShardRouteStore
+from new_domain.adapters.shard_routes import ShardRouteStore, ShardsNotDrained
 from new_domain.bootstrap import bootstrap
 from new_domain.entrypoints.consumer import DEFAULT_EXCHANGE
 from new_domain.entrypoints.options import (
@@ -45,7 +46,6 @@ logger = logging.getLogger(__name__)
 )
 @click.option(
     "--shards",
-    required=True,
     type=click.IntRange(1, MAX_SHARDS),
     help="Number of product shards: queues <queue>.shard-K-of-N, each taken by "
     "`strangler consume --shard K/N`.",
@@ -55,6 +55,13 @@ logger = logging.getLogger(__name__)
     is_flag=True,
     help="Route over --shards although the stored routing used another number (only "
     "once every old shard queue is empty).",
+)
+@click.option(
+    "--unshard",
+    is_flag=True,
+    help="Give the stream back to one `strangler consume` and exit: with the router "
+    "stopped and every shard applied, store how far it was routed as the consumer's "
+    "position and forget the routing.",
 )
 @click.option(
     "--batch-size",
@@ -69,8 +76,9 @@ def shard_router(
     broker_url: str,
     queue: str,
     exchange: str,
-    shards: int,
+    shards: int | None,
     reshard: bool,
+    unshard: bool,
     batch_size: int,
     once: bool,
 ) -> None:
@@ -84,6 +92,11 @@ def shard_router(
     """
     require_amqp(broker_url)
     require_current_schema(new_db_url)
+    if unshard:
+        _unshard(new_db_url, broker_url, queue)
+        return
+    if shards is None:
+        raise click.UsageError("--shards N is required (or --unshard)")
     bus = bootstrap(new_db_url)
     engine = create_engine(new_db_url, for_writes=True)
     router = ShardRouter(
@@ -114,3 +127,29 @@ def shard_router(
         router.close()
         bus.uow.close()
         engine.dispose()
+
+
+def _unshard(new_db_url: str, broker_url: str, queue: str) -> None:
+    try:
+        connection = broker.connect(broker_url)
+        try:
+            routers = connection.queue_consumers(queue)
+        finally:
+            connection.close()
+    except broker.BrokerError as error:
+        raise click.ClickException(f"broker: {first_line(error)}") from error
+    if routers:
+        raise click.ClickException(f"{queue} is still consumed (the router?): stop it first")
+    engine = create_engine(new_db_url, for_writes=True)
+    try:
+        streams = ShardRouteStore(engine).unshard()
+    except (ShardsNotDrained, SQLAlchemyError) as error:
+        raise click.ClickException(first_line(error)) from error
+    finally:
+        engine.dispose()
+    for stream, position in sorted(streams.items()):
+        click.echo(f"stream {stream}: one consumer goes on after position {position}")
+    click.echo(
+        f"routing forgotten for {len(streams)} stream(s): stop the shard consumers and start"
+        " one `strangler consume`"
+    )

@@ -209,13 +209,24 @@ class ShardRouter:
                 "only the kit bridge's streams (dense positions) are routed to shards; run"
                 " one consumer on a Debezium stream"
             )
-        route = state.streams.get(change.stream)
+        route = state.streams.get(change.stream) or self._seed(state, change.stream)
         if route is None or change.position <= route.position:
             return None
         if change.position != route.position + 1:
             metrics.OUT_OF_SEQUENCE.inc()
             return OutOfSequence(change.stream, route.position, change.position)
         return None
+
+    def _seed(self, state: RouteState, stream: str) -> StreamRoute | None:
+        """A stream new to the router starts where one unsharded consumer left it, if one
+        applied it: what that consumer applied is not routed again."""
+        applied = self.failures.with_db_retry(self.store.applied_position, stream)
+        if applied is None:
+            return None
+        route = StreamRoute(applied, len(self.shards))
+        state.routed(stream, route)
+        logger.info("stream %s: routing from position %d on (applied so far)", stream, applied)
+        return route
 
     @staticmethod
     def _last(state: RouteState, stream: str) -> int:

@@ -20,7 +20,7 @@ from broker import Broker, Message, QueueSpec
 from new_domain import Consumer, bootstrap
 from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
-from new_domain.adapters.shard_routes import ShardRouteStore
+from new_domain.adapters.shard_routes import ShardRouteStore, ShardsNotDrained
 from new_domain.entrypoints.shard_router import ShardCountChanged, ShardRouter
 from new_domain.ingest.shards import SHARD_EXCHANGE, Shard, shard_of
 from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite_url
@@ -292,3 +292,42 @@ def test_a_standby_router_taking_over_reads_the_routing_again_before_it_publishe
     publish(sharded, stream.messages[2000:])
     sharded.run()
     assert sharded.state() == single.state()
+
+
+def test_one_consumer_hands_over_to_shards_and_takes_the_stream_back(
+    stream: LegacyShopStream, pipelines: Callable[..., Pipeline]
+) -> None:
+    """One consumer applies the first part (and is stopped); the router starts where it
+    left off with the keys it learnt; the shards apply the middle; `--unshard` gives the
+    stream back to one consumer, which applies the rest: as if one consumer did it all."""
+    single = pipelines("single", None)
+    publish(single, stream.messages)
+    single.run()
+    mixed = pipelines("mixed", None)
+    alone = mixed.consumers[0]
+    publish(mixed, stream.messages[:1500])
+    mixed.run()
+    alone.close()
+    mixed.router = mixed.make_router(SHARDS)
+    shard_consumers = [
+        Consumer(bootstrap(mixed.url), mixed.connect, QUEUE, shard=s) for s in Shard.all(SHARDS)
+    ]
+    mixed.consumers = shard_consumers
+    publish(mixed, stream.messages[1000:3000])  # overlapping re-sends included
+    mixed.run()
+    with pytest.raises(ShardsNotDrained):
+        publish(mixed, stream.messages[3000:3100])
+        mixed.router.run_once()
+        mixed.router.close()
+        ShardRouteStore(mixed.engine).unshard()
+    mixed.run()
+    mixed.router.close()
+    mixed.router = None
+    routed = ShardRouteStore(mixed.engine).unshard()
+    assert list(routed.values()) == [3100]
+    for consumer in shard_consumers:
+        consumer.close()
+    mixed.consumers = [Consumer(bootstrap(mixed.url), mixed.connect, QUEUE)]
+    publish(mixed, stream.messages[3000:])
+    mixed.run()
+    assert mixed.state() == single.state()
