@@ -54,7 +54,7 @@ class _Measured:
     changes: int
     payload_bytes: int
     baseline_seconds: float
-    timeline: _Timeline
+    timeline: Timeline
     consumer_rss: int
     bridge_rss: int
 
@@ -137,7 +137,7 @@ def _measure(ctx: Context, size: int, result: Result, queue_type: str) -> _Measu
         env = kit_env(ctx, legacy.url, new.url) | {"BROKER_URL": amqp_url}
         with processes(ctx.logs(f"{NAME}_{queue_type}"), env, ctx.profile_dir) as procs:
             start_consumer(procs, ctx, names.queue("pipeline"), names.exchange("pipeline"))
-            timeline = _drive(
+            timeline = drive(
                 procs, ctx, legacy.dsn, new.dsn, names.exchange("pipeline"), shape.lines, changes
             )
             consumer = procs.stop("consumer")
@@ -155,7 +155,7 @@ def with_queue_type(amqp_url: str, queue_type: str) -> str:
     return f"{url}{'&' if '?' in url else '?'}queue_type={queue_type}"
 
 
-class _Timeline:
+class Timeline:
     def __init__(self, started: float) -> None:
         self.started = started
         self.first_visible = 0.0
@@ -165,7 +165,7 @@ class _Timeline:
         """(seconds since start, changes confirmed by the broker, allocations visible)"""
 
 
-def _drive(
+def drive(
     procs: Processes,
     ctx: Context,
     legacy_dsn: str,
@@ -173,13 +173,14 @@ def _drive(
     exchange: str,
     allocations: int,
     changes: int,
-) -> _Timeline:
+    running: tuple[str, ...] = ("consumer", "bridge"),
+) -> Timeline:
     timeout = 120 + changes / 50  # a safety net: 50 changes/s is far below any target
     with (
         psycopg.connect(legacy_dsn, autocommit=True) as legacy,
         psycopg.connect(new_dsn, autocommit=True) as new,
     ):
-        timeline = _Timeline(start_bridge(procs, ctx, exchange))
+        timeline = Timeline(start_bridge(procs, ctx, exchange))
         last_sample = -1.0
         while True:
             now = time.perf_counter()
@@ -199,7 +200,7 @@ def _drive(
                 timeline.done = now
                 timeline.relay_done = timeline.relay_done or now
                 return timeline
-            procs.check_running("consumer", "bridge")
+            procs.check_running(*running)
             if now - timeline.started > timeout:
                 raise BenchmarkFailed(
                     f"after {timeout:.0f} s the read model shows {visible} of {allocations} "

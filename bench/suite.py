@@ -32,6 +32,10 @@ BENCHMARKS: tuple[Benchmark, ...] = (
     Benchmark("pipeline_throughput",
               "captured backlog -> read model, vs raw pika with streamed confirms",
               "changes", 100_000, 300),
+    Benchmark("sharded_throughput",
+              "captured backlog -> read model: one consumer vs the shard router and 1, 2, 4 "
+              "consumer processes on 4 product shards",
+              "changes", 50_000, 300),
     Benchmark("lag", "legacy commit -> visible in the read model at a steady rate "
               "(trigger bridge, then Debezium engine)",
               "seconds at the steady rate", 60, 2),

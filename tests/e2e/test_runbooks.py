@@ -55,6 +55,7 @@ ORDER = (
     "dead-letter-queue.md",
     "decommission.md",
     "move-the-write-routes.md",
+    "run-on-a-cluster-and-add-consumers.md",
 )
 """Runbooks with commands, in the order they are rehearsed."""
 
