@@ -5,7 +5,7 @@ It takes the bridge's changes from the unsharded consumer's queue in batches of 
 legacy transactions, checks each stream's positions as the consumer does (a re-send at
 or below the last routed position is dropped; a gap or a jump is refused and
 dead-lettered, the position kept), tells each change's product through the
-anti-corruption layer, and publishes the batch to :data:`SHARD_EXCHANGE`, each change
+anti-corruption layer, and publishes the batch to ``<queue>.shards``, each change
 with the next position of its shard. Per batch: publish (confirmed), THEN store the
 routing state (one transaction), THEN ack the batch. A router killed anywhere in
 between routes the redelivered batch again from the stored state: the same changes to
@@ -47,9 +47,9 @@ from new_domain.ingest import (
 )
 from new_domain.ingest.ports import OpenTransaction
 from new_domain.ingest.shards import (
-    SHARD_EXCHANGE,
     Shard,
     resharded,
+    shard_exchange,
     shard_message_id,
     shards_for,
 )
@@ -196,7 +196,7 @@ class ShardRouter:
         if self.failures.with_db_retry(self.store.stored_positions) != state.stored:
             raise StaleRouteState
         if out:
-            broker.publish(SHARD_EXCHANGE, out)
+            broker.publish(shard_exchange(self.queue), out)
         self.failures.with_db_retry(self.store.save, state)
         if self.failures.dead_letters_waiting:
             self.failures.publish_dead_letters(broker)
@@ -271,7 +271,8 @@ class ShardRouter:
             place = (total, in_table, ended and last_of[index] == at)
             position = state.next_position(shard.stream(change.stream))
             envelope = json.loads(item.delivery.message.body)
-            body = resharded(envelope, shard, position, place, (change.stream, change.position))
+            routed_from = (change.stream, change.position, change.message_id or "")
+            body = resharded(envelope, shard, position, place, routed_from)
             install = (change.message_id or "").partition(":")[0]
             original = item.delivery.message
             messages.append(

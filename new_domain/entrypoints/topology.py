@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from broker import Broker, QueueSpec
-from new_domain.ingest.shards import SHARD_EXCHANGE, Shard
+from new_domain.ingest.shards import Shard, shard_exchange
 
 
 def declare_consumer(
@@ -31,13 +31,14 @@ def declare_shards(broker: Broker, queue: str, shards: Sequence[Shard]) -> None:
 
 
 def declare_shard(broker: Broker, queue: str, shard: Shard) -> None:
-    """:data:`SHARD_EXCHANGE` (with its alternate exchange) and shard ``shard``'s queue,
+    """``<queue>.shards`` (with its alternate exchange) and shard ``shard``'s queue,
     ``<queue>.shard-<k>-of-<n>``, bound with the shard's routing key, a single active
     consumer, dead-lettering to the unsharded queue's pair ``<queue>.dlx``/``<queue>.dlq``
     (one dead-letter queue for the whole pipeline, whatever the shard)."""
-    broker.declare_exchange(SHARD_EXCHANGE, alternate_exchange=f"{SHARD_EXCHANGE}.unrouted")
+    exchange = shard_exchange(queue)
+    broker.declare_exchange(exchange, alternate_exchange=f"{exchange}.unrouted")
     dlx = f"{queue}.dlx"
     broker.declare_exchange(dlx)
     broker.declare_queue(QueueSpec(f"{queue}.dlq", [(dlx, "#")]))
-    bindings = [(SHARD_EXCHANGE, shard.routing_key)]
+    bindings = [(exchange, shard.routing_key)]
     broker.declare_queue(QueueSpec(shard.queue(queue), bindings, dead_letter_exchange=dlx))

@@ -182,7 +182,7 @@ def apply_changes(
         parity = _Parity(uow, decisions, tie_break, journal_decisions)
         for index, change, messages in translated:
             parity.before(index, change.message_id)
-            uow.change_id = change.message_id
+            uow.change_id = change.cause
             try:
                 for message in messages:
                     bus.handle(message)

@@ -55,6 +55,13 @@ class LegacyChange:
     transaction_order: int | None = None
     debezium: bool = False
     snapshot_mark: str | None = None
+    legacy_id: str | None = None
+
+    @property
+    def cause(self) -> str | None:
+        """The id of the legacy change itself: the message id in the bridge's stream, also
+        for a copy the shard router re-published (``legacy_id``)."""
+        return self.legacy_id or self.message_id
 
     @property
     def row(self) -> Mapping[str, Any]:
@@ -180,6 +187,7 @@ def parse_change(
         committed_at_ms=_ms(source.get("ts_ms")),
         ends_transaction=_ends_transaction(envelope.get("transaction")),
         dense=dense,
+        legacy_id=_routed_from(source),
         **_transaction(envelope.get("transaction")),
     )
 
@@ -329,6 +337,15 @@ def _stream(source: Mapping[str, Any], message_id: str | None, op: str) -> tuple
     if install and (by_change or snapshot):
         return f"{stream}/{install}", True
     return stream, False
+
+
+def _routed_from(source: Mapping[str, Any]) -> str | None:
+    """The bridge's message id of a change the shard router re-published, if it is one."""
+    shard = source.get("shard")
+    found = shard.get("message_id") if isinstance(shard, Mapping) else None
+    if isinstance(found, str) and found and "\x00" not in found and len(found) <= MAX_ID_LENGTH:
+        return found
+    return None
 
 
 def _ends_transaction(block: Any) -> bool:

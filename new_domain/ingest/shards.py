@@ -24,7 +24,6 @@ within its shard; there is no order or atomicity across shards (docs/architectur
 
 from __future__ import annotations
 
-import copy
 import hashlib
 import re
 from collections.abc import Mapping
@@ -34,8 +33,13 @@ from typing import Any
 from new_domain.ingest.envelope import LegacyChange
 from new_domain.ingest.origin import ORIGIN_TABLE
 
-SHARD_EXCHANGE = "legacy.cdc.shards"
-"""The exchange the router publishes to; each shard queue is bound with its key."""
+
+def shard_exchange(queue: str) -> str:
+    """The exchange the router of ``queue`` (the unsharded consumer's queue) publishes
+    to, ``<queue>.shards``: named after the queue, so two pipelines on one virtual host
+    never see each other's shards. Each shard queue is bound with its routing key."""
+    return f"{queue}.shards"
+
 
 MAX_SHARDS = 256
 _SHARD = re.compile(r"^(\d{1,3})/(\d{1,3})$")
@@ -105,20 +109,27 @@ def resharded(
     shard: Shard,
     position: int,
     place: tuple[int, int, bool] | None,
-    routed_from: tuple[str, int],
+    routed_from: tuple[str, int, str],
 ) -> dict[str, Any]:
     """The change ``envelope`` as shard ``shard`` carries it: ``source.seq`` (and
     ``source.change_id``, which the message id repeats) its ``position`` in the shard,
-    ``source.shard`` where it came from (``stream`` and ``seq`` of the input), and its
+    ``source.shard`` where it came from (``stream``, ``seq`` and ``message_id`` of the
+    input, which the consumer records as the domain events' cause), and its
     ``transaction`` block counted within the shard's part (``place``: total order,
     order among the part's changes of its table, last of the part)."""
-    out = copy.deepcopy(dict(envelope))
+    out = dict(envelope)  # shallow: only source and transaction change, both rebuilt
     source = dict(out.get("source") or {})
-    stream, seq = routed_from
+    stream, seq, message_id = routed_from
     source.update(
         seq=position,
         change_id=position,
-        shard={"index": shard.index, "count": shard.count, "stream": stream, "seq": seq},
+        shard={
+            "index": shard.index,
+            "count": shard.count,
+            "stream": stream,
+            "seq": seq,
+            "message_id": message_id,
+        },
     )
     out["source"] = source
     block = out.get("transaction")

@@ -26,7 +26,7 @@ from examples.legacy_shop import TABLES
 from new_domain import upgrade_database
 from new_domain.adapters import orm
 from new_domain.entrypoints.topology import declare_shards
-from new_domain.ingest.shards import SHARD_EXCHANGE, Shard
+from new_domain.ingest.shards import Shard, shard_exchange
 from tests.integration.consumer_streams import LegacyWorkload
 from tests.integration.test_consumer_kill import (
     Consumers,
@@ -91,9 +91,9 @@ def shards_caught_up(new_db: Engine) -> bool:
 
 
 def assert_each_product_in_commit_order(new_db: Engine, routed: dict[str, int]) -> None:
-    """Per sku, the legacy positions behind its domain events (through the routed
-    messages' ``source.shard.seq``) never go back: its changes were applied in legacy's
-    commit order."""
+    """Per sku, the legacy positions behind its domain events (their ``legacy_change``,
+    the bridge's message id, through the routed messages' ``source.shard``) never go
+    back: its changes were applied in legacy's commit order."""
     per_sku: dict[str, list[int]] = {}
     with new_db.connect() as connection:
         rows = connection.execute(select(orm.outbox.c.body).order_by(orm.outbox.c.id))
@@ -133,7 +133,7 @@ def test_three_consumers_on_four_shards_killed_in_turn_keep_each_products_order(
     tap = unique_name("shard_tap")  # every routed message, for the oracle
     admin = broker.connect(cluster)
     declare_shards(admin, queue, Shard.all(SHARDS))  # as the router and consumers do
-    admin.declare_queue(QueueSpec(tap, [(SHARD_EXCHANGE, "#")]))
+    admin.declare_queue(QueueSpec(tap, [(shard_exchange(queue), "#")]))
     writer = Writer(workload, rounds=ROUNDS)
     try:
         router.start()
@@ -165,7 +165,8 @@ def test_three_consumers_on_four_shards_killed_in_turn_keep_each_products_order(
             for delivery in deliveries:
                 body = json.loads(delivery.message.body)
                 if "source" in body and "shard" in body["source"]:
-                    routed[delivery.message.message_id] = body["source"]["shard"]["seq"]
+                    routed_from = body["source"]["shard"]
+                    routed[routed_from["message_id"]] = routed_from["seq"]
             admin.ack(deliveries[-1].delivery_tag, multiple=True)
         assert_each_product_in_commit_order(new_db, routed)
         assert_one_event_per_state_change(legacy_db, new_db)

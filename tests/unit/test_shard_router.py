@@ -22,7 +22,7 @@ from new_domain.adapters import orm
 from new_domain.adapters.database import create_engine
 from new_domain.adapters.shard_routes import ShardRouteStore, ShardsNotDrained
 from new_domain.entrypoints.shard_router import ShardCountChanged, ShardRouter
-from new_domain.ingest.shards import SHARD_EXCHANGE, Shard, shard_of
+from new_domain.ingest.shards import Shard, shard_exchange, shard_of
 from tests.integration.consumer_streams import LegacyShopStream, migrated_sqlite_url
 
 EXCHANGE = "legacy.cdc"
@@ -91,9 +91,11 @@ class Pipeline:
             events: dict[str, list[tuple[str, str]]] = {}
             query = select(orm.outbox.c.event_type, orm.outbox.c.body).order_by(orm.outbox.c.id)
             for event_type, body in connection.execute(query):
-                data = json.loads(body)["data"]
+                event = json.loads(body)
+                data = event["data"]
                 key = data.get("orderid") or data.get("ref") or data.get("batchref") or ""
-                events.setdefault(data.get("sku", ""), []).append((event_type, str(key)))
+                cause = str(event["legacy_change"])  # the legacy change, sharded or not
+                events.setdefault(data.get("sku", ""), []).append((event_type, str(key), cause))
             return {
                 "products": rows(orm.products, orm.products.c.sku),
                 "batches": [
@@ -151,7 +153,7 @@ def test_four_shards_end_exactly_as_one_consumer_with_each_products_events_in_or
 ) -> None:
     single, sharded = pipelines("single", None), pipelines("sharded", SHARDS)
     tap = sharded.connect()
-    tap.declare_queue(QueueSpec("tap", [(SHARD_EXCHANGE, "#")]))
+    tap.declare_queue(QueueSpec("tap", [(shard_exchange(QUEUE), "#")]))
     for pipeline in (single, sharded):
         publish(pipeline, stream.messages)
         pipeline.run()
