@@ -1,4 +1,4 @@
-"""``python -m tests.chaos [--long] [--seed N]``: one chaos run, summary printed as JSON
+"""``python -m tests.chaos [--long] [--sharded] [--seed N]``: one chaos run, summary printed as JSON
 and as a Markdown table; exits non-zero when the run broke a promise."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import tempfile
 from dataclasses import replace
 from pathlib import Path
 
-from tests.chaos.harness import BOUNDED, LONG, run
+from tests.chaos.harness import BOUNDED, LONG, run, sharded
 from tests.chaos.report import assert_clean, markdown
 
 
@@ -18,6 +18,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tests.chaos", description=__doc__)
     parser.add_argument(
         "--long", action="store_true", help="100,000+ changes, 36 process kills, 4 broker restarts"
+    )
+    parser.add_argument(
+        "--sharded",
+        action="store_true",
+        help="on the local 3-node RabbitMQ cluster, with the shard router and 3 consumers on"
+        " 4 shards; broker restarts stop one node",
     )
     parser.add_argument("--seed", type=int, default=None, help="default: a random one")
     parser.add_argument("--changes", type=int, default=None, help="override the size")
@@ -30,6 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(10**6)
     config = replace(LONG if args.long else BOUNDED, seed=seed)
+    if args.sharded:
+        config = sharded(config)
     if args.changes is not None:
         config = replace(config, changes=args.changes)
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix=f"chaos-{seed}-"))

@@ -135,6 +135,18 @@ def broker_restart(outage: float) -> None:
         rabbitmqctl("await_startup", "--timeout", "180")
 
 
+def node_loss(script: Path, node: int, outage: float) -> None:
+    """Stop node ``node`` of the local RabbitMQ cluster for ``outage`` seconds; it is
+    always started again."""
+    subprocess.run([str(script), "stop-node", str(node)], check=True, capture_output=True,
+                   timeout=180)  # fmt: skip
+    try:
+        threading.Event().wait(outage)  # the outage itself, not a synchronisation
+    finally:
+        subprocess.run([str(script), "start-node", str(node)], check=True, capture_output=True,
+                       timeout=300)  # fmt: skip
+
+
 def _admin(admin_dsn: str) -> psycopg.Connection[tuple[object, ...]]:
     return psycopg.connect(admin_dsn, autocommit=True)
 

@@ -20,7 +20,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -96,6 +96,7 @@ class ChaosConfig:
     step_timeout: float = 600.0
     moves: tuple[tuple[float, str, str], ...] = MOVES
     settle: float = 1.0  # back-sync's --settle (the facade refreshes its routes every 0.2 s)
+    shards: int = 0  # 0: one consumer; N: the shard router, on the local RabbitMQ cluster
     min_phase: float = 0.1  # share of ``changes`` each phase lasts at least, once settled
 
     def plan(self) -> list[str]:
@@ -128,6 +129,9 @@ MIN_DECISION_SAMPLES = 100
 READY = {
     "bridge": "relaying captured changes",
     "consumer": "consuming ",
+    "consumer-2": "consuming ",
+    "consumer-3": "consuming ",
+    "router": "routing ",
     "outbox": "relaying the outbox of",
     "backsync": "back-sync: ",
 }
@@ -162,6 +166,18 @@ LONG = ChaosConfig(
 )
 
 
+def sharded(config: ChaosConfig) -> ChaosConfig:
+    """``config`` on the local 3-node RabbitMQ cluster with the shard router and three
+    consumer processes on 4 shards (two active on two shards each, one standby for
+    all): a consumer kill kills one of them or the router, a broker restart stops one
+    node of the cluster (the nodes in turn) for the outage."""
+    return replace(config, mode=f"{config.mode}, sharded", shards=4)
+
+
+CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "local-cluster.sh"
+CLUSTER_NODES = ",".join(f"amqp://guest:guest@127.0.0.1:{port}/%2F" for port in (5681, 5682, 5683))
+
+
 def run(config: ChaosConfig, workdir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Run once; the summary (also written to ``workdir/summary.json``)."""
     echo(f"chaos run: mode {config.mode}, seed {config.seed}, logs in {workdir}")
@@ -192,6 +208,8 @@ class _Run:
         self.echo = echo
         self.rng = random.Random(config.seed + 1)
         self.amqp_url = os.environ.get("TEST_AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2F")
+        if config.shards:
+            self.amqp_url = os.environ.get("TEST_CLUSTER_URL", CLUSTER_NODES)
         self.legacy_url, self.new_url = legacy_url, new_url
         self.legacy_db = make_url(legacy_url).database or ""
         self.new_db = make_url(new_url).database or ""
@@ -246,26 +264,42 @@ class _Run:
             },
             logs,
         )
-        self.consumer = Supervised(
-            "consumer",
-            [
-                "consume",
-                "--queue",
-                self.queue,
-                "--exchange",
-                self.exchange,
-                "--events-exchange",
-                self.events,
-                "--max-attempts",
-                "3",
-                "--no-outbox-relay",
-            ],
-            {
-                "NEW_DB_URL": with_application_name(new_url, faults.CONSUMER_APP),
-                "BROKER_URL": self.amqp_url,
-            },
+        consumer_args = [
+            "consume",
+            "--queue",
+            self.queue,
+            "--exchange",
+            self.exchange,
+            "--events-exchange",
+            self.events,
+            "--max-attempts",
+            "3",
+            "--no-outbox-relay",
+        ]
+        consumer_env = {
+            "NEW_DB_URL": with_application_name(new_url, faults.CONSUMER_APP),
+            "BROKER_URL": self.amqp_url,
+        }
+        shards = [f"{k}/{config.shards}" for k in range(config.shards)]
+        half = len(shards) // 2
+        takes = [shards[:half], shards[half:], shards] if shards else [[]]
+        self.consumers = [
+            Supervised(
+                "consumer" if n == 0 else f"consumer-{n + 1}",
+                [*consumer_args, *(a for shard in taken for a in ("--shard", shard))],
+                consumer_env,
+                logs,
+            )
+            for n, taken in enumerate(takes)
+        ]
+        self.consumer = self.consumers[0]
+        self.router = Supervised(
+            "router",
+            ["shard-router", "--shards", str(config.shards), "--queue", self.queue,
+             "--exchange", self.exchange],
+            consumer_env,
             logs,
-        )
+        )  # fmt: skip
         self.outbox = Supervised(
             "outbox",
             ["outbox", "relay", "--events-exchange", self.events],
@@ -332,7 +366,11 @@ class _Run:
 
     @property
     def pipeline(self) -> tuple[Supervised, ...]:
-        return (self.shop, self.bridge, self.consumer, self.outbox, self.backsync, self.facade)
+        router = (self.router,) if self.config.shards else ()
+        return (
+            self.shop, self.bridge, *router, *self.consumers, self.outbox, self.backsync,
+            self.facade,
+        )  # fmt: skip
 
     # -- setup and teardown ---------------------------------------------------------------
 
@@ -369,7 +407,10 @@ class _Run:
                 )
             finally:
                 admin.close()
-            self.start(self.consumer)
+            if self.config.shards:
+                self.start(self.router)
+            for consumer in self.consumers:  # the standby (taking every shard) last
+                self.start(consumer)
             self.poll(lambda: self._depth(self.queue) >= 0, "the consumer's queue")
             self.start(self.outbox)
             self.start(self.backsync)
@@ -405,9 +446,19 @@ class _Run:
         try:
             channel = connection.channel()
             backsync = (self.backsync_queue, dead_letter_queue(self.backsync_queue))
-            for queue in (self.queue, f"{self.queue}.dlq", self.audit, self.unrouted, *backsync):
+            shards = (*self._queues()[1:], f"{self.queue}.shards.unrouted")
+            for queue in (
+                self.queue,
+                f"{self.queue}.dlq",
+                self.audit,
+                self.unrouted,
+                *backsync,
+                *shards,
+            ):
                 channel.queue_delete(queue)
             for exchange in (
+                f"{self.queue}.shards",
+                f"{self.queue}.shards.unrouted",
                 self.exchange,
                 self.unrouted,
                 f"{self.queue}.dlx",
@@ -581,9 +632,12 @@ class _Run:
             self.mark["bridge"] = self.store.confirmed_position()
         elif kind == "kill_consumer":
             self._progressed("consumer", self.store.applied_position)
-            self.consumer.kill()
-            self.faults.record(kind, at, applied=self.store.applied_position())
-            self.start(self.consumer)
+            victim = (
+                self.rng.choice(self._killable_consumers()) if self.config.shards else self.consumer
+            )
+            victim.kill()
+            self.faults.record(kind, at, applied=self.store.applied_position(), process=victim.name)
+            self.start(victim)
             self.mark["consumer"] = self.store.applied_position()
         elif kind == "kill_backsync":
             # mid-stream when the new system decides; while legacy owns every product
@@ -601,6 +655,11 @@ class _Run:
             )
             self.start(self.backsync)
             self.mark["backsync"] = self.store.backsync_written()
+        elif kind == "broker_restart" and self.config.shards:
+            outage = round(self.rng.uniform(low, high), 2)
+            node = 1 + self.faults.counts[kind] % 3  # the nodes in turn
+            faults.node_loss(CLUSTER_SCRIPT, node, outage)
+            self.faults.record(kind, at, outage_s=outage, node=node)
         elif kind == "broker_restart":
             outage = round(self.rng.uniform(low, high), 2)
             faults.broker_restart(outage)
@@ -634,6 +693,23 @@ class _Run:
         else:
             raise ValueError(f"unknown fault {kind}")
         self.echo(f"  fault {kind} at {at} captured changes")
+
+    def _killable_consumers(self) -> list[Supervised]:
+        """The consumer, or with shards the consumers and the router."""
+        return [*self.consumers, self.router] if self.config.shards else [self.consumer]
+
+    def _applied_everything(self, last: int) -> bool:
+        """The consumer applied up to ``last``; with shards: the router routed up to it and
+        every shard applied what it was routed."""
+        if not self.config.shards:
+            return self.store.applied_position() >= last
+        return self.store.routed_position() >= last and self.store.shards_caught_up()
+
+    def _queues(self) -> list[str]:
+        shards = [
+            f"{self.queue}.shard-{k}-of-{self.config.shards}" for k in range(self.config.shards)
+        ]
+        return [self.queue, *shards]
 
     def _facade_round(self, orderids: list[str], tag: str) -> FacadeRound:
         """Bad and good requests to the facade (``faults.facade_round``), then wait until
@@ -676,7 +752,7 @@ class _Run:
         # ... captured (the echoes too), relayed and applied ...
         last = self.poll(self.store.relay_done, "the relay to publish everything", *alive)
         self.poll(
-            lambda: self.store.applied_position() >= last,
+            lambda: self._applied_everything(last),
             f"the consumer to apply up to position {last}",
             *alive,
         )
@@ -691,29 +767,35 @@ class _Run:
 
         verdict, writes = Verdict(), WriteVerdict()
         assert self.bridge.stop() == 0, self.bridge.log()  # no more heartbeats after this
+        node = "strangler-1@localhost" if self.config.shards else None
         try:
             self.poll(
-                lambda: queue_counts(self.queue) == (0, 0),
-                "the consumer's queue to hold nothing ready or unacknowledged",
-                self.consumer,
+                lambda: all(queue_counts(q, node) == (0, 0) for q in self._queues()),
+                "the consumer's queues to hold nothing ready or unacknowledged",
+                *self._killable_consumers(),
                 timeout=60,
             )
         finally:
-            verdict.queue_ready, verdict.queue_unacked = queue_counts(self.queue)
-        assert self.consumer.stop() == 0, self.consumer.log()
+            counts = [queue_counts(q, node) for q in self._queues()]
+            verdict.queue_ready = sum(ready for ready, _ in counts)
+            verdict.queue_unacked = sum(unacked for _, unacked in counts)
+        for process in self._killable_consumers():
+            assert process.stop() == 0, process.log()
         assert self.outbox.stop() == 0, self.outbox.log()
         try:
             self.poll(
-                lambda: queue_counts(self.backsync_queue) == (0, 0),
+                lambda: queue_counts(self.backsync_queue, node) == (0, 0),
                 "back-sync's queue to hold nothing ready or unacknowledged",
                 self.backsync,
                 timeout=60,
             )
         finally:
-            backsync_queue = queue_counts(self.backsync_queue)
+            backsync_queue = queue_counts(self.backsync_queue, node)
         assert self.backsync.stop() == 0, self.backsync.log()
         verdict.unrouted = self._depth(self.unrouted)
-        applied = self.store.applied_position()
+        applied = (
+            self.store.routed_position() if self.config.shards else self.store.applied_position()
+        )
         judge_changes(verdict, self.store, drain(self.amqp_url, self.audit), applied)
         judge_dead_letters(verdict, self.poison_ids, drain(self.amqp_url, f"{self.queue}.dlq"))
         backsync_dlq = drain(self.amqp_url, dead_letter_queue(self.backsync_queue))

@@ -188,6 +188,25 @@ class Store:
                 or 0
             )
 
+    def routed_position(self) -> int:
+        """How far the shard router routed the stream (the run has one)."""
+        with self.new.connect() as conn:
+            return int(
+                conn.scalar(text("SELECT coalesce(max(position), 0) FROM shard_route_position"))
+                or 0
+            )
+
+    def shards_caught_up(self) -> bool:
+        """Every shard applied every change routed to it."""
+        with self.new.connect() as conn:
+            behind = conn.scalar(
+                text(
+                    "SELECT count(*) FROM shard_route_seq s LEFT JOIN applied_change_position a"
+                    " ON a.stream = s.stream WHERE a.position IS NULL OR a.position <> s.position"
+                )
+            )
+        return not behind
+
     def outbox_backlog(self) -> int:
         with self.new.connect() as conn:
             return int(
@@ -280,12 +299,13 @@ def drain(amqp_url: str, queue: str, timeout: float = 300) -> list[broker.Messag
             time.sleep(1)  # back off before reconnecting
 
 
-def queue_counts(queue: str) -> tuple[int, int]:
-    """(ready, unacknowledged) messages of ``queue``, as RabbitMQ counts them."""
+def queue_counts(queue: str, node: str | None = None) -> tuple[int, int]:
+    """(ready, unacknowledged) messages of ``queue``, as RabbitMQ (``node``) counts them."""
     out = subprocess.run(
         [
             "rabbitmqctl",
             "-q",
+            *(("-n", node) if node else ()),
             "list_queues",
             "--no-table-headers",
             "name",

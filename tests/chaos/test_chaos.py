@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.chaos.harness import BOUNDED, HANDBACK, run
+from tests.chaos.harness import BOUNDED, HANDBACK, run, sharded
 from tests.chaos.report import WRITE_ROUTES, assert_clean, markdown
+from tests.integration.test_rabbitmq_cluster import cluster  # noqa: F401 - a fixture
 from tests.services import require_rabbitmq
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -66,3 +67,28 @@ def test_bounded_chaos_run_loses_nothing_and_matches_legacy(tmp_path: Path) -> N
     for route in WRITE_ROUTES:
         assert judged[route]["agree"] + judged[route]["differ"] > 0, (route, judged)
     print(json.dumps(summary["decision_differences"], indent=2))
+
+
+@pytest.mark.timeout(900)
+def test_bounded_chaos_run_with_sharded_consumers_and_a_node_lost_at_a_time(
+    cluster: str,  # noqa: F811 - the fixture: the local 3-node RabbitMQ cluster
+    tmp_path: Path,
+) -> None:
+    """The same run on the local 3-node cluster, with the shard router and three consumer
+    processes on 4 shards: consumer kills hit the consumers and the router, the broker
+    restart stops one node for the outage."""
+    _require_rabbitmqctl()
+    seed = int(os.environ.get("CHAOS_SEED", random.SystemRandom().randrange(10**6)))
+    config = sharded(replace(BOUNDED, seed=seed))
+
+    summary = run(config, tmp_path)
+
+    print(markdown(summary))
+    assert summary["process_kills"] == 6
+    assert_clean(summary)
+    events = summary["fault_events"]
+    assert [e["node"] for e in events if e["kind"] == "broker_restart"] == [1]
+    assert all(e["at_changes"] < summary["verdict"]["captured"] for e in events)
+    judged = summary["decision_parity"]
+    for route in WRITE_ROUTES:
+        assert judged[route]["agree"] + judged[route]["differ"] > 0, (route, judged)
