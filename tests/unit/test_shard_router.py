@@ -333,3 +333,32 @@ def test_one_consumer_hands_over_to_shards_and_takes_the_stream_back(
     publish(mixed, stream.messages[3000:])
     mixed.run()
     assert mixed.state() == single.state()
+
+
+def test_a_snapshot_is_loaded_shard_by_shard_and_the_heartbeat_ends_it_on_every_shard(
+    pipelines: Callable[..., Pipeline],
+) -> None:
+    """Rows legacy had before capture come as the bridge's snapshot reads, then its
+    heartbeat (to every shard), then live changes: four shards load and follow it as one
+    consumer does."""
+    legacy = LegacyShopStream(seed=9)
+    legacy.busy_day(800, products=8, lots_per_product=2)  # before capture: not in the stream
+    legacy.messages.clear()
+    legacy.snapshot()
+    legacy.messages.append(legacy.heartbeat())
+    for n in range(400):
+        legacy.allocate(f"after-{n}", f"SKU-{n % 8:03d}", 1)
+    for line in list(legacy.lines.values())[:50]:
+        if line.lot_id is not None:
+            legacy.deallocate(line.line_id)
+    single, sharded = pipelines("single", None), pipelines("sharded", SHARDS)
+    for pipeline in (single, sharded):
+        publish(pipeline, legacy.messages)
+        pipeline.run()
+    expected = single.state()
+    assert len(expected["allocations"]) > 300
+    assert sharded.state() == expected
+    with sharded.engine.connect() as connection:
+        table = orm.applied_change_position
+        states = dict(connection.execute(select(table.c.stream, table.c.snapshot_state)).all())
+    assert len(states) == SHARDS and set(states.values()) == {None}  # none left loading
