@@ -252,6 +252,7 @@ class InMemoryOwnership(AbstractWriteOwnership):
         self.ownerships: dict[str, Ownership] = {}
         self.violations: list[OwnershipViolation] = []
         self.echo_anomalies: list[EchoAnomaly] = []
+        self.fences: dict[tuple[str, int], set[str]] = {}  # (group, epoch) -> shard streams
         self.log = log
 
     def read(self, group: str, *, lock: Lock = None) -> Ownership:
@@ -265,7 +266,11 @@ class InMemoryOwnership(AbstractWriteOwnership):
         """``group`` settled (active) under ``rule``."""
         self.set(Ownership(group, OwnershipRule.parse(rule), epoch=1))
 
-    def settle(self, group: str, epoch: int) -> bool:
+    def settle(self, group: str, epoch: int, shard: tuple[str, int] | None = None) -> bool:
+        if shard is not None:
+            self.fences.setdefault((group, epoch), set()).add(shard[0])
+            if len(self.fences[(group, epoch)]) < shard[1]:
+                return False
         current = self.ownerships.get(group, Ownership(group))
         if current.epoch != epoch or current.state is not State.MOVING:
             return False

@@ -3,7 +3,8 @@
 ``shard_route_position``: per input stream, the last position routed and confirmed, the
 shard count, the legacy transaction still open there; ``shard_route_seq``: per shard
 stream, the last position given out; ``shard_route_key``: the legacy keys (product and
-lot ids) the router learnt, to tell which product a change belongs to.
+lot ids) the router learnt, to tell which product a change belongs to; ``shard_fence``:
+which shards applied a write group's fence (a move settles once all have).
 
 Revision ID: 0012_shard_routes
 Revises: 0011_decision_journal
@@ -37,6 +38,7 @@ def upgrade() -> None:
         sa.Column("position", _wide(), nullable=False),
         sa.Column("shard_count", sa.Integer(), nullable=False),
         sa.Column("open_transaction", sa.Text(), nullable=True),
+        sa.Column("reading", sa.Boolean(), server_default=sa.false(), nullable=False),
         sa.PrimaryKeyConstraint("stream", name="pk_shard_route_position"),
     )
     op.create_table(
@@ -44,6 +46,14 @@ def upgrade() -> None:
         sa.Column("stream", sa.Text(), nullable=False),
         sa.Column("position", _wide(), nullable=False),
         sa.PrimaryKeyConstraint("stream", name="pk_shard_route_seq"),
+    )
+    op.create_table(
+        "shard_fence",
+        sa.Column("group_name", sa.String(64), nullable=False),
+        sa.Column("epoch", sa.Integer(), autoincrement=False, nullable=False),
+        sa.Column("stream", sa.Text(), nullable=False),
+        sa.Column("shard_count", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("group_name", "epoch", "stream", name="pk_shard_fence"),
     )
     op.create_table(
         "shard_route_key",
@@ -57,5 +67,6 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("shard_route_key")
+    op.drop_table("shard_fence")
     op.drop_table("shard_route_seq")
     op.drop_table("shard_route_position")

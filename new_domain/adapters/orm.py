@@ -32,6 +32,7 @@ from sqlalchemy import (
     Text,
 )
 from sqlalchemy.engine import Dialect
+from sqlalchemy.sql.expression import false
 from sqlalchemy.types import TypeDecorator, TypeEngine
 
 NAMING_CONVENTION = {
@@ -314,10 +315,12 @@ shard_route_position = Table(
     Column("position", Position, nullable=False),
     Column("shard_count", Integer, nullable=False),
     Column("open_transaction", Text, nullable=True),
+    Column("reading", Boolean, nullable=False, server_default=false()),
 )
 """Per input stream: the last position routed (published to its shard and confirmed),
-the number of shards it was routed over, and the legacy transaction still open at that
-position (JSON: its id and each shard's count of its changes so far), if any."""
+the number of shards it was routed over, the legacy transaction still open at that
+position (JSON: its id and each shard's count of its changes so far), if any, and whether
+that change was a snapshot read."""
 
 shard_route_seq = Table(
     "shard_route_seq",
@@ -326,6 +329,18 @@ shard_route_seq = Table(
     Column("position", Position, nullable=False),
 )
 """Per shard stream (``<input stream>#<k>/<n>``): the last position given out."""
+
+shard_fence = Table(
+    "shard_fence",
+    metadata,
+    Column("group_name", String(64), primary_key=True),
+    Column("epoch", Integer, primary_key=True, autoincrement=False),
+    Column("stream", Text, primary_key=True),
+    Column("shard_count", Integer, nullable=False),
+)
+"""A write group's fence, per shard stream that applied it: with shards, the move of
+``epoch`` settles once every shard has applied the fence (each has applied legacy's
+writes of its products from before it)."""
 
 shard_route_key = Table(
     "shard_route_key",

@@ -92,9 +92,11 @@ class AbstractWriteOwnership(abc.ABC):
         return lambda: ownership
 
     @abc.abstractmethod
-    def settle(self, group: str, epoch: int) -> bool:
+    def settle(self, group: str, epoch: int, shard: tuple[str, int] | None = None) -> bool:
         """The fence of ``epoch`` came back: the group goes active if that is still its
-        epoch and it is moving (True); otherwise nothing changes."""
+        epoch and it is moving (True); otherwise nothing changes. With ``shard`` (the
+        shard stream that applied it, and how many shards there are), only once the
+        fence came back through every shard."""
 
     @abc.abstractmethod
     def record_violation(self, violation: OwnershipViolation) -> None: ...
@@ -118,7 +120,27 @@ class SqlAlchemyWriteOwnership(AbstractWriteOwnership):
     def read_ahead(self, group: str, *, lock: Lock = None) -> Callable[[], Ownership]:
         return read_ownership_ahead(self.connection, group, lock=lock)
 
-    def settle(self, group: str, epoch: int) -> bool:
+    def settle(self, group: str, epoch: int, shard: tuple[str, int] | None = None) -> bool:
+        if shard is not None:
+            stream, count = shard
+            fences = orm.shard_fence
+            row = {"group_name": group, "epoch": epoch, "stream": stream, "shard_count": count}
+            insert_rows(
+                self.connection,
+                fences,
+                [row],
+                key=["group_name", "epoch", "stream"],
+                on_conflict="nothing",
+            )
+            through = self.connection.scalar(
+                select(func.count()).where(
+                    fences.c.group_name == group,
+                    fences.c.epoch == epoch,
+                    fences.c.shard_count == count,
+                )
+            )
+            if int(through or 0) < count:
+                return False
         return settle_ownership(self.connection, group, epoch)
 
     def record_violation(self, violation: OwnershipViolation) -> None:

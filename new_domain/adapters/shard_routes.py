@@ -91,6 +91,7 @@ class StreamRoute:
     position: int
     shard_count: int
     open: OpenTransaction | None = None
+    reading: bool = False  # the change at ``position`` was a snapshot read
 
 
 @dataclass
@@ -128,6 +129,7 @@ class ShardRouteStore:
                     int(row["position"]),
                     int(row["shard_count"]),
                     None if opened is None else OpenTransaction.from_json(json.loads(opened)),
+                    bool(row["reading"]),
                 )
             state.stored = {name: route.position for name, route in state.streams.items()}
             seqs = connection.execute(select(orm.shard_route_seq)).all()
@@ -205,6 +207,7 @@ class ShardRouteStore:
                 "open_transaction": (
                     None if route.open is None else json.dumps(route.open.to_json())
                 ),
+                "reading": route.reading,
             }
             for name, route in sorted(state.streams.items())
             if name in state.changed_streams

@@ -45,6 +45,7 @@ from new_domain.ingest import (
     Tombstone,
     Translators,
 )
+from new_domain.ingest.origin import ORIGIN_TABLE
 from new_domain.ingest.ports import OpenTransaction
 from new_domain.ingest.shards import (
     Shard,
@@ -77,7 +78,7 @@ class ShardCountChanged(Exception):
 class _Group:
     """Consecutive changes of one legacy transaction in a batch, with their shards."""
 
-    changes: list[tuple[Item, LegacyChange, int]] = field(default_factory=list)
+    changes: list[tuple[Item, LegacyChange, list[int]]] = field(default_factory=list)
     opened: OpenTransaction | None = None  # the transaction, as routed before the group
 
 
@@ -180,10 +181,12 @@ class ShardRouter:
                     continue
                 if change.position <= self._last(state, change.stream):
                     continue  # a re-send of what is routed already
+                if change.op == "r" and not group.changes and not self._reading(state, change):
+                    out.extend(self._snapshot_starts(state, item, change))
                 opened = self._advance(state, change)
                 if group.opened is None:
                     group.opened = opened
-                group.changes.append((item, change, self._shard_of(state, change)))
+                group.changes.append((item, change, self._shards_of(state, change)))
                 if change.ends_transaction:
                     out.extend(self._publishable(state, group, ended=True))
                     group = _Group()
@@ -244,28 +247,35 @@ class ShardRouter:
         state.routed(
             change.stream,
             StreamRoute(
-                change.position, len(self.shards), None if change.ends_transaction else opened
+                change.position,
+                len(self.shards),
+                None if change.ends_transaction else opened,
+                change.op == "r",
             ),
         )
         return opened
 
-    def _shard_of(self, state: RouteState, change: LegacyChange) -> int:
-        """The change's shard, told before it teaches the key maps what it knows."""
+    def _shards_of(self, state: RouteState, change: LegacyChange) -> list[int]:
+        """The change's shard (every shard for a fence), told before it teaches the key
+        maps what it knows."""
         skus = self.translators.skus(change, state.keys)
         try:
             self.translators.translate(change, state.keys)
         except Exception:  # noqa: BLE001 - the shard's consumer reports it
             logger.debug("change %s teaches the router no key", change.message_id)
-        return shards_for(change, skus, len(self.shards))[0]
+        return shards_for(change, skus, len(self.shards))
 
     def _publishable(self, state: RouteState, group: _Group, *, ended: bool) -> list[Message]:
         """The group's changes as their shards carry them (see :func:`resharded`)."""
         if not group.changes or group.opened is None:
             return []
-        last_of = {shard: at for at, (_, _, shard) in enumerate(group.changes)}
+        copies = [
+            (item, change, index) for item, change, shards in group.changes for index in shards
+        ]
+        last_of = {index: at for at, (_, _, index) in enumerate(copies)}
         opened = group.opened
         messages = []
-        for at, (item, change, index) in enumerate(group.changes):
+        for at, (item, change, index) in enumerate(copies):
             shard = self.shards[index]
             total, in_table = opened.add(index, change.table)
             place = (total, in_table, ended and last_of[index] == at)
@@ -283,6 +293,37 @@ class ShardRouter:
                     type=original.type or "change",
                     headers=dict(original.headers),
                     timestamp=original.timestamp,
+                )
+            )
+        return messages
+
+    @staticmethod
+    def _reading(state: RouteState, change: LegacyChange) -> bool:
+        route = state.streams.get(change.stream)
+        return route is not None and route.reading
+
+    def _snapshot_starts(
+        self, state: RouteState, item: Item, change: LegacyChange
+    ) -> list[Message]:
+        """A snapshot begins: every shard gets a snapshot read of the kit's own
+        ``strangler_origin`` table (which means nothing to the consumer) first, so that a
+        shard awaiting a snapshot (after ``strangler rebuild --from-snapshot``) starts
+        loading it even when none of its products has a row in it."""
+        base = json.loads(item.delivery.message.body)
+        base.update(op="r", before=None, after={"origin_id": 0, "kind": "snapshot"})
+        base["source"] = {**base.get("source", {}), "table": ORIGIN_TABLE, "snapshot": True}
+        base.pop("transaction", None)
+        install = (change.message_id or "").partition(":")[0]
+        messages = []
+        for shard in self.shards:
+            position = state.next_position(shard.stream(change.stream))
+            routed_from = (change.stream, change.position, change.message_id or "")
+            body = resharded(base, shard, position, None, routed_from)
+            messages.append(
+                Message(
+                    routing_key=shard.routing_key,
+                    body=json.dumps(body, separators=(",", ":")).encode(),
+                    message_id=shard_message_id(install, shard, position),
                 )
             )
         return messages

@@ -56,6 +56,7 @@ class LegacyChange:
     debezium: bool = False
     snapshot_mark: str | None = None
     legacy_id: str | None = None
+    shard: tuple[int, int] | None = None  # (index, count) of a shard router's copy
 
     @property
     def cause(self) -> str | None:
@@ -188,6 +189,7 @@ def parse_change(
         ends_transaction=_ends_transaction(envelope.get("transaction")),
         dense=dense,
         legacy_id=_routed_from(source),
+        shard=_shard(source),
         **_transaction(envelope.get("transaction")),
     )
 
@@ -346,6 +348,19 @@ def _routed_from(source: Mapping[str, Any]) -> str | None:
     if isinstance(found, str) and found and "\x00" not in found and len(found) <= MAX_ID_LENGTH:
         return found
     return None
+
+
+def _shard(source: Mapping[str, Any]) -> tuple[int, int] | None:
+    """(index, count) of a change the shard router re-published, if it is one."""
+    shard = source.get("shard")
+    if not isinstance(shard, Mapping):
+        return None
+    index, count = shard.get("index"), shard.get("count")
+    if type(index) is not int or type(count) is not int:
+        raise MalformedChange("source.shard.index and .count must be integers")
+    if not 0 <= index < count <= 256:
+        raise MalformedChange(f"source.shard {index}/{count} is not a shard")
+    return index, count
 
 
 def _ends_transaction(block: Any) -> bool:

@@ -144,7 +144,8 @@ class OwnershipGuard:
         self.uow.positions.set_echo(change.stream, opened)
         if marker.kind != FENCE or marker.epoch is None:
             return
-        if self.uow.ownership.settle(marker.group, marker.epoch):
+        shard = None if change.shard is None else (change.stream, change.shard[1])
+        if self.uow.ownership.settle(marker.group, marker.epoch, shard):
             logger.info("write group %s: epoch %d settled", marker.group, marker.epoch)
             if marker.group == self.group:
                 self._ownership = None  # read it again: the move is done
