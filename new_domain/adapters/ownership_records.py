@@ -122,6 +122,12 @@ class SqlAlchemyWriteOwnership(AbstractWriteOwnership):
 
     def settle(self, group: str, epoch: int, shard: tuple[str, int] | None = None) -> bool:
         if shard is not None:
+            # the shards apply the fence in concurrent transactions: each takes the
+            # group's row first, so the last one counts every other one's fence
+            ownership = orm.write_ownership
+            self.connection.execute(
+                select(ownership.c.epoch).where(ownership.c.group_name == group).with_for_update()
+            )
             stream, count = shard
             fences = orm.shard_fence
             row = {"group_name": group, "epoch": epoch, "stream": stream, "shard_count": count}

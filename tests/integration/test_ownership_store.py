@@ -150,3 +150,36 @@ def test_a_move_rolled_back_leaves_no_trace(engine: Engine) -> None:
     assert stored(engine) == Ownership(GROUP)
     with engine.connect() as connection:
         assert connection.scalar(select(func.count()).select_from(orm.outbox)) == 0
+
+
+def test_the_last_of_four_shards_applying_a_fence_at_once_settles_the_move(
+    engine: Engine,
+) -> None:
+    """Four shard consumers apply one fence in concurrent transactions: whichever commits
+    last must see the other three and settle the move (each waits for the group's row)."""
+    import contextlib
+    import threading
+
+    from new_domain.adapters.ownership_records import SqlAlchemyWriteOwnership
+
+    with engine.begin() as connection:
+        move_ownership(connection, "allocation", OwnershipRule.parse("new"), by="test")
+        epoch = read_ownership(connection, "allocation").epoch
+    barrier = threading.Barrier(4)
+    settled: list[bool] = []
+
+    def apply_fence(shard: int) -> None:
+        with engine.begin() as connection:
+            store = SqlAlchemyWriteOwnership(connection)
+            settled.append(store.settle("allocation", epoch, (f"s#{shard}/4", 4)))
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait(timeout=1)  # all four in flight at once, where the engine lets them
+
+    threads = [threading.Thread(target=apply_fence, args=(k,)) for k in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert sorted(settled) == [False, False, False, True]
+    with engine.connect() as connection:
+        assert read_ownership(connection, "allocation").state is State.ACTIVE
