@@ -30,6 +30,7 @@ from bench.processes import BenchmarkFailed, Processes, processes
 from bench.raw_amqp import declare_queue, delete_queue, publish_stream
 from bench.report import Figure, Result, Target
 from bench.seed import Shape, create_legacy_schema, seed_legacy
+from bench.services import Database
 from broker.rabbitmq import split_queue_type
 from examples.legacy_shop import TABLES
 from legacy_bridge import install
@@ -119,14 +120,7 @@ def _measure(ctx: Context, size: int, result: Result, queue_type: str) -> _Measu
         services.database("bench_new") as new,
         services.amqp_names(f"bench_pipe_{queue_type}") as names,
     ):
-        create_legacy_schema(legacy.url)
-        install(legacy.url, TABLES)
-        seed_legacy(legacy.dsn, shape, chunk=500)
-        upgrade_database(new.url)
-        with psycopg.connect(legacy.dsn) as conn:
-            row = conn.execute("SELECT count(*) FROM strangler_change").fetchone()
-        changes = int(row[0]) if row else 0
-
+        changes = captured_backlog(legacy, new, shape)
         messages = change_messages(legacy.dsn)
         payload_bytes = sum(len(m.body) for m in messages)
         declare_queue(amqp_url, names.exchange("baseline"), names.queue("baseline"))
@@ -147,6 +141,18 @@ def _measure(ctx: Context, size: int, result: Result, queue_type: str) -> _Measu
         queue_type, changes, payload_bytes, baseline_seconds, timeline,
         consumer.peak_rss_bytes, bridge.peak_rss_bytes,
     )  # fmt: skip
+
+
+def captured_backlog(legacy: Database, new: Database, shape: Shape) -> int:
+    """Seed ``shape`` into the legacy tables with capture installed (the backlog waits in
+    the change table), migrate the new database; how many changes were captured."""
+    create_legacy_schema(legacy.url)
+    install(legacy.url, TABLES)
+    seed_legacy(legacy.dsn, shape, chunk=500)
+    upgrade_database(new.url)
+    with psycopg.connect(legacy.dsn) as conn:
+        row = conn.execute("SELECT count(*) FROM strangler_change").fetchone()
+    return int(row[0]) if row else 0
 
 
 def with_queue_type(amqp_url: str, queue_type: str) -> str:

@@ -15,18 +15,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import psycopg
-
 from bench.context import Context
 from bench.kit import kit_env, note_disturbances, start_consumer
-from bench.pipeline_throughput import Timeline, drive, shape_for
+from bench.pipeline_throughput import Timeline, captured_backlog, drive, shape_for
 from bench.processes import Processes, processes, wait_for
 from bench.report import Figure, Result
-from bench.seed import create_legacy_schema, seed_legacy
 from bench.services import queue_exists
-from examples.legacy_shop import TABLES
-from legacy_bridge import install
-from new_domain import upgrade_database
 
 NAME = "sharded_throughput"
 SHARDS = 4
@@ -93,13 +87,7 @@ def _measure(ctx: Context, size: int, result: Result, consumers: int) -> _Pass:
         services.database("bench_new") as new,
         services.amqp_names(f"bench_shard_{consumers}") as names,
     ):
-        create_legacy_schema(legacy.url)
-        install(legacy.url, TABLES)
-        seed_legacy(legacy.dsn, shape, chunk=500)
-        upgrade_database(new.url)
-        with psycopg.connect(legacy.dsn) as conn:
-            row = conn.execute("SELECT count(*) FROM strangler_change").fetchone()
-        changes = int(row[0]) if row else 0
+        changes = captured_backlog(legacy, new, shape)
         env = kit_env(ctx, legacy.url, new.url)
         queue, exchange = names.queue("pipeline"), names.exchange("pipeline")
         with processes(ctx.logs(f"{NAME}_{consumers}"), env, ctx.profile_dir) as procs:
