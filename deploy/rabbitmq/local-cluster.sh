@@ -96,7 +96,7 @@ case "${1:-}" in
     ;;
   start-node)
     ctl "${2:?node number}" start_app
-    ctl "$2" await_startup --timeout 60
+    ctl "$2" await_startup --timeout 300  # a loaded machine starts a node slowly
     ;;
   *)
     sed -n '2,12p' "$0"

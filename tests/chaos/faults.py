@@ -144,7 +144,7 @@ def node_loss(script: Path, node: int, outage: float) -> None:
         threading.Event().wait(outage)  # the outage itself, not a synchronisation
     finally:
         subprocess.run([str(script), "start-node", str(node)], check=True, capture_output=True,
-                       timeout=300)  # fmt: skip
+                       timeout=420)  # fmt: skip
 
 
 def _admin(admin_dsn: str) -> psycopg.Connection[tuple[object, ...]]:
