@@ -19,12 +19,12 @@ from new_domain.bootstrap import bootstrap
 from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.consumer import (
     DEFAULT_BATCH_SIZE,
-    DEFAULT_EXCHANGE,
     DEFAULT_MAX_ATTEMPTS,
     Consumer,
 )
 from new_domain.entrypoints.options import (
     broker_url_option,
+    exchange_option,
     first_line,
     new_db_url_option,
     queue_option,
@@ -79,12 +79,7 @@ def _revisions(revisions: set[str]) -> str:
 @new_db_url_option
 @broker_url_option
 @queue_option
-@click.option(
-    "--exchange",
-    default=DEFAULT_EXCHANGE,
-    show_default=True,
-    help="Topic exchange the legacy changes are published to.",
-)
+@exchange_option
 @click.option(
     "--bind-exchange",
     "bind_exchanges",

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 import broker
 from new_domain.adapters.database import safe_url
 from new_domain.adapters.schema import pending_revisions
-from new_domain.entrypoints.consumer import DEFAULT_QUEUE
+from new_domain.entrypoints.consumer import DEFAULT_EXCHANGE, DEFAULT_QUEUE
 
 logger = logging.getLogger(__name__)
 
@@ -38,6 +38,13 @@ queue_option = click.option(
     default=DEFAULT_QUEUE,
     show_default=True,
     help="Queue of legacy changes (its dead letters: <queue>.dlq).",
+)
+
+exchange_option = click.option(
+    "--exchange",
+    default=DEFAULT_EXCHANGE,
+    show_default=True,
+    help="Topic exchange the legacy changes are published to.",
 )
 
 

@@ -13,9 +13,9 @@ import broker
 from new_domain.adapters.database import create_engine, safe_url
 from new_domain.adapters.shard_routes import ShardRouteStore, ShardsNotDrained
 from new_domain.bootstrap import bootstrap
-from new_domain.entrypoints.consumer import DEFAULT_EXCHANGE
 from new_domain.entrypoints.options import (
     broker_url_option,
+    exchange_option,
     first_line,
     new_db_url_option,
     queue_option,
@@ -38,12 +38,7 @@ logger = logging.getLogger(__name__)
 @new_db_url_option
 @broker_url_option
 @queue_option
-@click.option(
-    "--exchange",
-    default=DEFAULT_EXCHANGE,
-    show_default=True,
-    help="Topic exchange the legacy changes are published to.",
-)
+@exchange_option
 @click.option(
     "--shards",
     type=click.IntRange(1, MAX_SHARDS),

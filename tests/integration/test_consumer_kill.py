@@ -85,6 +85,8 @@ def relaying(legacy_db: str, amqp_url: str, exchange: str) -> Iterator[None]:
 class Consumers:
     """`strangler consume` subprocesses, one at a time."""
 
+    command = "from new_domain.entrypoints.cli import consume; consume()"
+
     def __init__(self, env: dict[str, str], args: list[str], log: Path) -> None:
         self.env = env
         self.args = args
@@ -92,10 +94,7 @@ class Consumers:
         self.process: subprocess.Popen[bytes] | None = None
 
     def start(self) -> None:
-        command = (
-            "import logging; logging.basicConfig(level=logging.INFO);"
-            "from new_domain.entrypoints.cli import consume; consume()"
-        )
+        command = "import logging; logging.basicConfig(level=logging.INFO);" + self.command
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(
                 [sys.executable, "-c", command, *self.args],

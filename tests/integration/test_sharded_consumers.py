@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -55,19 +53,7 @@ ROUNDS = 12  # about 1,000 changes a round
 class Router(Consumers):
     """`strangler shard-router` as a subprocess."""
 
-    def start(self) -> None:
-        command = (
-            "import logging; logging.basicConfig(level=logging.INFO);"
-            "from new_domain.entrypoints.shard_commands import shard_router; shard_router()"
-        )
-        with self.log.open("ab") as out:
-            self.process = subprocess.Popen(
-                [sys.executable, "-c", command, *self.args],
-                cwd=ROOT,
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
+    command = "from new_domain.entrypoints.shard_commands import shard_router; shard_router()"
 
 
 def applied_in_shards(new_db: Engine) -> int:
