@@ -4,7 +4,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.services import mariadb_database, postgres_database, require_rabbitmq, unique_name
+from tests.services import (
+    local_cluster,
+    mariadb_database,
+    postgres_database,
+    require_rabbitmq,
+    unique_name,
+)
 
 
 @pytest.fixture
@@ -34,6 +40,14 @@ def mariadb_url() -> Iterator[str]:
 def amqp_url() -> str:
     """URL of the local RabbitMQ (tests use uniquely named queues and exchanges)."""
     return require_rabbitmq()
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[str]:
+    """The local 3-node RabbitMQ cluster (deploy/rabbitmq/local-cluster.sh) as one
+    BROKER_URL listing its nodes; started once for the session when it is not running."""
+    with local_cluster() as url:
+        yield url
 
 
 @pytest.fixture

@@ -7,10 +7,13 @@ is not reachable the test is skipped on a developer machine and fails under ``CI
 from __future__ import annotations
 
 import os
+import shutil
 import socket
+import subprocess
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 
 import pytest
 
@@ -138,3 +141,38 @@ def logical_postgres_database(prefix: str = "strangler_logical") -> Iterator[str
         with psycopg.connect(admin, autocommit=True) as conn:
             drop_replication(conn, name)
             conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+CLUSTER_SCRIPT = Path(__file__).resolve().parents[1] / "deploy" / "rabbitmq" / "local-cluster.sh"
+CLUSTER_PORTS = (5681, 5682, 5683)
+CLUSTER_NODES = ",".join(f"amqp://guest:guest@127.0.0.1:{port}/%2F" for port in CLUSTER_PORTS)
+
+
+@contextmanager
+def local_cluster() -> Iterator[str]:
+    """The local 3-node RabbitMQ cluster's nodes as one BROKER_URL. Started here (and
+    destroyed after) when it is not running and this machine can run it (Debian's
+    rabbitmq-server, as root); skipped, or under CI=true failed, when it cannot."""
+    started = False
+    if not all(_reachable("127.0.0.1", port) for port in CLUSTER_PORTS) and _can_start_cluster():
+        result = subprocess.run(
+            [str(CLUSTER_SCRIPT), "start"], timeout=900, capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            pytest.fail(
+                f"{CLUSTER_SCRIPT.name} start failed ({result.returncode}):\n"
+                f"{result.stdout[-4000:]}\n{result.stderr[-4000:]}",
+                pytrace=False,
+            )
+        started = True
+    for port in CLUSTER_PORTS:
+        require(f"the local RabbitMQ cluster ({CLUSTER_SCRIPT.name} start)", "127.0.0.1", port)
+    try:
+        yield CLUSTER_NODES
+    finally:
+        if started:
+            subprocess.run([str(CLUSTER_SCRIPT), "destroy"], timeout=300, capture_output=True)
+
+
+def _can_start_cluster() -> bool:
+    return shutil.which("rabbitmq-server") is not None and os.geteuid() == 0

@@ -41,9 +41,13 @@ ctl() { local n=$1; shift; rabbitmqctl -q -n "$(node_name "$n")" "$@"; }
 
 running() { ctl "$1" await_startup --timeout 1 >/dev/null 2>&1; }
 
-start_node() {
+# The AMQP port answers only once a node has booted: a cheap check (rabbitmqctl starts an
+# Erlang VM each time) before the real one.
+port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$(amqp_port "$1")") 2>/dev/null; }
+
+launch_node() {
   local n=$1
-  if running "$n"; then return 0; fi
+  if port_open "$n" && running "$n"; then return 0; fi
   mkdir -p "$DIR/$n/mnesia" "$DIR/$n/log"
   printf 'listeners.tcp.1 = 127.0.0.1:%s\nloopback_users = none\n' "$(amqp_port "$n")" \
     >"$DIR/$n/rabbitmq.conf"
@@ -51,8 +55,16 @@ start_node() {
   printf '[].\n' >"$DIR/$n/advanced.config"
   chown -R "$RUN_AS" "$DIR/$n" 2>/dev/null || true
   (node_env "$n" && rabbitmq-server -detached) >/dev/null 2>&1
-  for _ in $(seq 120); do running "$n" && return 0; sleep 0.5; done
+}
+
+# Nodes of a cluster that went down together (killed, a machine restarted) each wait on
+# boot for the peers they last saw, so they are launched together and awaited after.
+await_node() {
+  local n=$1
+  for _ in $(seq 600); do port_open "$n" && break; sleep 0.5; done
+  running "$n" || ctl "$n" await_startup --timeout 60 >/dev/null 2>&1 && return 0
   log "node $(node_name "$n") did not start (logs in $DIR/$n/log)"
+  tail -n 20 "$DIR/$n/log/"*.log 2>/dev/null >&2 || true
   return 1
 }
 
@@ -75,7 +87,8 @@ case "${1:-}" in
   start)
     mkdir -p "$DIR"
     chmod 755 "$DIR"
-    for n in "${NODES[@]}"; do start_node "$n"; done
+    for n in "${NODES[@]}"; do launch_node "$n"; done
+    for n in "${NODES[@]}"; do await_node "$n"; done
     for n in 2 3; do join_node "$n"; done
     log "running: $(for n in "${NODES[@]}"; do printf 'amqp://guest:guest@127.0.0.1:%s ' "$(amqp_port "$n")"; done)"
     ;;

@@ -56,7 +56,15 @@ from tests.chaos.write_oracle import (
     parity_between,
 )
 from tests.e2e.processes import STRANGLER, free_port, port_open, run_cli
-from tests.services import PG_HOST, PG_PORT, PG_USER, postgres_database, unique_name
+from tests.services import (
+    CLUSTER_NODES,
+    CLUSTER_SCRIPT,
+    PG_HOST,
+    PG_PORT,
+    PG_USER,
+    postgres_database,
+    unique_name,
+)
 
 MOVES: tuple[tuple[float, str, str], ...] = (
     (0.08, "shadow", "shadow"),
@@ -172,10 +180,6 @@ def sharded(config: ChaosConfig) -> ChaosConfig:
     all): a consumer kill kills one of them or the router, a broker restart stops one
     node of the cluster (the nodes in turn) for the outage."""
     return replace(config, mode=f"{config.mode}, sharded", shards=4)
-
-
-CLUSTER_SCRIPT = Path(__file__).resolve().parents[2] / "deploy" / "rabbitmq" / "local-cluster.sh"
-CLUSTER_NODES = ",".join(f"amqp://guest:guest@127.0.0.1:{port}/%2F" for port in (5681, 5682, 5683))
 
 
 def run(config: ChaosConfig, workdir: Path, echo: Callable[[str], None] = print) -> dict[str, Any]:

@@ -21,7 +21,6 @@ import pytest
 
 from tests.chaos.harness import BOUNDED, HANDBACK, run, sharded
 from tests.chaos.report import WRITE_ROUTES, assert_clean, markdown
-from tests.integration.test_rabbitmq_cluster import cluster  # noqa: F401 - a fixture
 from tests.services import require_rabbitmq
 
 pytestmark = [pytest.mark.chaos, pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -71,7 +70,7 @@ def test_bounded_chaos_run_loses_nothing_and_matches_legacy(tmp_path: Path) -> N
 
 @pytest.mark.timeout(900)
 def test_bounded_chaos_run_with_sharded_consumers_and_a_node_lost_at_a_time(
-    cluster: str,  # noqa: F811 - the fixture: the local 3-node RabbitMQ cluster
+    cluster: str,  # the fixture: the local 3-node RabbitMQ cluster
     tmp_path: Path,
 ) -> None:
     """The same run on the local 3-node cluster, with the shard router and three consumer

@@ -1,17 +1,15 @@
-"""A 3-node RabbitMQ cluster (deploy/rabbitmq/local-cluster.sh, started here when it is
-not running): the kit's quorum queues keep every confirmed message when the node leading
-the queue stops, a BROKER_URL listing the nodes reaches one still running, and the whole
-pipeline (bridge, consumer) loses nothing and applies nothing twice when a node is lost
-mid-stream."""
+"""A 3-node RabbitMQ cluster (deploy/rabbitmq/local-cluster.sh, started by the session's
+``cluster`` fixture when it is not running): the kit's quorum queues keep every confirmed
+message when the node leading the queue stops, a BROKER_URL listing the nodes reaches one
+still running, and the whole pipeline (bridge, consumer) loses nothing and applies nothing
+twice when a node is lost mid-stream."""
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
 import subprocess
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -34,14 +32,12 @@ from tests.integration.test_consumer_kill import (
     verified_summary,
     wait_for,
 )
-from tests.services import require, unique_name
+from tests.services import CLUSTER_NODES as NODES
+from tests.services import CLUSTER_PORTS as PORTS
+from tests.services import CLUSTER_SCRIPT as SCRIPT
+from tests.services import unique_name
 
 pytestmark = pytest.mark.rabbitmq
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "deploy" / "rabbitmq" / "local-cluster.sh"
-PORTS = (5681, 5682, 5683)
-NODES = ",".join(f"amqp://guest:guest@127.0.0.1:{port}/%2F" for port in PORTS)
 
 
 def rabbitmqctl(node: int, *args: str) -> str:
@@ -52,33 +48,6 @@ def rabbitmqctl(node: int, *args: str) -> str:
         text=True,
         timeout=120,
     ).stdout
-
-
-def answering(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=1).close()
-    except OSError:
-        return False
-    return True
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[str]:
-    """The local cluster's nodes as one BROKER_URL; started here (and destroyed after)
-    when it is not running and this machine can run it (Debian's rabbitmq-server, root)."""
-    started = False
-    if not all(answering(port) for port in PORTS) and can_start():
-        subprocess.run([str(SCRIPT), "start"], check=True, timeout=600, capture_output=True)
-        started = True
-    for port in PORTS:
-        require(f"the local RabbitMQ cluster ({SCRIPT.relative_to(ROOT)} start)", "127.0.0.1", port)
-    yield NODES
-    if started:
-        subprocess.run([str(SCRIPT), "destroy"], check=False, timeout=300, capture_output=True)
-
-
-def can_start() -> bool:
-    return shutil.which("rabbitmq-server") is not None and os.geteuid() == 0
 
 
 def leader_of(queue: str, asking: int = 1) -> int:

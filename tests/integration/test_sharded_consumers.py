@@ -36,11 +36,7 @@ from tests.integration.test_consumer_kill import (
     verified_summary,
     wait_for,
 )
-from tests.integration.test_rabbitmq_cluster import (  # noqa: F401 - the fixture
-    cluster,
-    dead_letters_waiting,
-    remove_queues,
-)
+from tests.integration.test_rabbitmq_cluster import dead_letters_waiting, remove_queues
 from tests.services import unique_name
 
 pytestmark = [pytest.mark.rabbitmq, pytest.mark.postgres]
@@ -94,7 +90,7 @@ def assert_each_product_in_commit_order(new_db: Engine, routed: dict[str, int]) 
 
 
 def test_three_consumers_on_four_shards_killed_in_turn_keep_each_products_order(
-    cluster: str,  # noqa: F811 - the fixture
+    cluster: str,
     pg_url_factory: Callable[[], str],
     tmp_path: Path,
 ) -> None:
