@@ -91,6 +91,8 @@ batches = Table(
     Column("eta", Date, nullable=True),
     Column("allocated_quantity", Integer, nullable=False, server_default="0"),
     Column("last_allocation_seq", Integer, nullable=False, server_default="0"),
+    # the batch's place in its product's creation order (model.Product.add_batch)
+    Column("creation_number", BigInteger, nullable=True),
 )
 
 batch_allocations = Table(

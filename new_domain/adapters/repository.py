@@ -177,9 +177,10 @@ class SqlAlchemyRepository(AbstractRepository):
                     b.c.eta,
                     b.c.allocated_quantity,
                     b.c.last_allocation_seq,
+                    b.c.creation_number,
                 )
                 .where(asked(b.c.sku))
-                .order_by(b.c.id)
+                .order_by(b.c.creation_number.asc().nulls_last(), b.c.id)
             ),
             params,
             batch_rows.extend,
@@ -209,11 +210,11 @@ class SqlAlchemyRepository(AbstractRepository):
             for sku, version in versions.items()
             if sku not in self._held  # an aggregate in hand is never replaced
         }
-        for sku, ref, qty, eta, allocated, last_seq in batch_rows:
+        for sku, ref, qty, eta, allocated, last_seq, number in batch_rows:
             self._owner[ref] = sku
             if sku in stored:
                 tracked = _TrackedAllocations(ref, int(allocated), int(last_seq), stored[sku])
-                batch = Batch(ref, sku, int(qty), _date(eta), tracked)
+                batch = Batch(ref, sku, int(qty), _date(eta), tracked, number)
                 stored[sku].batches[ref] = _StoredBatch(batch, tracked)
         for ref, orderid, sku, qty, seq in line_rows:
             if sku in stored:
@@ -423,6 +424,7 @@ class _Writes:
                 "eta": batch.eta,
                 "allocated_quantity": batch.allocated_quantity,
                 "last_allocation_seq": batch.last_allocation_seq,
+                "creation_number": batch.creation_number,
             }
         )
         self.new_lines.extend(

@@ -22,6 +22,9 @@ class CreateBatch(Command):
     sku: str
     qty: int
     eta: date | None = None
+    creation_number: int | None = None
+    """Its place in its product's creation order when the source knows it (legacy's
+    ``lot_id`` for a batch legacy created); None: after every batch of the product."""
 
 
 @dataclass(frozen=True)

@@ -38,8 +38,12 @@ by :class:`TieBreak`, an attribute of the product (``Product.tie_break``, which 
 bootstrap's ``tie_break`` sets for the owner handlers):
 
 - ``TieBreak.CREATED`` (the default): the order the batches were created in (the
-  product's ``batches`` list, which the repository loads in creation order). This is
-  legacy's rule: it orders equal arrival dates by ``lot_id``.
+  product's ``batches`` list, kept in the order of each batch's ``creation_number``).
+  This is legacy's rule: it orders equal arrival dates by ``lot_id``. A batch mirrored
+  from legacy is numbered with its ``lot_id``, because legacy numbers its lots as it
+  inserts them and two lots created at once can commit (and reach the consumer) in the
+  other order; a batch the new system creates gets the next number after its product's
+  highest, and legacy, given it by back-sync, numbers it after every earlier lot too.
 - ``TieBreak.REFERENCE``: batch reference order (string order).
 
 **Allocation order.** Each batch numbers its allocations (``Allocations``): a new line
@@ -233,10 +237,12 @@ class Batch:
         purchased_quantity: int,
         eta: date | None = None,
         allocations: Allocations | None = None,
+        creation_number: int | None = None,
     ) -> None:
         self.reference = reference
         self.sku = sku
         self.eta = eta
+        self.creation_number = creation_number
         self._purchased_quantity = purchased_quantity
         self._allocations = allocations if allocations is not None else Allocations()
 
@@ -417,8 +423,21 @@ class Product:
     # -- the new domain's own rules: actions -------------------------------------------
 
     def add_batch(self, batch: Batch) -> None:
+        """Add ``batch`` in its place in the creation order: after every batch when it
+        has no ``creation_number`` (it gets the next one), else by that number."""
         self.decide_add_batch(batch.reference)
-        self.batches.append(batch)
+        numbers = [b.creation_number for b in self.batches if b.creation_number is not None]
+        if batch.creation_number is None:
+            batch.creation_number = max(numbers, default=0) + 1
+        place = next(
+            (
+                i
+                for i, b in enumerate(self.batches)
+                if b.creation_number is not None and b.creation_number > batch.creation_number
+            ),
+            len(self.batches),
+        )
+        self.batches.insert(place, batch)
         self._changed()
         self.events.append(
             events.BatchCreated(batch.reference, self.sku, batch.purchased_quantity, batch.eta)

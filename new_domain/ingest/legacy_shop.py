@@ -89,7 +89,8 @@ def _lot_change(change: LegacyChange, keys: AbstractLegacyKeys) -> list[Message]
         sku = _sku_of(change, keys, int_column(change, row, "prod_id"))
         ref = str_column(change, row, "lot_ref")
         keys.remember_lot(lot_id, LegacyLot(ref, sku))
-        return [commands.CreateBatch(ref, sku, qty, date_column(change, row, "arrival_date"))]
+        eta = date_column(change, row, "arrival_date")
+        return [commands.CreateBatch(ref, sku, qty, eta, creation_number=lot_id)]
     messages: list[Message] = []
     before = change.before
     if before is not None and change.op == "u":

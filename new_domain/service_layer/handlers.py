@@ -41,7 +41,9 @@ def add_batch(command: commands.CreateBatch, uow: AbstractUnitOfWork) -> None:
         if uow.products.get_by_batchref(command.ref) is not None:
             raise DuplicateBatch(command.ref)
         product = _product(uow, command.sku)
-        product.add_batch(Batch(command.ref, command.sku, command.qty, command.eta))
+        batch = Batch(command.ref, command.sku, command.qty, command.eta)
+        batch.creation_number = command.creation_number
+        product.add_batch(batch)
         uow.commit()
 
 

@@ -168,8 +168,17 @@ def _move(env: dict[str, str], writers: Writers, mode: str, reason: str, phase: 
     """Move the group to ``mode``; the writes that start once the move settled count as
     phase ``phase`` (default: the mode), those that start while it moves as ``-> mode``."""
     writers.phase = f"-> {mode}"
-    result = run_cli(
-        "routes", "set", "POST", "/allocate", *mode.split(), "--reason", reason, env=env
+    result = subprocess.run(
+        [STRANGLER, "routes", "set", "POST", "/allocate", *mode.split(), "--reason", reason],
+        env={**os.environ, **env},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # a refused move shows the gate's evidence: each decision the new rules took otherwise
+    assert result.returncode == 0, (
+        f"the move to {mode} failed: {result.stderr}\n"
+        + run_cli("decisions", "list", "--limit", "20", env=env).stdout
     )
     for route in ("POST /batches", "PATCH /batches/<ref>", "POST /allocate", "POST /deallocate"):
         assert route in result.stdout, result.stdout

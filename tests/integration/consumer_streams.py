@@ -68,16 +68,24 @@ class LegacyShopStream:
 
     # -- the shop's requests -------------------------------------------------------------
 
-    def add_batch(self, ref: str, sku: str, qty: int, eta: str | None) -> None:
+    def add_batch(
+        self, ref: str, sku: str, qty: int, eta: str | None, lot_id: int | None = None
+    ) -> None:
+        """``lot_id``: one :meth:`reserve_lot` gave out (its transaction commits now)."""
         events: list[tuple[str, str, Any, Any]] = []
         if sku not in self.products:
             prod_id = self._next("prod")
             self.products[sku] = prod_id
             events.append(("prod_catalog", "c", None, _product(prod_id, sku)))
-        lot = _Lot(self._next("lot"), ref, self.products[sku], qty, eta)
+        lot = _Lot(lot_id or self._next("lot"), ref, self.products[sku], qty, eta)
         self.lots[lot.lot_id] = lot
         events.append(("stock_lot", "c", None, _lot(lot)))
         self._transaction(events)
+
+    def reserve_lot(self) -> int:
+        """A lot id taken by a request whose transaction commits later (legacy numbers
+        its lots as it inserts them, and commits need not follow)."""
+        return self._next("lot")
 
     def allocate(self, orderid: str, sku: str, qty: int) -> str | None:
         prod_id = self.products[sku]

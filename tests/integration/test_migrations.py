@@ -268,3 +268,45 @@ def test_sqlite_0005_numbers_the_stored_lines(tmp_path: Path) -> None:
 @pytest.mark.postgres
 def test_postgresql_0005_numbers_the_stored_lines(pg_url: str) -> None:
     check_0005_numbers_the_stored_lines(pg_url)
+
+
+def check_0013_numbers_the_batches(url: str) -> None:
+    upgrade_database(url, "0012_shard_routes")
+    engine = create_engine(url)
+    try:
+        with engine.begin() as connection:
+            connection.execute(text("INSERT INTO products (sku, version_number) VALUES ('L', 1)"))
+            connection.execute(
+                text(
+                    "INSERT INTO batches (reference, sku, purchased_quantity, eta) VALUES "
+                    "('b-late', 'L', 10, NULL), ('b-early', 'L', 10, NULL), "
+                    "('b-own', 'L', 10, NULL)"
+                )
+            )
+            connection.execute(
+                text(
+                    "INSERT INTO legacy_lot_map (lot_id, batchref, sku) VALUES "
+                    "(41, 'b-late', 'L'), (40, 'b-early', 'L')"
+                )
+            )
+        upgrade_database(url, "0013_batch_creation_number")
+        with engine.connect() as connection:
+            numbers = connection.execute(
+                text("SELECT reference, creation_number FROM batches ORDER BY creation_number")
+            ).all()
+        # legacy's lot_id where known (stored in commit order, numbered in lot order);
+        # a batch of the new system's own after them
+        assert [tuple(r) for r in numbers] == [("b-early", 40), ("b-late", 41), ("b-own", 42)]
+        command.downgrade(alembic_config(url), "0012_shard_routes")
+        assert "creation_number" not in {c["name"] for c in inspect(engine).get_columns("batches")}
+    finally:
+        engine.dispose()
+
+
+def test_sqlite_0013_numbers_the_batches(tmp_path: Path) -> None:
+    check_0013_numbers_the_batches(f"sqlite:///{tmp_path / 'new.db'}")
+
+
+@pytest.mark.postgres
+def test_postgresql_0013_numbers_the_batches(pg_url: str) -> None:
+    check_0013_numbers_the_batches(pg_url)

@@ -78,6 +78,27 @@ def test_an_aggregate_round_trips_with_its_batches_and_lines(engine: Engine) -> 
         assert repository.get("LAMP") is product  # held for the transaction
 
 
+def test_batches_are_loaded_in_their_creation_order(engine: Engine) -> None:
+    product = Product("LAMP")
+    product.add_batch(Batch("b-late", "LAMP", 10, None, creation_number=41))
+    save(engine, product)  # stored first, numbered after the next one
+    with engine.begin() as connection:
+        repository = SqlAlchemyRepository(connection)
+        stored = repository.get("LAMP")
+        assert stored is not None
+        stored.add_batch(Batch("b-early", "LAMP", 10, None, creation_number=40))
+        stored.add_batch(Batch("b-own", "LAMP", 10, None))
+        repository.flush()
+    with engine.begin() as connection:
+        loaded = SqlAlchemyRepository(connection).get("LAMP")
+        assert loaded is not None
+        assert [(b.reference, b.creation_number) for b in loaded.batches] == [
+            ("b-early", 40),
+            ("b-late", 41),
+            ("b-own", 42),
+        ]
+
+
 def test_get_by_batchref_finds_the_owning_product(engine: Engine) -> None:
     save_lamp(engine)
     with engine.begin() as connection:

@@ -121,13 +121,13 @@ class TestProducts:
 class TestLots:
     def test_postgresql_image_becomes_create_batch(self, keys: InMemoryLegacyKeys) -> None:
         assert LEGACY_SHOP.translate(change("stock_lot", "c", None, PG_LOT), keys) == [
-            commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1))
+            commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1), creation_number=7)
         ]
         assert keys.lot(7) == LegacyLot("batch-7", "LAMP")
 
     def test_sqlite_image_becomes_create_batch(self, keys: InMemoryLegacyKeys) -> None:
         assert LEGACY_SHOP.translate(change("stock_lot", "c", None, SQLITE_LOT), keys) == [
-            commands.CreateBatch("batch-7", "LAMP", 20, None)
+            commands.CreateBatch("batch-7", "LAMP", 20, None, creation_number=7)
         ]
 
     def test_quantity_update_becomes_change_batch_quantity(self, keys: InMemoryLegacyKeys) -> None:
@@ -220,7 +220,9 @@ def test_unknown_tables_are_ignored_with_a_debug_log(
 def test_sqlite_style_strings_and_debezium_dates_are_understood(keys: InMemoryLegacyKeys) -> None:
     row = {**SQLITE_LOT, "lot_id": "7", "qty_units": "20", "arrival_date": 19875}
     [command] = LEGACY_SHOP.translate(change("stock_lot", "c", None, row), keys)
-    assert command == commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1))
+    assert command == commands.CreateBatch(
+        "batch-7", "LAMP", 20, date(2024, 6, 1), creation_number=7
+    )
 
 
 @pytest.mark.parametrize(
@@ -329,7 +331,7 @@ class TestRound2Envelopes:
 
     def test_a_snapshot_read_of_a_new_lot_creates_the_batch(self, keys: InMemoryLegacyKeys) -> None:
         assert LEGACY_SHOP.translate(change("stock_lot", "r", None, PG_LOT), keys) == [
-            commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1))
+            commands.CreateBatch("batch-7", "LAMP", 20, date(2024, 6, 1), creation_number=7)
         ]
 
     @pytest.mark.parametrize("message_type", ["heartbeat", "change"])

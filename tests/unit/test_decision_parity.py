@@ -75,3 +75,18 @@ def test_a_transaction_split_across_batches_is_unclassified_not_guessed() -> Non
     apply_changes(bus, changes[-1:])
     assert [v.route for v in uow.decisions.verdicts] == [ADD_BATCH]
     assert uow.decisions.unclassified_count == 1
+
+
+def test_lots_committed_out_of_lot_order_keep_legacys_tie_order() -> None:
+    stream = LegacyShopStream()
+    taken = stream.reserve_lot()  # one request inserts its lot (lot_id 1) ...
+    stream.add_batch("wh-b", "LAMP", 10, None)  # ... another inserts lot 2 and commits first
+    stream.add_batch("wh-a", "LAMP", 10, None, lot_id=taken)  # then the first commits
+    stream.allocate("o1", "LAMP", 2)  # legacy: the lowest lot_id of equal etas, wh-a
+    uow = applied(stream)
+    assert [v.route for v in uow.decisions.verdicts if not v.agree] == []
+    product = uow.products.get("LAMP")
+    assert product is not None
+    assert [b.reference for b in product.batches] == ["wh-a", "wh-b"]
+    wh_a = product.batch("wh-a")
+    assert wh_a is not None and [line.orderid for line in wh_a.allocations_in_order()] == ["o1"]

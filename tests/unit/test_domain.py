@@ -134,6 +134,20 @@ def test_adding_a_batch_twice_is_refused() -> None:
         product.add_batch(Batch("b1", "LAMP", 3, None))
 
 
+def test_batches_keep_their_creation_order_by_number() -> None:
+    product = Product("LAMP")
+    product.add_batch(Batch("b-7", "LAMP", 10, None, creation_number=7))
+    product.add_batch(Batch("b-5", "LAMP", 10, None, creation_number=5))  # committed later
+    product.add_batch(Batch("b-own", "LAMP", 10, None))  # no number: after every batch
+    assert [(b.reference, b.creation_number) for b in product.batches] == [
+        ("b-5", 5),
+        ("b-7", 7),
+        ("b-own", 8),
+    ]
+    # equal etas: the lowest number first, as legacy takes the lowest lot_id
+    assert product.allocate(OrderLine("o1", "LAMP", 1)) == "b-5"
+
+
 def test_changing_the_quantity_of_an_unknown_batch_is_refused() -> None:
     with pytest.raises(UnknownBatch):
         Product("LAMP").change_batch_quantity("nope", 3)
