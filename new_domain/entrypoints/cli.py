@@ -22,6 +22,7 @@ from new_domain.entrypoints.consumer import (
     DEFAULT_MAX_ATTEMPTS,
     Consumer,
 )
+from new_domain.entrypoints.journal_retention import JournalRetention, retaining
 from new_domain.entrypoints.options import (
     broker_url_option,
     exchange_option,
@@ -150,6 +151,14 @@ def _revisions(revisions: set[str]) -> str:
     "decision_journal), for `strangler decisions replay`.",
 )
 @click.option(
+    "--journal-retention-days",
+    type=click.IntRange(0, 36_500),
+    default=30,
+    show_default=True,
+    help="Delete journaled decisions older than this many days, at start and then every "
+    "hour (0: keep them all; `strangler decisions prune` does it by hand).",
+)
+@click.option(
     "--shard",
     "shards",
     multiple=True,
@@ -175,6 +184,7 @@ def consume(
     metrics_port: int | None,
     tie_break: str,
     journal_decisions: bool,
+    journal_retention_days: int,
     shards: tuple[Shard, ...],
     once: bool,
 ) -> None:
@@ -207,9 +217,12 @@ def consume(
 
     consumers = [consumer(shard) for shard in shards or (None,)]
     relay = _outbox_relay(new_db_url, broker_url, events_exchange) if outbox_relay else None
+    retention = _retention(new_db_url, journal_retention_days) if not once else None
     try:
-        _run_consumers(consumers, relay, once, safe_url(new_db_url))
+        _run_consumers(consumers, relay, retention, once, safe_url(new_db_url))
     finally:
+        if retention is not None:
+            retention.engine.dispose()
         for each in consumers:
             each.close()
             each.bus.uow.close()
@@ -228,18 +241,29 @@ def _shards(values: tuple[str, ...]) -> tuple[Shard, ...]:
     return shards
 
 
+def _retention(new_db_url: str, days: int) -> JournalRetention | None:
+    """The decision journal's retention (None: keep every entry)."""
+    if not days:
+        return None
+    return JournalRetention(create_engine(new_db_url, for_writes=True), days)
+
+
 def _run_consumers(
-    consumers: list[Consumer], relay: OutboxRelay | None, once: bool, into: str
+    consumers: list[Consumer],
+    relay: OutboxRelay | None,
+    retention: JournalRetention | None,
+    once: bool,
+    into: str,
 ) -> None:
     """One batch each (``once``), or until a signal: one thread per consumer, the
-    outbox relay beside them."""
+    outbox relay and the journal's retention beside them."""
     try:
         if once:
             for consumer in consumers:
                 _consume_once(consumer, relay)
             return
         stop = threading.Event()
-        with stop_on_signals(stop), _relaying(relay, stop):
+        with stop_on_signals(stop), _relaying(relay, stop), retaining(retention, stop):
             queues = ", ".join(consumer.queue for consumer in consumers)
             logger.info("connecting to the broker to consume %s into %s", queues, into)
             _run_in_threads(consumers, stop)

@@ -191,8 +191,9 @@ def _report(tally: _Tally, route: str | None) -> None:
 @click.option("--yes", is_flag=True, help="Do not ask before deleting.")
 def prune(new_db_url: str, days: int, yes: bool) -> None:
     """Delete old entries of the decision journal (`strangler consume
-    --journal-decisions` adds one per legacy decision, and nothing else deletes them).
-    Decision parity's counts and differences are kept; only `decisions replay` sees less."""
+    --journal-decisions` adds one per legacy decision, and deletes those older than its
+    --journal-retention-days, 30 by default). Decision parity's counts and differences
+    are kept; only `decisions replay` sees less."""
     require_current_schema(new_db_url)
     before = datetime.now(UTC) - timedelta(days=days)
     when = before.isoformat(timespec="seconds")

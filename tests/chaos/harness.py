@@ -521,6 +521,7 @@ class _Run:
                 *self.pipeline,
             )
         if self.workload.phase == "shadow":
+            self._judged_up_to(self.store.captured_count())
             self.parity_marks["shadow ended"] = self.store.decision_parity()
         self.workload.phase = f"-> {phase}"
         at, started = self.store.captured_count(), time.monotonic()
@@ -555,6 +556,29 @@ class _Run:
             f"  move {phase} ({mode}) at {at} captured changes, epoch {moved.epoch},"
             f" set in {self.journey[-1]['set_in_s']} s"
         )
+
+    def _judged_up_to(self, captured: int) -> None:
+        """Wait until the consumers applied (and so judged) the first ``captured``
+        changes: the decisions legacy took in a phase are judged after it, by as much as
+        the consumers lag (positions are dense, given in commit order)."""
+        if self.config.shards:
+            self.poll(
+                lambda: self.store.routed_position() >= captured,
+                f"the shard router to route the first {captured} changes",
+                *self.pipeline,
+            )
+            routed = self.store.shard_positions()
+            self.poll(
+                lambda: self.store.shards_applied(routed),
+                f"the shards to apply the first {captured} changes",
+                *self.pipeline,
+            )
+        else:
+            self.poll(
+                lambda: self.store.applied_position() >= captured,
+                f"the consumer to apply the first {captured} changes",
+                *self.pipeline,
+            )
 
     def _phase_lasted(self) -> None:
         """Wait until the phase of the last move had its share of the workload since it

@@ -196,6 +196,19 @@ class Store:
                 or 0
             )
 
+    def shard_positions(self) -> dict[str, int]:
+        """Each shard stream's last position given out by the router."""
+        with self.new.connect() as conn:
+            rows = conn.execute(text("SELECT stream, position FROM shard_route_seq")).all()
+        return {str(stream): int(position) for stream, position in rows}
+
+    def shards_applied(self, positions: dict[str, int]) -> bool:
+        """Every shard stream applied at least up to its position in ``positions``."""
+        with self.new.connect() as conn:
+            rows = conn.execute(text("SELECT stream, position FROM applied_change_position")).all()
+        applied = {str(stream): int(position) for stream, position in rows}
+        return all(applied.get(stream, 0) >= position for stream, position in positions.items())
+
     def shards_caught_up(self) -> bool:
         """Every shard applied every change routed to it."""
         with self.new.connect() as conn:

@@ -74,3 +74,13 @@ def test_consume_refuses_an_unmigrated_database(runner: CliRunner, tmp_path: Pat
     )
     assert result.exit_code == 1
     assert "strangler db upgrade" in result.output
+
+
+def test_consume_refuses_a_negative_journal_retention(runner: CliRunner, tmp_path: Path) -> None:
+    result = runner.invoke(
+        consume,
+        ["--new-db-url", f"sqlite:///{tmp_path / 'new.db'}", "--broker-url", "amqp://x"]
+        + ["--journal-retention-days", "-1"],
+    )
+    assert result.exit_code == 2
+    assert "--journal-retention-days" in result.output

@@ -4,6 +4,7 @@ again by ``strangler decisions replay`` exactly as the consumer would judge it l
 from __future__ import annotations
 
 import json
+import threading
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -16,6 +17,7 @@ from new_domain.adapters.database import create_engine
 from new_domain.bootstrap import bootstrap
 from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.decisions_command import decisions
+from new_domain.entrypoints.journal_retention import JournalRetention, retaining
 from new_domain.ingest import apply_changes, parse_change
 from new_domain.ingest.decisions import ADD_BATCH, ALLOCATE, CHANGE_QUANTITY, DEALLOCATE
 from new_domain.ingest.journal import FILLER, JournalError, rejudge, restore
@@ -195,6 +197,39 @@ def test_prune_deletes_only_entries_older_than_asked_and_asks_first(tmp_path: Pa
     assert "deleted 3 journaled decisions recorded before" in pruned.output
     assert pruned.output.strip().endswith("; 3 left")
     assert kept() == ["c3", "c4", "c5"]
+    engine.dispose()
+
+
+def test_the_consumers_retention_prunes_at_start_and_every_round(tmp_path: Path) -> None:
+    url = migrated_sqlite_url(tmp_path)
+    engine = create_engine(url)
+    now = [datetime.now(UTC)]
+
+    def journal(age_days: float, change_id: str) -> None:
+        with engine.begin() as connection:
+            connection.execute(insert(orm.decision_journal).values(
+                recorded_at=now[0] - timedelta(days=age_days), route=ALLOCATE, sku="LAMP",
+                agreed=True, entry="{}", change_id=change_id,
+            ))  # fmt: skip
+
+    def kept() -> list[str]:
+        with engine.connect() as connection:
+            return list(connection.scalars(select(orm.decision_journal.c.change_id)))
+
+    for n, age in enumerate([40, 31, 29, 1]):
+        journal(age, f"c{n}")
+    retention = JournalRetention(engine, days=30, clock=lambda: now[0])
+    stop = threading.Event()
+    with retaining(retention, stop):  # the first round runs at once
+        deadline = datetime.now(UTC) + timedelta(seconds=30)
+        while retention.pruned < 2 and datetime.now(UTC) < deadline:
+            stop.wait(0.01)
+    assert stop.is_set() and kept() == ["c2", "c3"]
+    now[0] += timedelta(days=2)  # c2 is 31 days old now
+    assert retention.run_once() == 1 and kept() == ["c3"]
+    assert retention.run_once() == 0
+    with pytest.raises(ValueError):
+        JournalRetention(engine, days=0)
     engine.dispose()
 
 
