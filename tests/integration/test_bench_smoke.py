@@ -46,7 +46,7 @@ def test_every_benchmark_runs_at_smoke_size(amqp_url: str, tmp_path: Path) -> No
     completed = subprocess.run(
         [sys.executable, "-m", "bench", "--smoke", "--load-tool", "python",
          "--results-dir", str(tmp_path)],
-        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300,
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output
