@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Iterator
-from contextlib import contextmanager
 
 import click
 from sqlalchemy.exc import SQLAlchemyError
@@ -22,8 +20,9 @@ from new_domain.entrypoints.consumer import (
     DEFAULT_MAX_ATTEMPTS,
     Consumer,
 )
-from new_domain.entrypoints.journal_retention import JournalRetention, retaining
+from new_domain.entrypoints.journal_retention import JournalRetention
 from new_domain.entrypoints.options import (
+    beside,
     broker_url_option,
     exchange_option,
     first_line,
@@ -263,7 +262,11 @@ def _run_consumers(
                 _consume_once(consumer, relay)
             return
         stop = threading.Event()
-        with stop_on_signals(stop), _relaying(relay, stop), retaining(retention, stop):
+        with (
+            stop_on_signals(stop),
+            beside(None if relay is None else relay.run, stop, "outbox-relay"),
+            beside(None if retention is None else retention.run, stop, "journal-retention"),
+        ):
             queues = ", ".join(consumer.queue for consumer in consumers)
             logger.info("connecting to the broker to consume %s into %s", queues, into)
             _run_in_threads(consumers, stop)
@@ -328,18 +331,3 @@ def _consume_once(consumer: Consumer, relay: OutboxRelay | None) -> None:
     except (broker.BrokerError, DatabaseUnavailable) as error:
         raise click.ClickException(first_line(error)) from error
     click.echo(f"processed {count} messages from {consumer.queue}; published {published} events")
-
-
-@contextmanager
-def _relaying(relay: OutboxRelay | None, stop: threading.Event) -> Iterator[None]:
-    """Run ``relay`` in a thread until the block ends."""
-    if relay is None:
-        yield
-        return
-    thread = threading.Thread(target=relay.run, args=(stop,), name="outbox-relay", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)

@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 
 from sqlalchemy.engine import Engine
@@ -54,18 +53,3 @@ class JournalRetention:
                 logger.warning("decision journal: pruning failed, next try in %.0fs (%s)",
                                self.every, str(error).splitlines()[0])  # fmt: skip
             stop.wait(self.every)
-
-
-@contextmanager
-def retaining(retention: JournalRetention | None, stop: threading.Event) -> Iterator[None]:
-    """Run ``retention`` in a daemon thread while the block runs (nothing when None)."""
-    if retention is None:
-        yield
-        return
-    thread = threading.Thread(target=retention.run, args=(stop,), name="journal", daemon=True)
-    thread.start()
-    try:
-        yield
-    finally:
-        stop.set()
-        thread.join(30)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from types import FrameType
 
@@ -81,6 +81,24 @@ def require_current_schema(new_db_url: str) -> None:
 def first_line(error: BaseException) -> str:
     lines = str(error).strip().splitlines()
     return lines[0] if lines else type(error).__name__
+
+
+@contextmanager
+def beside(
+    run: Callable[[threading.Event], None] | None, stop: threading.Event, name: str
+) -> Iterator[None]:
+    """``run(stop)`` in a daemon thread while the block runs (nothing when None); when
+    the block ends, ``stop`` is set and the thread given 30 s to finish."""
+    if run is None:
+        yield
+        return
+    thread = threading.Thread(target=run, args=(stop,), name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join(30)
 
 
 @contextmanager

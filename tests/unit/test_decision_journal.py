@@ -17,7 +17,8 @@ from new_domain.adapters.database import create_engine
 from new_domain.bootstrap import bootstrap
 from new_domain.domain.model import TieBreak
 from new_domain.entrypoints.decisions_command import decisions
-from new_domain.entrypoints.journal_retention import JournalRetention, retaining
+from new_domain.entrypoints.journal_retention import JournalRetention
+from new_domain.entrypoints.options import beside
 from new_domain.ingest import apply_changes, parse_change
 from new_domain.ingest.decisions import ADD_BATCH, ALLOCATE, CHANGE_QUANTITY, DEALLOCATE
 from new_domain.ingest.journal import FILLER, JournalError, rejudge, restore
@@ -220,7 +221,7 @@ def test_the_consumers_retention_prunes_at_start_and_every_round(tmp_path: Path)
         journal(age, f"c{n}")
     retention = JournalRetention(engine, days=30, clock=lambda: now[0])
     stop = threading.Event()
-    with retaining(retention, stop):  # the first round runs at once
+    with beside(retention.run, stop, "journal-retention"):  # the first round runs at once
         deadline = datetime.now(UTC) + timedelta(seconds=30)
         while retention.pruned < 2 and datetime.now(UTC) < deadline:
             stop.wait(0.01)
