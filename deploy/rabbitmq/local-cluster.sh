@@ -62,7 +62,7 @@ launch_node() {
 await_node() {
   local n=$1
   for _ in $(seq 600); do port_open "$n" && break; sleep 0.5; done
-  running "$n" || ctl "$n" await_startup --timeout 60 >/dev/null 2>&1 && return 0
+  ctl "$n" await_startup --timeout 60 >/dev/null 2>&1 && return 0
   log "node $(node_name "$n") did not start (logs in $DIR/$n/log)"
   tail -n 20 "$DIR/$n/log/"*.log 2>/dev/null >&2 || true
   return 1

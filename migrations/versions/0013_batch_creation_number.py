@@ -32,8 +32,9 @@ def upgrade() -> None:
     bind = op.get_bind()
     rows = bind.execute(
         sa.text(
-            "SELECT b.id, b.sku, (SELECT MIN(m.lot_id) FROM legacy_lot_map m"
-            " WHERE m.batchref = b.reference) FROM batches b ORDER BY b.sku, b.id"
+            "SELECT b.id, b.sku, MIN(m.lot_id) FROM batches b"
+            " LEFT JOIN legacy_lot_map m ON m.batchref = b.reference"
+            " GROUP BY b.id, b.sku ORDER BY b.sku, b.id"
         )
     ).all()
     highest: dict[str, int] = {}

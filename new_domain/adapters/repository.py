@@ -180,7 +180,7 @@ class SqlAlchemyRepository(AbstractRepository):
                     b.c.creation_number,
                 )
                 .where(asked(b.c.sku))
-                .order_by(b.c.creation_number.asc().nulls_last(), b.c.id)
+                .order_by(b.c.creation_number.asc().nulls_first(), b.c.id)
             ),
             params,
             batch_rows.extend,

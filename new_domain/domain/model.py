@@ -71,6 +71,7 @@ for the same refusal, so a write path can answer exactly as legacy does:
 
 from __future__ import annotations
 
+import bisect
 import enum
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -423,21 +424,14 @@ class Product:
     # -- the new domain's own rules: actions -------------------------------------------
 
     def add_batch(self, batch: Batch) -> None:
-        """Add ``batch`` in its place in the creation order: after every batch when it
-        has no ``creation_number`` (it gets the next one), else by that number."""
+        """Add ``batch`` in its place in the creation order (``batches`` is kept sorted
+        by ``creation_number``, a batch without one counting as 0): after every batch
+        when it has none (it gets the next one), else by that number."""
         self.decide_add_batch(batch.reference)
-        numbers = [b.creation_number for b in self.batches if b.creation_number is not None]
+        numbers = [b.creation_number or 0 for b in self.batches]
         if batch.creation_number is None:
             batch.creation_number = max(numbers, default=0) + 1
-        place = next(
-            (
-                i
-                for i, b in enumerate(self.batches)
-                if b.creation_number is not None and b.creation_number > batch.creation_number
-            ),
-            len(self.batches),
-        )
-        self.batches.insert(place, batch)
+        self.batches.insert(bisect.bisect_right(numbers, batch.creation_number), batch)
         self._changed()
         self.events.append(
             events.BatchCreated(batch.reference, self.sku, batch.purchased_quantity, batch.eta)

@@ -41,9 +41,8 @@ def add_batch(command: commands.CreateBatch, uow: AbstractUnitOfWork) -> None:
         if uow.products.get_by_batchref(command.ref) is not None:
             raise DuplicateBatch(command.ref)
         product = _product(uow, command.sku)
-        batch = Batch(command.ref, command.sku, command.qty, command.eta)
-        batch.creation_number = command.creation_number
-        product.add_batch(batch)
+        number = command.creation_number
+        product.add_batch(Batch(command.ref, command.sku, command.qty, command.eta, None, number))
         uow.commit()
 
 

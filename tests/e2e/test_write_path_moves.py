@@ -10,9 +10,7 @@ is lost, applied twice, or over-allocated, in either database.
 from __future__ import annotations
 
 import json
-import os
 import random
-import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,7 +23,7 @@ import requests
 from sqlalchemy import create_engine, text
 
 from examples.legacy_shop import TABLES
-from tests.e2e.processes import STRANGLER, free_port, port_open, processes, run_cli, wait_for
+from tests.e2e.processes import free_port, port_open, processes, run_cli, wait_for
 from tests.e2e.test_runbooks import rabbitmq_vhost
 
 pytestmark = [pytest.mark.e2e, pytest.mark.postgres, pytest.mark.rabbitmq]
@@ -168,13 +166,8 @@ def _move(env: dict[str, str], writers: Writers, mode: str, reason: str, phase: 
     """Move the group to ``mode``; the writes that start once the move settled count as
     phase ``phase`` (default: the mode), those that start while it moves as ``-> mode``."""
     writers.phase = f"-> {mode}"
-    result = subprocess.run(
-        [STRANGLER, "routes", "set", "POST", "/allocate", *mode.split(), "--reason", reason],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    move = ("routes", "set", "POST", "/allocate", *mode.split(), "--reason", reason)
+    result = run_cli(*move, env=env, check=False)
     # a refused move shows the gate's evidence: each decision the new rules took otherwise
     assert result.returncode == 0, (
         f"the move to {mode} failed: {result.stderr}\n"
@@ -273,14 +266,7 @@ def test_the_write_group_moves_and_hands_back_without_losing_a_write(
         assert ledger.refused > 0  # products changing hands waited
 
         def verified() -> bool:
-            result = subprocess.run(
-                [STRANGLER, "verify", "--databases"],
-                env={**os.environ, **env},
-                capture_output=True,
-                text=True,
-                timeout=120,
-            )
-            return result.returncode == 0
+            return run_cli("verify", "--databases", env=env, check=False).returncode == 0
 
         wait_for(verified, 120, "strangler verify to find both databases equal", interval=1)
         _check_ledger(ledger, legacy_db, new_db)
