@@ -6,6 +6,15 @@ routes, their audit and the ownership together): it locks the group's row ``FOR 
 in-flight decisions), bumps the epoch and, when products change hands, leaves the group
 ``moving`` and queues ``OwnershipMoved`` in the outbox, in the same transaction.
 
+**The gate (PostgreSQL).** A row lock alone would let a move starve: PostgreSQL grants a
+``FOR SHARE`` request at once when the row is only share-locked, even while a
+``FOR UPDATE`` waits, so under a steady stream of overlapping decisions the move (or the
+consumer settling a fence) never gets the row and fails on its statement timeout. So every
+locking read first takes the group's transaction-level advisory lock, shared for
+``"share"`` and exclusive for ``"update"`` (:func:`gate`): the lock manager queues those
+fairly, so a decision arriving after a waiting move waits behind it. MariaDB's InnoDB
+queues row locks fairly itself; SQLite serialises writers.
+
 :mod:`new_domain.adapters.ownership_records` is the unit of work's view of the table: the
 new write path reads the group's ownership with it, ``FOR SHARE``, in the transaction that
 decides; the consumer settles fences and records violations with it.
@@ -15,11 +24,12 @@ from __future__ import annotations
 
 import json
 import uuid
+import zlib
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Select, bindparam, insert, select, update
+from sqlalchemy import Integer, Select, bindparam, func, insert, select, update
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 
@@ -38,6 +48,8 @@ Lock = str | None
 def read_ownership(connection: Connection, group: str, *, lock: Lock = None) -> Ownership:
     """The group's ownership (legacy, epoch 0, when never moved). ``lock``: ``"share"``
     or ``"update"`` locks the row until the transaction ends (PostgreSQL, MariaDB)."""
+    if lock is not None:
+        gate(connection, group, exclusive=lock == "update")
     row = connection.execute(_ownership_query(lock), {"group": group}).first()
     return ownership_of(group, row)
 
@@ -49,6 +61,10 @@ def read_ownership_ahead(
     :func:`~new_domain.adapters.bulk.pipelined` block (in their order, so its lock is
     taken before theirs); call the result after the block for the ownership."""
     found: list[Any] = []
+    if lock is not None and connection.dialect.name == "postgresql":
+        exclusive = lock == "update"
+        fetch(connection, f"ownership.gate.{lock}", lambda: _gate_query(exclusive),
+              _gate_params(group), lambda _rows: None)  # fmt: skip
     fetch(connection, f"ownership.{lock}", lambda: _ownership_query(lock), {"group": group},
           found.extend)  # fmt: skip
 
@@ -56,6 +72,28 @@ def read_ownership_ahead(
         return ownership_of(group, found[0] if found else None)
 
     return ownership
+
+
+GATE_SPACE = 0x53_54_52_4F  # "STRO": the kit's advisory locks, first key
+"""The first key of the gate's advisory lock; the second is the group name's CRC-32."""
+
+
+def gate(connection: Connection, group: str, *, exclusive: bool) -> None:
+    """Take the group's gate until the transaction ends (PostgreSQL; a no-op elsewhere):
+    shared by a decision, exclusive by a move or a fence settling. Fairly queued, unlike
+    a row's share lock (see the module's docstring)."""
+    if connection.dialect.name == "postgresql":
+        connection.execute(_gate_query(exclusive), _gate_params(group))
+
+
+def _gate_query(exclusive: bool) -> Select[Any]:
+    take = func.pg_advisory_xact_lock if exclusive else func.pg_advisory_xact_lock_shared
+    return select(take(bindparam("space", type_=Integer), bindparam("key", type_=Integer)))
+
+
+def _gate_params(group: str) -> dict[str, int]:
+    key = zlib.crc32(group.encode())
+    return {"space": GATE_SPACE, "key": key - (1 << 32) if key >= 1 << 31 else key}
 
 
 def _ownership_query(lock: Lock) -> Select[Any]:
@@ -139,6 +177,7 @@ def move_ownership(
 def settle_ownership(connection: Connection, group: str, epoch: int) -> bool:
     """The fence of ``epoch`` came back: the group goes ``active`` if that is still its
     epoch (True), else nothing changes (a superseded move's fence)."""
+    gate(connection, group, exclusive=True)
     result = connection.execute(
         update(t)
         .where(t.c.group_name == group, t.c.epoch == epoch, t.c.state == State.MOVING.value)

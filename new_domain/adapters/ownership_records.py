@@ -23,6 +23,7 @@ from new_domain.adapters import orm
 from new_domain.adapters.bulk import insert_rows
 from new_domain.adapters.ownership import (
     Lock,
+    gate,
     read_ownership,
     read_ownership_ahead,
     settle_ownership,
@@ -125,6 +126,7 @@ class SqlAlchemyWriteOwnership(AbstractWriteOwnership):
             # the shards apply the fence in concurrent transactions: each takes the
             # group's row first, so the last one counts every other one's fence
             ownership = orm.write_ownership
+            gate(self.connection, group, exclusive=True)
             self.connection.execute(
                 select(ownership.c.epoch).where(ownership.c.group_name == group).with_for_update()
             )

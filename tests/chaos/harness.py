@@ -32,6 +32,7 @@ from sqlalchemy.engine import make_url
 import broker
 from backsync import dead_letter_queue
 from broker import QueueSpec
+from broker.rabbitmq import connection_parameters, node_urls
 from examples.legacy_shop import TABLES
 from skeleton_app import CutoverGate, Mode, RouteError, RouteTable
 from tests.chaos import faults
@@ -444,7 +445,8 @@ class _Run:
 
     def _delete_broker_objects(self) -> None:
         try:
-            connection = pika.BlockingConnection(pika.URLParameters(self.amqp_url))
+            nodes = [connection_parameters(url) for url in node_urls(self.amqp_url)]
+            connection = pika.BlockingConnection(nodes)  # any node of a cluster
         except pika.exceptions.AMQPError:
             return
         try:

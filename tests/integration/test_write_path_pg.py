@@ -165,7 +165,7 @@ class PausingOwnership(SqlAlchemyWriteOwnership):
             assert self.go.wait(60)
 
 
-def waiting_for_a_lock(engine: Engine) -> bool:
+def waiting_for_a_lock(engine: Engine, at_least: int = 1) -> bool:
     with engine.connect() as connection:
         waiting = connection.scalar(
             text(
@@ -173,7 +173,7 @@ def waiting_for_a_lock(engine: Engine) -> bool:
                 "WHERE datname = current_database() AND wait_event_type = 'Lock'"
             )
         )
-    return bool(waiting)
+    return int(waiting or 0) >= at_least
 
 
 def test_a_move_waits_for_the_decision_in_flight_which_comes_first_in_the_outbox(
@@ -265,6 +265,51 @@ def test_a_move_waits_while_a_write_is_given_to_legacy_under_the_held_ownership(
     assert moved.is_set()
     with write_path.held() as ownership:
         assert ownership.owner("LAMP") is Owner.CHANGING
+
+
+def test_a_decision_arriving_while_a_move_waits_queues_behind_the_move(
+    write_path: WritePath, engine: Engine
+) -> None:
+    """A row's share lock is granted past a waiting FOR UPDATE, so a steady stream of
+    overlapping decisions starved a move until its statement timeout (a chaos run's
+    hand-back failed so). The group's gate queues them fairly: the later decision waits
+    for the move, which waits only for the decision already in flight."""
+    entered: list[str] = []
+    release_first = threading.Event()
+
+    def first() -> None:
+        with write_path.held():
+            entered.append("first")
+            assert release_first.wait(60)
+
+    def move() -> None:
+        with engine.begin() as connection:
+            move_ownership(connection, GROUP, "legacy", "ops")
+        entered.append("move")
+
+    def later() -> None:
+        with write_path.held(wait=30) as ownership:
+            entered.append(f"later saw {ownership.owner('LAMP').value}")
+
+    threads = [threading.Thread(target=first)]
+    threads[0].start()
+    wait_for(lambda: entered == ["first"], 30, "the first decision to hold the ownership")
+    threads.append(threading.Thread(target=move))
+    threads[1].start()
+    wait_for(lambda: waiting_for_a_lock(engine), 30, "the move to wait for the decision")
+    threads.append(threading.Thread(target=later))
+    threads[2].start()
+    wait_for(
+        lambda: len(entered) > 1 or waiting_for_a_lock(engine, 2),
+        30,
+        "the later decision to wait (or get in)",
+    )
+    assert entered == ["first"]  # neither the move nor the later decision got in
+    release_first.set()
+    for thread in threads:
+        thread.join(30)
+    assert not any(thread.is_alive() for thread in threads)
+    assert entered == ["first", "move", f"later saw {Owner.CHANGING.value}"]
 
 
 def test_the_held_ownership_gives_up_after_its_wait_while_a_move_holds_the_row(
