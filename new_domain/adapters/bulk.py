@@ -246,7 +246,14 @@ def _run(connection: Connection, statements: Sequence[_Statement]) -> None:
                 cursor.execute(current.sql, current.params, prepare=True)
                 cursors.append(cursor)
     except psycopg.Error as error:
-        raise sa_exc.DBAPIError.instance(current.sql, None, error, psycopg.Error) from error
+        # what SQLAlchemy does for the statements it runs: a connection the server closed
+        # is invalidated (never pooled again) and the error says so
+        lost = connection.dialect.is_disconnect(error, raw, None)  # type: ignore[arg-type]
+        if lost:
+            connection.invalidate(error)
+        raise sa_exc.DBAPIError.instance(
+            current.sql, None, error, psycopg.Error, connection_invalidated=lost
+        ) from error
     for statement, cursor in zip(statements, cursors, strict=True):
         if statement.on_rows is not None:
             statement.on_rows(cursor.fetchall())

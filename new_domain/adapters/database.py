@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -15,6 +16,9 @@ from new_domain.ingest.ports import describe_error as describe_error  # one line
 
 SQLITE_BUSY_TIMEOUT_S = 30.0
 RECYCLE_S = 1800
+PING_AFTER_IDLE_S = 1.0
+"""A pooled connection idle at least this long is pinged before use (see
+:func:`ping_when_idle`)."""
 
 T = TypeVar("T")
 
@@ -31,7 +35,9 @@ def create_engine(
     On SQLite: foreign keys on, WAL journal (readers do not block the writer), a busy
     timeout, and with ``for_writes`` every transaction starts with ``BEGIN IMMEDIATE``
     so concurrent writers queue for the lock instead of failing on upgrade. Elsewhere:
-    connections are pinged before use so a restarted server is reconnected; with
+    a connection idle for a second or more is pinged before use so a restarted server is
+    reconnected (:func:`ping_when_idle`; the callers retry work that met a connection
+    closed since); with
     ``for_reads`` (single-statement reads: the read route) there is neither a ping nor a
     ``BEGIN``/``ROLLBACK`` around each statement, one round trip per query, and the
     caller retries once on a connection found dead (:func:`retry_on_disconnect`).
@@ -57,7 +63,7 @@ def create_engine(
             return sqlalchemy.create_engine(
                 url, isolation_level="AUTOCOMMIT", pool_recycle=RECYCLE_S, **limits
             )
-        return sqlalchemy.create_engine(url, pool_pre_ping=True)
+        return ping_when_idle(sqlalchemy.create_engine(url))
     engine = sqlalchemy.create_engine(url, connect_args={"timeout": SQLITE_BUSY_TIMEOUT_S})
 
     @event.listens_for(engine, "connect")
@@ -71,6 +77,38 @@ def create_engine(
     @event.listens_for(engine, "begin")
     def _on_begin(connection: Any) -> None:
         connection.exec_driver_sql("BEGIN IMMEDIATE" if for_writes else "BEGIN")
+
+    return engine
+
+
+def ping_when_idle(engine: Engine, idle: float = PING_AFTER_IDLE_S) -> Engine:
+    """Ping a pooled connection before use only when it was idle ``idle`` seconds or
+    more; a dead one is replaced (the pool's own retry on ``DisconnectionError``).
+
+    ``pool_pre_ping`` pings at every checkout: one more round trip per transaction,
+    which was a seventh of a new write path decision's time under load (a py-spy
+    profile of the facade in ``write_path``). A connection used within the last second
+    is not pinged: a server restarted or a backend terminated since then shows as a
+    statement failing with ``connection_invalidated``, which the callers treat as
+    transient (the write path retries a decision that failed so before its commit,
+    the consumer and the relay retry their batch)."""
+
+    @event.listens_for(engine, "checkin")
+    def _checked_in(_dbapi_connection: Any, record: Any) -> None:
+        if record is not None:
+            record.info["checked_in_at"] = time.monotonic()
+
+    @event.listens_for(engine, "checkout")
+    def _checked_out(dbapi_connection: Any, record: Any, _proxy: Any) -> None:
+        since = record.info.get("checked_in_at")
+        if since is None or time.monotonic() - since < idle:
+            return  # a new connection, or one in use a moment ago
+        try:
+            alive = engine.dialect.do_ping(dbapi_connection)
+        except Exception as error:  # noqa: BLE001 - any failure: the connection is gone
+            raise sa_exc.DisconnectionError(describe_error(error)) from error
+        if not alive:
+            raise sa_exc.DisconnectionError("the connection did not answer a ping")
 
     return engine
 

@@ -36,7 +36,7 @@ attempts at most); nothing else is.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import date
 from typing import Any
@@ -45,7 +45,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Engine
 from tenacity import Retrying, retry_if_exception, stop_after_attempt
 
-from new_domain.adapters.database import ConcurrentUpdate, create_engine
+from new_domain.adapters.database import ConcurrentUpdate, create_engine, describe_error
 from new_domain.bootstrap import bootstrap
 from new_domain.domain import commands
 from new_domain.domain.model import Move, TieBreak
@@ -57,6 +57,11 @@ ATTEMPTS = 3
 HELD_WAIT_S = 2.0
 """How long :meth:`WritePath.held` waits for the ownership row (a move holds it briefly)."""
 RETRIED_SQLSTATES = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+
+
+class StaleConnection(Exception):
+    """The pooled connection was found closed by the server before anything was
+    committed: the work is tried again on a fresh one."""
 
 
 @dataclass(frozen=True)
@@ -130,11 +135,26 @@ class WritePath:
         write confirmed just before a move, but slow to reach legacy, could commit after
         a takeover's fence and become an ownership violation the client was told was
         accepted."""
-        with self._units() as uow:
-            with uow.reading_ahead():  # one round trip
-                uow.limit_waits(wait)  # a move in flight or a hung database: at most ``wait``
-                read = uow.ownership.read_ahead(self.group, lock="share")
-            yield read()
+        with ExitStack() as held:
+            yield self._hold(held, wait)
+
+    def _hold(self, held: ExitStack, wait: float) -> Ownership:
+        """Open a unit of work on ``held`` and read the ownership ``FOR SHARE`` in it;
+        once more on a fresh connection when the pooled one was dead."""
+        for attempt in range(2):
+            try:
+                with ExitStack() as opened:
+                    uow = opened.enter_context(self._units())
+                    with uow.reading_ahead():  # one round trip
+                        uow.limit_waits(wait)  # a move in flight or a hung database
+                        read = uow.ownership.read_ahead(self.group, lock="share")
+                    ownership = read()
+                    held.push(opened.pop_all())
+                    return ownership
+            except sa_exc.DBAPIError as error:
+                if attempt or not error.connection_invalidated:
+                    raise
+        raise AssertionError("unreachable: the second attempt returns or raises")
 
     def sku_of_batch(self, ref: str) -> str | None:
         """The product batch ``ref`` belongs to in the new model (None: unknown batch)."""
@@ -228,24 +248,25 @@ class WritePath:
         uow = self._units()
         bus = bootstrap(uow=uow, tie_break=self.tie_break)
         with uow:
-            if ref is None and sku is not None:
-                # the ownership (its share lock first), the product and the order's lines:
-                # one round trip; the product is only used when the new system owns it
-                with uow.reading_ahead():
-                    read = uow.ownership.read_ahead(self.group, lock="share")
-                    uow.products.preload(skus=[sku], orderids=[] if order is None else [order])
-                ownership = read()
-            else:
-                ownership = uow.ownership.read(self.group, lock="share")
-            if ref is not None:
-                sku = uow.products.sku_of_batch(ref)
-            owner = ownership.owner_of_unknown_batch() if sku is None else ownership.owner(sku)
-            if owner is not Owner.NEW:
-                raise NotOwned(sku or "", owner)
-            with uow.outbox.decision(route, sku or "") as decision:
-                result = bus.handle(command)
-                decision.summary = summary(decided(sku or "", result))
-            uow.commit()
+            with _stale_before_commit():  # nothing written yet: retried
+                if ref is None and sku is not None:
+                    # the ownership (its share lock first), the product and the order's lines:
+                    # one round trip; the product is only used when the new system owns it
+                    with uow.reading_ahead():
+                        read = uow.ownership.read_ahead(self.group, lock="share")
+                        uow.products.preload(skus=[sku], orderids=[] if order is None else [order])
+                    ownership = read()
+                else:
+                    ownership = uow.ownership.read(self.group, lock="share")
+                if ref is not None:
+                    sku = uow.products.sku_of_batch(ref)
+                owner = ownership.owner_of_unknown_batch() if sku is None else ownership.owner(sku)
+                if owner is not Owner.NEW:
+                    raise NotOwned(sku or "", owner)
+                with uow.outbox.decision(route, sku or "") as decision:
+                    result = bus.handle(command)
+                    decision.summary = summary(decided(sku or "", result))
+            uow.commit()  # a connection lost here may have committed: not retried
         return sku or "", result
 
 
@@ -254,8 +275,19 @@ def summary(decision: decisions.LegacyDecision) -> str:
     return decisions.decision_words(decision)[1]
 
 
+@contextmanager
+def _stale_before_commit() -> Iterator[None]:
+    """Turn a connection found dead into :class:`StaleConnection` (retried)."""
+    try:
+        yield
+    except sa_exc.DBAPIError as error:
+        if error.connection_invalidated:
+            raise StaleConnection(describe_error(error)) from error
+        raise
+
+
 def _retried(error: BaseException) -> bool:
-    if isinstance(error, ConcurrentUpdate | sa_exc.IntegrityError):
+    if isinstance(error, ConcurrentUpdate | sa_exc.IntegrityError | StaleConnection):
         return True
     if isinstance(error, sa_exc.DBAPIError):
         return getattr(error.orig, "sqlstate", None) in RETRIED_SQLSTATES

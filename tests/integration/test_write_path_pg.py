@@ -12,6 +12,8 @@ from datetime import date
 from typing import Any
 
 import pytest
+import sqlalchemy
+from sqlalchemy import exc as sa_exc
 from sqlalchemy import func, select, text
 from sqlalchemy.engine import Engine
 
@@ -26,7 +28,7 @@ from new_domain import (
     upgrade_database,
 )
 from new_domain.adapters import orm
-from new_domain.adapters.database import create_engine
+from new_domain.adapters.database import create_engine, ping_when_idle
 from new_domain.adapters.ownership import Lock, settle_ownership
 from new_domain.adapters.ownership_records import SqlAlchemyWriteOwnership
 from new_domain.service_layer.unit_of_work import SqlAlchemyUnitOfWork
@@ -320,3 +322,57 @@ def test_the_held_ownership_gives_up_after_its_wait_while_a_move_holds_the_row(
         # the driver's own error: a bounded wait, not a hang
         with pytest.raises(Exception, match="timeout"), write_path.held(wait=0.2):  # noqa: PT011
             pass
+
+
+def terminate_other_backends(engine: Engine) -> int:
+    """Close, server side, every other connection to the test's database (a restart
+    or an idle timeout, as the pooled connections see it)."""
+    with engine.connect() as connection:
+        closed = connection.scalar(
+            text(
+                "SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+        )
+    return int(closed or 0)
+
+
+def test_a_decision_on_a_pooled_connection_the_server_closed_is_decided_once_on_a_fresh_one(
+    write_path: WritePath, engine: Engine
+) -> None:
+    """Connections used within the last second are not pinged (a round trip per
+    decision saved): one the server closed meanwhile fails the decision's first round
+    trip, before anything is written, and the decision is made again on a new one."""
+    write_path.add_batch("b1", "LAMP", 10, None)  # the write path's pool holds a connection
+    assert terminate_other_backends(engine) >= 1
+    assert write_path.allocate("o1", "LAMP", 2) == "b1"
+    with write_path.held() as ownership:  # the held ownership finds a dead connection too
+        assert ownership.owner("LAMP") is Owner.NEW
+    assert terminate_other_backends(engine) >= 1
+    with write_path.held() as ownership:
+        assert ownership.owner("LAMP") is Owner.NEW
+    with engine.connect() as connection:
+        lines = connection.execute(
+            select(orm.batch_allocations.c.orderid, orm.batch_allocations.c.qty)
+        ).all()
+    assert lines == [("o1", 2)]
+
+
+@pytest.mark.parametrize(("idle", "replaced"), [(0.0, True), (3600.0, False)])
+def test_only_a_connection_idle_long_enough_is_pinged_before_use(
+    pg_url: str, engine: Engine, idle: float, replaced: bool
+) -> None:
+    pooled = ping_when_idle(sqlalchemy.create_engine(pg_url), idle=idle)
+    try:
+        with pooled.connect() as connection:
+            connection.scalar(text("SELECT 1"))
+        terminate_other_backends(engine)
+        with pooled.connect() as connection:
+            if replaced:  # pinged, found dead, replaced: the statement runs
+                assert connection.scalar(text("SELECT 1")) == 1
+            else:  # not pinged: the statement meets the closed connection
+                with pytest.raises(sa_exc.DBAPIError) as failed:
+                    connection.scalar(text("SELECT 1"))
+                assert failed.value.connection_invalidated
+    finally:
+        pooled.dispose()
