@@ -12,8 +12,8 @@ in-flight decisions), bumps the epoch and, when products change hands, leaves th
 consumer settling a fence) never gets the row and fails on its statement timeout. So every
 locking read first takes the group's transaction-level advisory lock, shared for
 ``"share"`` and exclusive for ``"update"`` (:func:`gate`): the lock manager queues those
-fairly, so a decision arriving after a waiting move waits behind it. MariaDB's InnoDB
-queues row locks fairly itself; SQLite serialises writers.
+fairly, so a decision arriving after a waiting move waits behind it. SQLite serialises
+writers anyway.
 
 :mod:`new_domain.adapters.ownership_records` is the unit of work's view of the table: the
 new write path reads the group's ownership with it, ``FOR SHARE``, in the transaction that
