@@ -165,6 +165,7 @@ class Processes:
         deadline = time.monotonic() + timeout
         while (finished := self._reap(name)) is None:
             if time.monotonic() >= deadline:
+                _stacks_to_log(pid)
                 _signal_group(pid, signal.SIGKILL)
                 deadline = time.monotonic() + timeout
             time.sleep(0.02)
@@ -280,3 +281,13 @@ def strangler_has_command(*words: str) -> bool:
         [STRANGLER, *words, "--help"], capture_output=True, text=True, timeout=60
     )
     return result.returncode == 0
+
+
+def _stacks_to_log(pid: int) -> None:
+    """Ask a process that did not stop for its threads' stacks (``strangler``'s
+    SIGUSR1), into its log, before it is killed: where it hung is in the error."""
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        return
+    time.sleep(0.5)  # the dump is written from the signal handler; give it a moment

@@ -7,7 +7,9 @@ and turns failures into one clear line and a non-zero exit.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
+import signal
 import sys
 
 import click
@@ -72,6 +74,9 @@ cli.add_command(status_with_backsync(cli.commands["status"]))
 
 
 def main() -> None:
+    # `kill -USR1 <pid>`: every thread's stack to stderr (the process's log), and the
+    # process goes on; for a process that does not stop or seems stuck (README)
+    faulthandler.register(signal.SIGUSR1, all_threads=True)
     try:
         cli.main(standalone_mode=False)
     except click.exceptions.Abort:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -100,8 +101,18 @@ class Processes:
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
+                stacks_to_log(proc)
                 os.killpg(proc.pid, signal.SIGKILL)
                 proc.wait()
+
+
+def stacks_to_log(proc: subprocess.Popen[bytes]) -> None:
+    """A ``strangler`` process that did not stop: its threads' stacks into its log
+    (SIGUSR1), for the test's failure output, before it is killed."""
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(proc.pid, signal.SIGUSR1)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=0.5)  # the dump is written at once; it may exit meanwhile
 
 
 @contextmanager
