@@ -24,6 +24,7 @@ retries with back-off; nothing is skipped.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import threading
 import time
@@ -294,7 +295,12 @@ class BackSync:
 
     def _lane_pool(self) -> ThreadPoolExecutor:
         if self._pool is None:
-            self._pool = ThreadPoolExecutor(self.lanes, thread_name_prefix="backsync-lane")
+            numbers = itertools.count(1)  # each thread of the pool its own lane row
+            self._pool = ThreadPoolExecutor(
+                self.lanes,
+                thread_name_prefix="backsync-lane",
+                initializer=lambda: self.writer.use_lane(next(numbers)),
+            )
         return self._pool
 
     def _decision(self, group: Group) -> Written:

@@ -10,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from backsync.install import missing_tables
-from backsync.tables import position
+from backsync.tables import lane_position, position
 
 
 @dataclass(frozen=True)
@@ -71,22 +71,31 @@ class BackSyncStatus:
 
 
 def read_status(engine: Engine, queue: str) -> BackSyncStatus:
-    """Back-sync's position for ``queue`` as the legacy database holds it."""
+    """Back-sync's position for ``queue`` as the legacy database holds it: the queue's
+    row and its lanes' rows (the decisions summed, the last one written by any)."""
     if missing_tables(engine):
         return BackSyncStatus(queue, installed=False)
     with engine.connect() as connection:
         row = connection.execute(select(position).where(position.c.queue == queue)).first()
-    if row is None:
+        lanes = connection.execute(
+            select(lane_position).where(lane_position.c.queue == queue)
+        ).all()
+    if row is None and not lanes:
         return BackSyncStatus(queue, installed=True)
+    rows = ([row] if row is not None else []) + list(lanes)
+    last = max(rows, key=lambda r: _utc(r.last_written_at) or _EPOCH)
     return BackSyncStatus(
         queue,
         installed=True,
-        decisions=int(row.decisions),
-        fences=int(row.fences),
-        last_decision_id=row.last_decision_id,
-        last_occurred_at=_utc(row.last_occurred_at),
-        last_written_at=_utc(row.last_written_at),
+        decisions=sum(int(r.decisions) for r in rows),
+        fences=int(row.fences) if row is not None else 0,
+        last_decision_id=last.last_decision_id,
+        last_occurred_at=_utc(last.last_occurred_at),
+        last_written_at=_utc(last.last_written_at),
     )
+
+
+_EPOCH = datetime.min.replace(tzinfo=UTC)
 
 
 def _utc(moment: datetime | None) -> datetime | None:

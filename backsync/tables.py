@@ -9,6 +9,10 @@
 - ``strangler_backsync_position``: one row per back-sync queue: how many decisions and
   fences it wrote, the last decision, when the new system took it and when legacy
   committed it (the lag).
+- ``strangler_backsync_lane``: the same counts and times for the decisions each lane
+  wrote (one row per queue and lane): the lanes' transactions each update their own row,
+  so they do not wait for one another's commit on the queue's row. A queue's position is
+  its row plus its lanes' (:func:`backsync.status.read_status`).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from sqlalchemy.dialects import mysql
 ORIGIN_TABLE = "strangler_origin"
 APPLIED_TABLE = "strangler_backsync_applied"
 POSITION_TABLE = "strangler_backsync_position"
+LANE_TABLE = "strangler_backsync_lane"
 
 DECISION = "decision"
 FENCE = "fence"
@@ -76,5 +81,18 @@ position = Table(
     mariadb_charset="utf8mb4",
 )
 
-OWN_TABLES = (applied, position)
+lane_position = Table(
+    LANE_TABLE,
+    metadata,
+    Column("queue", String(200), primary_key=True),
+    Column("lane", Integer, primary_key=True, autoincrement=False),
+    Column("decisions", BigInteger, nullable=False),
+    Column("last_decision_id", String(64), nullable=True),
+    Column("last_occurred_at", _time, nullable=True),
+    Column("last_written_at", _time, nullable=True),
+    mysql_charset="utf8mb4",
+    mariadb_charset="utf8mb4",
+)
+
+OWN_TABLES = (applied, position, lane_position)
 """The tables ``backsync install`` creates besides the origin marker."""

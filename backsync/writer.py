@@ -8,17 +8,19 @@ untouched and the caller acknowledges the messages.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
 from sqlalchemy import bindparam, insert, select, update
 from sqlalchemy.engine import Connection, Engine
+from sqlalchemy.exc import IntegrityError
 
 from backsync.database import is_locking, set_lock_timeout, write_transaction
 from backsync.messages import Decision, MoveMessage
 from backsync.mimic import Mimic, Refused
-from backsync.tables import DECISION, FENCE, applied, origin, position
+from backsync.tables import DECISION, FENCE, applied, lane_position, origin, position
 
 MAX_SUMMARY = 1000
 
@@ -46,6 +48,13 @@ class Writer:
     queue: str
     lock_timeout: float = 10.0
     clock: Clock = utc_now
+    _lane: threading.local = field(default_factory=threading.local, init=False, repr=False)
+
+    def use_lane(self, lane: int) -> None:
+        """The decisions this thread writes count in lane ``lane``'s row of
+        ``strangler_backsync_lane`` (a thread of back-sync's lane pool); a thread that
+        never called it counts in the queue's ``strangler_backsync_position`` row."""
+        self._lane.number = lane
 
     def is_applied(self, key: str) -> bool:
         with self.engine.connect() as connection:
@@ -72,7 +81,8 @@ class Writer:
             )
             self.mimic.write(connection, decision)
             at = self.clock()
-            _record(connection, self.queue, decision.id, DECISION, at, decision.occurred_at)
+            lane = getattr(self._lane, "number", None)
+            _record(connection, self.queue, decision.id, DECISION, at, decision.occurred_at, lane)
         return Written(True, at)
 
     def write_fence(self, message: MoveMessage) -> Written:
@@ -107,6 +117,16 @@ _DECISION_WRITTEN = (
         last_written_at=bindparam("written"),
     )
 )
+_LANE_DECISION_WRITTEN = (
+    update(lane_position)
+    .where(lane_position.c.queue == bindparam("for_queue"), lane_position.c.lane == bindparam("n"))
+    .values(
+        decisions=lane_position.c.decisions + 1,
+        last_decision_id=bindparam("decision_key"),
+        last_occurred_at=bindparam("occurred"),
+        last_written_at=bindparam("written"),
+    )
+)
 _FENCE_WRITTEN = (
     update(position)
     .where(position.c.queue == bindparam("for_queue"))
@@ -127,10 +147,14 @@ def _record(
     kind: str,
     at: datetime,
     occurred_at: datetime | None,
+    lane: int | None = None,
 ) -> None:
     connection.execute(_INSERT_APPLIED, {"decision_id": key, "kind": kind, "applied_at": at})
     if kind == DECISION:
         written: dict[str, object] = {"decision_key": key, "occurred": occurred_at, "written": at}
+        if lane is not None:
+            _record_in_lane(connection, {"for_queue": queue, "n": lane, **written})
+            return
         statement = _DECISION_WRITTEN
     else:
         written, statement = {}, _FENCE_WRITTEN
@@ -139,6 +163,20 @@ def _record(
     if not done.rowcount:
         connection.execute(insert(position).values(start_position(queue)))
         connection.execute(statement, params)
+
+
+def _record_in_lane(connection: Connection, params: dict[str, object]) -> None:
+    """Count the decision in its lane's row, created (under a savepoint: another
+    back-sync process may create it at the same moment) the first time."""
+    if connection.execute(_LANE_DECISION_WRITTEN, params).rowcount:
+        return
+    try:
+        with connection.begin_nested():
+            row = {"queue": params["for_queue"], "lane": params["n"], "decisions": 0}
+            connection.execute(insert(lane_position).values(row))
+    except IntegrityError:
+        pass  # created meanwhile: the update below waits for it
+    connection.execute(_LANE_DECISION_WRITTEN, params)
 
 
 def start_position(queue: str) -> dict[str, object]:

@@ -109,8 +109,9 @@ class Store:
             return int(
                 conn.scalar(
                     text(
-                        "SELECT coalesce(sum(decisions + fences), 0)"
-                        " FROM strangler_backsync_position"
+                        "SELECT (SELECT coalesce(sum(decisions + fences), 0)"
+                        " FROM strangler_backsync_position)"
+                        " + (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_lane)"
                     )
                 )
                 or 0

@@ -37,6 +37,7 @@ from typing import Any
 from sqlalchemy import text
 
 import broker
+from backsync.status import read_status
 from tests.chaos.oracle import Store
 from tests.chaos.workload import Ledger
 
@@ -120,17 +121,6 @@ def judge_backsync(
         applied = set(
             conn.execute(text("SELECT decision_id FROM strangler_backsync_applied")).scalars()
         )
-        position = (
-            conn.execute(
-                text(
-                    "SELECT decisions, fences, last_decision_id, last_occurred_at,"
-                    " last_written_at FROM strangler_backsync_position WHERE queue = :q"
-                ),
-                {"q": queue},
-            )
-            .mappings()
-            .first()
-        )
     marked = Counter(str(m.decision_id) for m in markers if m.kind == "decision")
     verdict.decisions_in_legacy = len(marked)
     lost = sorted(set(routes) - set(marked))
@@ -145,7 +135,8 @@ def judge_backsync(
     verdict.fences_doubled = sum(n - 1 for n in fences.values()) + sum(
         fences[e] for e in set(fences) - set(epochs)
     )
-    verdict.backsync_position = {k: str(v) for k, v in (position or {}).items()}
+    position = read_status(store.legacy, queue).as_dict()  # the queue's row and its lanes'
+    verdict.backsync_position = {k: str(v) for k, v in position.items()}
     written = [
         (m.written_at, (m.written_at - occurred[m.decision_id]).total_seconds())
         for m in markers

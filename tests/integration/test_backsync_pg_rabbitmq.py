@@ -31,6 +31,12 @@ from tests.backsync_support import (
 )
 from tests.services import unique_name
 
+DECISIONS_WRITTEN = (
+    "SELECT (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_position)"
+    " + (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_lane)"
+)
+"""The decisions back-sync wrote: the queue's row and its lanes' rows."""
+
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 
 
@@ -155,7 +161,7 @@ def test_published_decisions_reach_legacy_with_their_marker_first_and_the_positi
     running()
     legacy.publish([*add_batch("b1"), *allocate("o1", "b1")])
 
-    wait_for(lambda: legacy.scalar("SELECT decisions FROM strangler_backsync_position") == 2)
+    wait_for(lambda: legacy.scalar(DECISIONS_WRITTEN) == 2)
 
     shop = legacy_shop.create_app(legacy.url).test_client()
     assert shop.get("/allocations/o1").get_json() == [{"sku": "LAMP", "batchref": "b1"}]
@@ -202,7 +208,7 @@ def test_a_kill_between_commit_and_ack_writes_nothing_twice(legacy: Legacy) -> N
 
     assert len(legacy.markers()) == 1
     assert legacy.scalar("SELECT count(*) FROM stock_lot") == 1
-    assert legacy.scalar("SELECT decisions FROM strangler_backsync_position") == 1
+    assert legacy.scalar(DECISIONS_WRITTEN) == 1
     assert restarted.skipped == 1
     assert legacy.depth(legacy.queue) == 0
 
@@ -272,7 +278,7 @@ def test_a_lost_database_connection_is_retried_and_nothing_is_written_twice(
 ) -> None:
     running()
     legacy.publish(add_batch("b1"))
-    wait_for(lambda: legacy.scalar("SELECT decisions FROM strangler_backsync_position") == 1)
+    wait_for(lambda: legacy.scalar(DECISIONS_WRITTEN) == 1)
     with legacy.engine.connect() as conn:  # every other session of legacy is cut off
         conn.execute(
             text(
@@ -284,9 +290,57 @@ def test_a_lost_database_connection_is_retried_and_nothing_is_written_twice(
 
     legacy.publish([*allocate("o1", "b1"), *allocate("o2", "b1")])
 
-    wait_for(lambda: legacy.scalar("SELECT decisions FROM strangler_backsync_position") == 3)
+    wait_for(lambda: legacy.scalar(DECISIONS_WRITTEN) == 3)
     assert [kind for kind, _, _ in legacy.markers()] == ["decision"] * 3
     assert legacy.scalar("SELECT count(*) FROM lot_allocation") == 2
+
+
+def test_each_lane_counts_its_decisions_in_its_own_row_not_waiting_on_the_queues(
+    legacy: Legacy,
+) -> None:
+    """Every decision used to update the queue's one position row last, so the lanes'
+    transactions committed one after another; each lane now has its own row."""
+    from backsync.status import read_status
+    from tests.unit.test_backsync_mimic import decision_of
+
+    writer = legacy.writer()
+
+    def in_lane(lane: int, messages: list[Message]) -> list[Any]:
+        written: list[Any] = []
+        decision = decision_of(messages)
+
+        def write() -> None:
+            writer.use_lane(lane)
+            written.append(writer.write_decision(decision).written)
+            written.append(decision.id)
+
+        thread = threading.Thread(target=write)
+        thread.start()
+        thread.join(20)
+        assert not thread.is_alive(), f"lane {lane} waited"
+        return written
+
+    with legacy.engine.connect() as holder, holder.begin():
+        # the queue's row locked, as a decision of the queue's own row holds it until
+        # its commit: the lanes' decisions commit meanwhile
+        holder.execute(
+            text("SELECT decisions FROM strangler_backsync_position WHERE queue = :q FOR UPDATE"),
+            {"q": legacy.queue},
+        )
+        assert in_lane(1, add_batch("b1", "LAMP"))[0] is True
+        assert in_lane(2, add_batch("b2", "CHAIR"))[0] is True
+        written, last = in_lane(1, allocate("o1", "b1"))
+        assert written is True
+
+    with legacy.engine.connect() as conn:
+        lanes = conn.execute(
+            text("SELECT lane, decisions FROM strangler_backsync_lane ORDER BY lane")
+        ).all()
+    assert [tuple(row) for row in lanes] == [(1, 2), (2, 1)]
+    status = read_status(legacy.engine, legacy.queue)
+    assert (status.decisions, status.fences) == (3, 0)
+    assert status.last_decision_id == last
+    assert legacy.scalar(DECISIONS_WRITTEN) == 3
 
 
 @pytest.mark.mariadb
@@ -320,6 +374,13 @@ def test_on_mariadb_a_decision_and_a_fence_are_legacy_transactions(mariadb_url: 
                 )
             ).all()
             assert [t for (t,) in first] == ["strangler_origin"] * 3
+
+        writer.use_lane(3)  # a lane's first decision creates its row under a savepoint
+        assert writer.write_decision(decision_of(allocate("o2", "b1"))).written
+        assert writer.write_decision(decision_of(allocate("o3", "b1"))).written
+        with engine.connect() as conn:
+            lanes = conn.execute(text("SELECT lane, decisions FROM strangler_backsync_lane"))
+            assert [tuple(row) for row in lanes] == [(3, 2)]
     finally:
         engine.dispose()
 
@@ -390,14 +451,14 @@ def test_dead_letters_are_listed_and_sent_back_with_the_cli(
     assert legacy.depth(dead) == 1  # nothing sent back
 
     legacy.publish(add_batch("b1"))  # the cause fixed
-    wait_for(lambda: legacy.scalar("SELECT decisions FROM strangler_backsync_position") == 2)
+    wait_for(lambda: legacy.scalar(DECISIONS_WRITTEN) == 2)
     sent = CliRunner().invoke(
         cli, ["backsync", "dlq", "replay", *queue, "--id", refused[0].message_id], env=env
     )
     assert sent.exit_code == 0, sent.output
     assert f"sent back 1 dead letter(s) of 1 decision(s) to {legacy.queue}" in sent.output
 
-    wait_for(lambda: legacy.scalar("SELECT decisions FROM strangler_backsync_position") == 3)
+    wait_for(lambda: legacy.scalar(DECISIONS_WRITTEN) == 3)
     assert legacy.depth(dead) == 0
     shop = legacy_shop.create_app(legacy.url).test_client()
     assert shop.get("/allocations/o1").get_json() == [{"sku": "LAMP", "batchref": "b1"}]

@@ -389,3 +389,23 @@ def test_a_fence_is_a_marker_alone_in_its_transaction_and_written_once(twins: Tw
         "decision_id": None,
     }
     assert position(twins.mimic_engine)["fences"] == 1
+
+
+def test_install_again_adds_the_lane_table_an_older_install_lacks(twins: Twins) -> None:
+    """An install from before the lanes had their own rows: ``run`` finds the table
+    missing (and refuses, naming it); installing again creates it and keeps the rest."""
+    from backsync.install import missing_tables
+
+    engine = twins.writer.engine
+    messages = decision_messages(
+        ADD_BATCH, "LAMP", "created", [("BatchCreated", batch("b1", "LAMP", 10))]
+    )
+    assert twins.writer.write_decision(decision_of(messages)).written
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE strangler_backsync_lane"))
+    assert missing_tables(engine) == ["strangler_backsync_lane"]
+
+    assert install_tables(engine, QUEUE).created == ("strangler_backsync_lane",)
+    assert missing_tables(engine) == []
+    with engine.connect() as conn:
+        assert conn.scalar(text("SELECT decisions FROM strangler_backsync_position")) == 1
