@@ -61,10 +61,8 @@ def read_ownership_ahead(
     :func:`~new_domain.adapters.bulk.pipelined` block (in their order, so its lock is
     taken before theirs); call the result after the block for the ownership."""
     found: list[Any] = []
-    if lock is not None and connection.dialect.name == "postgresql":
-        exclusive = lock == "update"
-        fetch(connection, f"ownership.gate.{lock}", lambda: _gate_query(exclusive),
-              _gate_params(group), lambda _rows: None)  # fmt: skip
+    if lock is not None:
+        gate(connection, group, exclusive=lock == "update")
     fetch(connection, f"ownership.{lock}", lambda: _ownership_query(lock), {"group": group},
           found.extend)  # fmt: skip
 
@@ -81,9 +79,17 @@ GATE_SPACE = 0x53_54_52_4F  # "STRO": the kit's advisory locks, first key
 def gate(connection: Connection, group: str, *, exclusive: bool) -> None:
     """Take the group's gate until the transaction ends (PostgreSQL; a no-op elsewhere):
     shared by a decision, exclusive by a move or a fence settling. Fairly queued, unlike
-    a row's share lock (see the module's docstring)."""
+    a row's share lock (see the module's docstring). Inside a
+    :func:`~new_domain.adapters.bulk.pipelined` block it is sent with the block's other
+    statements, before them."""
     if connection.dialect.name == "postgresql":
-        connection.execute(_gate_query(exclusive), _gate_params(group))
+        kind = "exclusive" if exclusive else "shared"
+        fetch(connection, f"ownership.gate.{kind}", lambda: _gate_query(exclusive),
+              _gate_params(group), _ignore)  # fmt: skip
+
+
+def _ignore(_rows: list[Any]) -> None:
+    return None
 
 
 def _gate_query(exclusive: bool) -> Select[Any]:

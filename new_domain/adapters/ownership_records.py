@@ -23,7 +23,6 @@ from new_domain.adapters import orm
 from new_domain.adapters.bulk import insert_rows
 from new_domain.adapters.ownership import (
     Lock,
-    gate,
     read_ownership,
     read_ownership_ahead,
     settle_ownership,
@@ -125,11 +124,7 @@ class SqlAlchemyWriteOwnership(AbstractWriteOwnership):
         if shard is not None:
             # the shards apply the fence in concurrent transactions: each takes the
             # group's row first, so the last one counts every other one's fence
-            ownership = orm.write_ownership
-            gate(self.connection, group, exclusive=True)
-            self.connection.execute(
-                select(ownership.c.epoch).where(ownership.c.group_name == group).with_for_update()
-            )
+            read_ownership(self.connection, group, lock="update")  # its gate, then its row
             stream, count = shard
             fences = orm.shard_fence
             row = {"group_name": group, "epoch": epoch, "stream": stream, "shard_count": count}
