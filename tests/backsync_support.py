@@ -20,6 +20,12 @@ import legacy_bridge
 from broker import Message
 from examples import legacy_shop
 
+DECISIONS_WRITTEN = (
+    "SELECT (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_position)"
+    " + (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_lane)"
+)
+"""The decisions back-sync wrote: the queue's row and its lanes' rows."""
+
 ROUTING_KEYS = {
     "BatchCreated": "batch.created",
     "Allocated": "allocation.allocated",

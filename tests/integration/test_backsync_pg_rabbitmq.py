@@ -24,18 +24,13 @@ from broker import Broker, BrokerError, Message
 from examples import legacy_shop
 from skeleton_app.composition.cli import cli
 from tests.backsync_support import (
+    DECISIONS_WRITTEN,
     decision_messages,
     engine_for,
     legacy_database,
     move_message,
 )
 from tests.services import unique_name
-
-DECISIONS_WRITTEN = (
-    "SELECT (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_position)"
-    " + (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_lane)"
-)
-"""The decisions back-sync wrote: the queue's row and its lanes' rows."""
 
 pytestmark = [pytest.mark.postgres, pytest.mark.rabbitmq]
 

@@ -23,6 +23,7 @@ from backsync.dead_letters import describe, peek, replay
 from backsync.runner import EXCHANGE, LegacyUnavailable
 from broker import Broker, BrokerError, Message
 from tests.backsync_support import (
+    DECISIONS_WRITTEN,
     decision_messages,
     engine_for,
     legacy_database,
@@ -30,12 +31,6 @@ from tests.backsync_support import (
     message,
     move_message,
 )
-
-DECISIONS_WRITTEN = (
-    "SELECT (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_position)"
-    " + (SELECT coalesce(sum(decisions), 0) FROM strangler_backsync_lane)"
-)
-"""The decisions back-sync wrote: the queue's row and its lanes' rows."""
 
 START = datetime(2030, 1, 1, 12, 0, tzinfo=UTC)
 
